@@ -1,0 +1,536 @@
+"""The `Distiller`: a Keras model that trains a student from a teacher."""
+
+import keras
+import tensorflow as tf
+
+from keras_jacobian import distribute_utils
+from keras_jacobian import features
+from keras_jacobian import validation
+from keras_jacobian.terms.base import OUTPUT
+from keras_jacobian.terms.base import DistillationTerm
+from keras_jacobian.terms.base import StepContext
+from keras_jacobian.terms.conversion import convert_term
+
+TASK = "task"
+INPUT_KEYS = ("student", "teacher", "teacher_targets")
+
+
+def _as_list(value):
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+@keras.saving.register_keras_serializable(package="keras_jacobian")
+class Distiller(keras.Model):
+    """Trains a student network from a frozen teacher, Jacobians included.
+
+    Each training step runs the teacher (frozen, in inference mode) and
+    the student once on the batch, inside nested `tf.GradientTape`s: an
+    inner tape that watches the input, from which the terms read input
+    Jacobian rows of both networks, and an outer tape over the student's
+    weights, so that the student's Jacobian rows are themselves
+    differentiated (double backprop) and Jacobian terms train the student.
+
+    The loss is
+
+        student_loss_weight * compiled_loss(y, student(x))
+        + sum_i distillation_loss_weights[i] * term_i
+
+    plus the student's regularisation losses. The compiled loss is the one
+    given to `compile(loss=...)`; with no `loss`, with labels absent, or
+    with `student_loss_weight=0`, the student learns from the teacher
+    alone. Every term is averaged over the batch and scaled once for
+    `tf.distribute` replicas, so N replicas train the same model as one
+    device with the same global batch.
+
+    Weights are `keras.Variable`s (`distiller.term_weights`,
+    `distiller.student_loss_weight_variable`): callbacks may change them
+    between steps without retracing. A term whose weight is 0 is skipped
+    at run time (`tf.cond`), so it costs nothing.
+
+    `fit` and `evaluate` log `loss` (the total), `student_loss`, one
+    `"<term name>_loss"` per term, `total_loss` and the compiled metrics on
+    the student's predictions; `evaluate` computes the same terms on the
+    evaluation data. `call` (and `predict`) return the student's output.
+
+    Inputs: a tensor fed to both networks, or a dict
+    `{"student": x_s, "teacher": x_t}` when the networks take the same
+    images at different resolutions (resize in the input pipeline). A
+    dict may also carry `"teacher_targets"` precomputed by
+    `cache_teacher`, in which case the teacher is not run.
+
+    Per-example Jacobians are exact when the student has no cross-example
+    coupling; a BatchNorm layer in training mode couples the examples of
+    a batch through its statistics, so its "per-example" rows then include
+    that (small) coupling, as in every framework.
+
+    Args:
+        teacher: a Keras model returning logits. It is frozen
+            (`trainable=False`) and always called with `training=False`.
+        student: a Keras model returning logits (or, with
+            `distillation_output`, a task output and a head that mimics the
+            teacher).
+        distillation_losses: a term or a list of terms
+            (`LogitsDistillation`, `JacobianMatching`, `NoiseDistillation`,
+            ...). Keras' own `keras.distillation.LogitsDistillation` with a
+            KL loss is accepted as `LogitsDistillation("kl")` (with the
+            softmax and `T^2` that its string form skips).
+        distillation_loss_weights: one float per term; default 1.0 each.
+        student_loss_weight: weight of the compiled (supervised) loss.
+        distillation_output: for a student with two outputs, the name of
+            the layer whose output mimics the teacher; the other output is
+            the task output that `call` returns and the compiled loss uses.
+        seed: seed of the random draws of the terms (projections, noise).
+        check_differentiable: run both networks once at construction to
+            check that input gradients exist (twice for the student) when a
+            term needs them; turn off to save time on very large models.
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Example:
+
+    ```python
+    distiller = keras_jacobian.Distiller(
+        teacher=teacher,
+        student=student,
+        distillation_losses=[
+            keras_jacobian.LogitsDistillation(temperature=4.0),
+            keras_jacobian.JacobianMatching(target="teacher_top1"),
+        ],
+        distillation_loss_weights=[1.0, 1.0],
+    )
+    distiller.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    distiller.fit(x_train, y_train, epochs=10)
+    student = distiller.student  # the trained student, a plain Keras model
+    ```
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        distillation_losses,
+        distillation_loss_weights=None,
+        student_loss_weight=1.0,
+        distillation_output=None,
+        seed=None,
+        check_differentiable=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for role, model in (("teacher", teacher), ("student", student)):
+            if not isinstance(model, keras.Model):
+                raise ValueError(
+                    f"`{role}` must be a keras.Model. Received: "
+                    f"{role}={model!r}"
+                )
+        terms = [convert_term(t) for t in _as_list(distillation_losses)]
+        if not terms:
+            raise ValueError(
+                "`distillation_losses` must hold at least one term. For "
+                "training on labels alone, train the student directly."
+            )
+        weights = self._check_weights(terms, distillation_loss_weights)
+        if not isinstance(student_loss_weight, (int, float)) or (
+            student_loss_weight < 0
+        ):
+            raise ValueError(
+                "`student_loss_weight` must be a number >= 0. Received: "
+                f"student_loss_weight={student_loss_weight!r}"
+            )
+        teacher.trainable = False
+        self.teacher = teacher
+        self.student = student
+        self.distillation_losses = terms
+        self.distillation_output = distillation_output
+        self.seed = seed
+        self.check_differentiable = check_differentiable
+        self._unique_term_names(terms)
+
+        teacher_shape, teacher_dtype = validation.input_spec(
+            teacher, "teacher"
+        )
+        student_shape, student_dtype = validation.input_spec(
+            student, "student"
+        )
+        self._check_input_shapes(teacher_shape, student_shape)
+        self.teacher_input_shape = teacher_shape
+        self.student_input_shape = student_shape
+        self.needs_input_gradients = any(
+            t.needs_input_gradients for t in terms
+        )
+        if self.needs_input_gradients:
+            validation.check_float_input(teacher_dtype, "teacher")
+            validation.check_float_input(student_dtype, "student")
+
+        teacher_endpoints = _ordered_union(
+            t.teacher_endpoints for t in terms
+        )
+        student_endpoints = _ordered_union(
+            t.student_endpoints for t in terms
+        )
+        self.teacher_endpoints = features.endpoint_model(
+            teacher, teacher_endpoints, "teacher"
+        )
+        self.student_endpoints = features.endpoint_model(
+            student,
+            student_endpoints,
+            "student",
+            output_layer=distillation_output,
+        )
+        self.student_task = self._task_model(student, distillation_output)
+
+        teacher_shapes = _shapes(self.teacher_endpoints, teacher_shape)
+        student_shapes = _shapes(self.student_endpoints, student_shape)
+        for term in terms:
+            term.build(teacher_shapes, student_shapes)
+        self.term_layers = [layer for t in terms for layer in t.layers]
+        if self.needs_input_gradients and check_differentiable:
+            validation.probe_input_gradients(
+                self.teacher_endpoints_output(), teacher_shape, "teacher",
+                second_order=False,
+            )
+            validation.probe_input_gradients(
+                self.student_endpoints_output(), student_shape, "student",
+                second_order=True,
+            )
+
+        self.term_weights = [
+            keras.Variable(
+                w, dtype="float32", trainable=False, name=f"{t.name}_weight"
+            )
+            for t, w in zip(terms, weights)
+        ]
+        self.student_loss_weight_variable = keras.Variable(
+            float(student_loss_weight),
+            dtype="float32",
+            trainable=False,
+            name="student_loss_weight",
+        )
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.term_trackers = [
+            keras.metrics.Mean(name=f"{t.name}_loss") for t in terms
+        ]
+        self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
+
+    # Construction helpers.
+
+    @staticmethod
+    def _check_weights(terms, weights):
+        if weights is None:
+            return [1.0] * len(terms)
+        weights = _as_list(weights)
+        if len(weights) != len(terms):
+            raise ValueError(
+                "`distillation_loss_weights` must have one weight per term. "
+                f"Received {len(weights)} weights for {len(terms)} terms "
+                f"({[t.name for t in terms]})."
+            )
+        for w in weights:
+            if not isinstance(w, (int, float)) or w < 0:
+                raise ValueError(
+                    "Each distillation loss weight must be a number >= 0. "
+                    f"Received: {weights}"
+                )
+        return [float(w) for w in weights]
+
+    @staticmethod
+    def _unique_term_names(terms):
+        seen = {}
+        for term in terms:
+            if term.name in seen:
+                seen[term.name] += 1
+                term.name = f"{term.name}_{seen[term.name]}"
+            else:
+                seen[term.name] = 0
+
+    @staticmethod
+    def _check_input_shapes(teacher_shape, student_shape):
+        if teacher_shape == student_shape:
+            return
+        if len(teacher_shape) != len(student_shape) or (
+            teacher_shape[-1] != student_shape[-1]
+        ):
+            raise ValueError(
+                "Teacher and student must take inputs of the same kind: the "
+                "same rank and number of channels. Received: teacher input "
+                f"{teacher_shape}, student input {student_shape}."
+            )
+
+    @staticmethod
+    def _task_model(student, distillation_output):
+        if distillation_output is None:
+            return None
+        outputs = student.outputs
+        mimic = features.layer_output(student, distillation_output, "student")
+        task = [o for o in outputs if o is not mimic]
+        if len(outputs) != 2 or len(task) != 1:
+            raise ValueError(
+                "With `distillation_output`, the student must have exactly "
+                "two outputs: the task head and the head that mimics the "
+                f"teacher. Received {len(outputs)} outputs for "
+                f"distillation_output={distillation_output!r}."
+            )
+        return keras.Model(student.inputs, task[0], name="student_task")
+
+    def teacher_endpoints_output(self):
+        """A model returning the teacher's distillation output only."""
+        return keras.Model(
+            self.teacher.inputs, self.teacher_endpoints.output[OUTPUT]
+        )
+
+    def student_endpoints_output(self):
+        """A model returning the student's distillation output only."""
+        return keras.Model(
+            self.student.inputs, self.student_endpoints.output[OUTPUT]
+        )
+
+    # Forward passes.
+
+    def call(self, inputs, training=False):
+        x = inputs["student"] if isinstance(inputs, dict) else inputs
+        if self.student_task is not None:
+            return self.student_task(x, training=training)
+        return self.student(x, training=training)
+
+    def _split_inputs(self, x):
+        if isinstance(x, dict):
+            unknown = set(x) - set(INPUT_KEYS)
+            if unknown or "student" not in x:
+                raise ValueError(
+                    "Distiller inputs must be a tensor, or a dict with key "
+                    "'student' and optional keys 'teacher' and "
+                    f"'teacher_targets'. Received keys: {sorted(x)}"
+                )
+            xs = x["student"]
+            xt = x.get("teacher", xs)
+            cached = x.get("teacher_targets")
+        else:
+            xs = xt = x
+            cached = None
+        if cached is None and self.teacher_input_shape != (
+            self.student_input_shape
+        ) and xt is xs:
+            raise ValueError(
+                "Teacher and student take different input shapes "
+                f"(teacher {self.teacher_input_shape}, student "
+                f"{self.student_input_shape}), so each needs its own copy "
+                "of the batch: pass x as {'student': x_s, 'teacher': x_t}, "
+                "resizing in the input pipeline."
+            )
+        return _as_float(xs), _as_float(xt), cached
+
+    def _teacher_forward(self, x):
+        return self.teacher_endpoints(x, training=False)
+
+    def _student_forward(self, x, training):
+        outputs = dict(self.student_endpoints(x, training=training))
+        return outputs
+
+    def _context(self, forward, x, y, training, input_shape):
+        if self.needs_input_gradients:
+            tape = tf.GradientTape(
+                persistent=True, watch_accessed_variables=False
+            )
+            with tape:
+                tape.watch(x)
+                outputs = forward(x)
+        else:
+            tape = None
+            outputs = forward(x)
+        return StepContext(
+            inputs=x,
+            outputs=outputs,
+            tape=tape,
+            labels=y,
+            training=training,
+            seed=self.seed_generator,
+            forward=forward,
+            input_shape=input_shape,
+        )
+
+    def teacher_targets(self, x, y=None):
+        """The teacher's targets of every term for a batch.
+
+        Args:
+            x: the teacher's input batch.
+            y: labels, for terms that use them (e.g. `target="label"`).
+
+        Returns:
+            A list with one dict of per-example tensors per term.
+        """
+        ctx = self._context(
+            self._teacher_forward, x, y, False, self.teacher_input_shape
+        )
+        return [term.teacher_targets(ctx) for term in self.distillation_losses]
+
+    def _step_losses(self, x, y, sample_weight, training):
+        """Forward passes and every loss, inside the caller's tape."""
+        xs, xt, cached = self._split_inputs(x)
+        tctx = None
+        if cached is None:
+            tctx = self._context(
+                self._teacher_forward, xt, y, False, self.teacher_input_shape
+            )
+        sctx = self._context(
+            lambda inputs: self._student_forward(inputs, training),
+            xs,
+            y,
+            training,
+            self.student_input_shape,
+        )
+        batch = tf.shape(xs)[0]
+        term_values = []
+        for i, term in enumerate(self.distillation_losses):
+
+            def compute(i=i, term=term):
+                targets = (
+                    cached[i] if cached is not None
+                    else term.teacher_targets(tctx)
+                )
+                return tf.cast(term.per_example_loss(targets, sctx), "float32")
+
+            per_example = tf.cond(
+                self.term_weights[i] > 0.0,
+                compute,
+                lambda: tf.zeros([batch], "float32"),
+            )
+            term_values.append(
+                distribute_utils.reduce_per_example(per_example, sample_weight)
+            )
+        if self.student_task is not None:
+            y_pred = self.student_task(xs, training=training)
+        else:
+            y_pred = sctx.outputs[OUTPUT]
+        student_loss = self._student_loss(y, y_pred, sample_weight)
+        total = student_loss
+        for w, value in zip(self.term_weights, term_values):
+            total = total + w * value
+        return y_pred, student_loss, term_values, total
+
+    def _student_loss(self, y, y_pred, sample_weight):
+        replicas = distribute_utils.num_replicas()
+        loss = tf.zeros((), "float32")
+        if y is not None and self._compile_loss is not None:
+            # Keras' loss objects already divide by the replica count.
+            compiled = tf.cast(
+                self._compile_loss(y, y_pred, sample_weight), "float32"
+            )
+            loss = self.student_loss_weight_variable * compiled * replicas
+        for extra in self.losses:
+            loss = loss + tf.cast(tf.reduce_sum(extra), "float32")
+        return loss
+
+    def _update_trackers(self, student_loss, term_values, total, batch):
+        self.student_loss_tracker.update_state(
+            student_loss, sample_weight=batch
+        )
+        for tracker, value in zip(self.term_trackers, term_values):
+            tracker.update_state(value, sample_weight=batch)
+        self.total_loss_tracker.update_state(total, sample_weight=batch)
+        self._loss_tracker.update_state(total, sample_weight=batch)
+
+    def _metrics_result(self, x, y, y_pred, sample_weight):
+        if y is None:
+            return self.get_metrics_result()
+        return self.compute_metrics(x, y, y_pred, sample_weight)
+
+    # Steps.
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            y_pred, student_loss, term_values, total = self._step_losses(
+                x, y, sample_weight, training=True
+            )
+            scaled = total / distribute_utils.num_replicas()
+            scaled = self.optimizer.scale_loss(scaled)
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        self._update_trackers(student_loss, term_values, total, batch)
+        return self._metrics_result(x, y, y_pred, sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred, student_loss, term_values, total = self._step_losses(
+            x, y, sample_weight, training=False
+        )
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        self._update_trackers(student_loss, term_values, total, batch)
+        return self._metrics_result(x, y, y_pred, sample_weight)
+
+    # Configuration.
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "teacher": keras.saving.serialize_keras_object(self.teacher),
+                "student": keras.saving.serialize_keras_object(self.student),
+                "distillation_losses": [
+                    keras.saving.serialize_keras_object(t)
+                    for t in self.distillation_losses
+                ],
+                "distillation_loss_weights": [
+                    float(keras.ops.convert_to_numpy(w))
+                    for w in self.term_weights
+                ],
+                "student_loss_weight": float(
+                    keras.ops.convert_to_numpy(
+                        self.student_loss_weight_variable
+                    )
+                ),
+                "distillation_output": self.distillation_output,
+                "seed": self.seed,
+                "check_differentiable": self.check_differentiable,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("teacher", "student"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        config["distillation_losses"] = [
+            keras.saving.deserialize_keras_object(t)
+            for t in config["distillation_losses"]
+        ]
+        return cls(**config)
+
+
+def _ordered_union(groups):
+    seen = []
+    for group in groups:
+        for name in group:
+            if name not in seen:
+                seen.append(name)
+    if OUTPUT not in seen:
+        seen.insert(0, OUTPUT)
+    return seen
+
+
+def _shapes(endpoints, input_shape):
+    shapes = {
+        name: tuple(tensor.shape)
+        for name, tensor in endpoints.output.items()
+    }
+    shapes["input"] = (None,) + tuple(input_shape)
+    return shapes
+
+
+def _as_float(x):
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+        x = tf.cast(x, keras.config.floatx())
+    return x
+
+
+__all__ = ["Distiller", "DistillationTerm"]

@@ -1,0 +1,90 @@
+"""Intermediate outputs of Functional and Sequential models, by layer name."""
+
+import keras
+
+from keras_jacobian.terms.base import OUTPUT
+
+
+def layer_names(model):
+    """The names of a model's layers, in order."""
+    return [layer.name for layer in model.layers]
+
+
+def _symbolic_outputs(model, role):
+    try:
+        inputs = model.inputs
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        inputs = outputs = None
+    if not inputs or not outputs:
+        raise ValueError(
+            f"The {role} model {model.name!r} ({type(model).__name__}) has "
+            "no symbolic inputs and outputs, so its intermediate layers "
+            "cannot be read by name. Expected a Functional model or a "
+            "Sequential model built with `keras.Input`. Wrap a subclassed "
+            "model as `keras.Model(inputs, outputs)` with explicit "
+            "intermediate tensors, or rebuild it functionally. Available "
+            f"layer names: {layer_names(model)}"
+        )
+    return inputs, outputs
+
+
+def layer_output(model, name, role):
+    """The symbolic output tensor of the layer called `name` in `model`."""
+    names = layer_names(model)
+    if name not in names:
+        raise ValueError(
+            f"The {role} model {model.name!r} has no layer named {name!r}. "
+            f"Available layer names: {names}"
+        )
+    _symbolic_outputs(model, role)
+    layer = model.get_layer(name)
+    try:
+        return layer.output
+    except (AttributeError, ValueError) as error:
+        raise ValueError(
+            f"The layer {name!r} of the {role} model {model.name!r} is "
+            "used more than once or was never called on the model's "
+            f"input, so it has no single output tensor ({error}). Pick "
+            f"another layer. Available layer names: {names}"
+        ) from error
+
+
+def endpoint_model(model, endpoints, role, output_layer=None):
+    """A model mapping `model`'s input to a dict of named endpoints.
+
+    Args:
+        model: a Functional or Sequential Keras model.
+        endpoints: iterable of endpoint names: layer names, or `"output"`
+            for the model's output (its only output, or `output_layer`).
+        role: `"teacher"` or `"student"`, for error messages.
+        output_layer: name of the layer whose output is `"output"` when
+            the model has several outputs.
+
+    Returns:
+        A `keras.Model` sharing `model`'s layers and weights, whose call
+        returns `{endpoint: tensor}`.
+    """
+    inputs, outputs = _symbolic_outputs(model, role)
+    tensors = {}
+    for name in endpoints:
+        if name == OUTPUT:
+            tensors[name] = output_tensor(model, role, output_layer)
+        else:
+            tensors[name] = layer_output(model, name, role)
+    return keras.Model(inputs, tensors, name=f"{model.name}_endpoints")
+
+
+def output_tensor(model, role, output_layer=None):
+    """The model's distillation output: its only output or a named one."""
+    _, outputs = _symbolic_outputs(model, role)
+    if output_layer is not None:
+        return layer_output(model, output_layer, role)
+    if len(outputs) != 1:
+        raise ValueError(
+            f"The {role} model {model.name!r} has {len(outputs)} outputs; "
+            "expected one (the logits). For a student with a task head and "
+            "a head that mimics the teacher, pass the mimicking head's "
+            "layer name as `distillation_output`."
+        )
+    return outputs[0]

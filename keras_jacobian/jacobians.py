@@ -1,0 +1,123 @@
+"""Where input Jacobians are computed.
+
+Every Jacobian in the library is a set of vector-Jacobian products
+`v^T dF/dx`, one per row, taken from a `tf.GradientTape` that watched the
+input `x` while the network ran. One row costs one backward pass; several
+rows are vectorised with `GradientTape.batch_jacobian` (no Python loop over
+classes). When the tape that produced the rows sits inside another tape that
+records the student's weights, the rows stay differentiable (double
+backprop): this is how a Jacobian term trains the student.
+"""
+
+import tensorflow as tf
+
+# Below this squared norm a row counts as zero when normalised: the
+# normalised row is then zero too, and its gradient finite.
+NORM_EPSILON = 1e-12
+
+
+def vjp_rows(tape, outputs, inputs, cotangents):
+    """Computes rows `v_r^T dF(x)/dx` for each example and each `v_r`.
+
+    Args:
+        tape: a `tf.GradientTape` that watched `inputs` while `outputs` were
+            computed. It must be persistent when more than one row, or more
+            than one call, is needed.
+        outputs: tensor of shape `(batch, ...)`, the network's output `F(x)`.
+        inputs: tensor of shape `(batch, ...)`, the watched input `x`.
+        cotangents: tensor of shape `(batch, rows) + outputs.shape[1:]`, the
+            vectors `v_r`, one set per example.
+
+    Returns:
+        A float tensor of shape `(batch, rows) + inputs.shape[1:]`.
+
+    Raises:
+        ValueError: when `outputs` does not depend on `inputs` through
+            differentiable operations.
+    """
+    num_rows = cotangents.shape[1]
+    cotangents = tf.cast(cotangents, outputs.dtype)
+    if num_rows == 1:
+        grads = tape.gradient(
+            outputs, inputs, output_gradients=cotangents[:, 0]
+        )
+        _check_connected(grads)
+        return grads[:, None]
+    batch = tf.shape(outputs)[0]
+    with tape:
+        flat = tf.reshape(outputs, [batch, 1, -1])
+        flat_v = tf.reshape(cotangents, [batch, num_rows, -1])
+        projected = tf.reduce_sum(flat * flat_v, axis=-1)
+    rows = tape.batch_jacobian(projected, inputs)
+    _check_connected(rows)
+    return rows
+
+
+def _check_connected(grads):
+    if grads is None:
+        raise ValueError(
+            "The network's output has no gradient with respect to its "
+            "input, so it has no input Jacobian. Expected a model whose "
+            "output is a differentiable function of a floating-point "
+            "input. Look for a `stop_gradient`, an integer cast, an "
+            "`argmax`, or a layer without a registered gradient between "
+            "the input and the output."
+        )
+
+
+def flatten_rows(rows):
+    """Reshapes `(batch, rows, ...)` to `(batch, rows, D)` in float32."""
+    shape = tf.shape(rows)
+    return tf.reshape(tf.cast(rows, "float32"), [shape[0], shape[1], -1])
+
+
+def normalize_rows(rows):
+    """L2-normalises each flattened row; a zero row stays zero, not NaN."""
+    squared = tf.reduce_sum(tf.square(rows), axis=-1, keepdims=True)
+    return rows * tf.math.rsqrt(tf.maximum(squared, NORM_EPSILON))
+
+
+def unit_vectors(shape, seed, dtype="float32"):
+    """Draws vectors uniformly on the unit sphere along the last axis.
+
+    Args:
+        shape: output shape; the last axis is the sphere's dimension.
+        seed: a `keras.random.SeedGenerator` or an integer seed.
+        dtype: float dtype of the result.
+
+    Returns:
+        A tensor of `shape` whose last-axis slices have unit norm, so that
+        `E[v v^T] = I / shape[-1]`.
+    """
+    import keras
+
+    v = keras.random.normal(shape, seed=seed, dtype="float32")
+    v = normalize_rows(v)
+    return tf.cast(v, dtype)
+
+
+def match_spatial_size(rows, target_shape):
+    """Resizes Jacobian rows `(batch, rows, H, W, C)` to `target_shape`.
+
+    Used when teacher and student see the same images at different
+    resolutions. Only the teacher's rows, which are constants for the
+    student's update, are resized, so no second derivative of a resize
+    is ever needed.
+    """
+    if rows.shape[2:] == tuple(target_shape):
+        return rows
+    shape = tf.shape(rows)
+    height, width, channels = target_shape
+    if rows.shape[-1] != channels:
+        raise ValueError(
+            "Teacher and student inputs must have the same number of "
+            f"channels to compare their Jacobians. Received: teacher "
+            f"{tuple(rows.shape[2:])}, student {tuple(target_shape)}."
+        )
+    images = tf.reshape(
+        rows, tf.concat([[-1], shape[2:]], axis=0)
+    )
+    images = tf.image.resize(images, (height, width), method="area")
+    return tf.reshape(
+        images, [shape[0], shape[1], height, width, channels]
+    )

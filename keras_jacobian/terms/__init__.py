@@ -1,0 +1,1 @@
+"""Distillation terms: each compares one aspect of teacher and student."""

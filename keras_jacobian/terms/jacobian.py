@@ -1,0 +1,285 @@
+"""Input-Jacobian matching between teacher and student."""
+
+import keras
+import tensorflow as tf
+
+from keras_jacobian import jacobians
+from keras_jacobian.terms.base import OUTPUT
+from keras_jacobian.terms.base import DistillationTerm
+from keras_jacobian.terms.base import labels_to_indices
+
+TARGETS = ("teacher_top1", "label", "top_k", "all", "random")
+CLASS_INDEXED = ("teacher_top1", "label", "top_k", "all")
+LOSSES = ("squared", "alignment")
+# Floor for the student's probability in the alignment weight 1 / p_S.
+PROBABILITY_FLOOR = 1e-4
+
+
+def select_cotangents(target, logits, labels, k, num_projections, seed):
+    """The output-space vectors `v_r` whose rows `v_r^T J` are matched.
+
+    Args:
+        target: one of `TARGETS`.
+        logits: the teacher's logits `(batch, classes)`; they pick the
+            classes for `"teacher_top1"` and `"top_k"`.
+        labels: labels for `"label"` (sparse or one-hot), else unused.
+        k: number of classes for `"top_k"`.
+        num_projections: number of random vectors for `"random"`.
+        seed: a `keras.random.SeedGenerator` for `"random"`.
+
+    Returns:
+        A float32 tensor `(batch, rows, classes)`: one-hot rows for the
+        class-indexed targets, unit vectors for `"random"`.
+    """
+    num_classes = logits.shape[-1]
+    batch = tf.shape(logits)[0]
+    if target == "teacher_top1":
+        indices = tf.argmax(logits, axis=-1, output_type="int32")[:, None]
+    elif target == "label":
+        indices = labels_to_indices(labels, num_classes)[:, None]
+    elif target == "top_k":
+        indices = tf.math.top_k(tf.cast(logits, "float32"), k=k).indices
+    elif target == "all":
+        eye = tf.eye(num_classes, dtype="float32")
+        return tf.tile(eye[None], [batch, 1, 1])
+    else:
+        return jacobians.unit_vectors(
+            tf.stack([batch, num_projections, num_classes]), seed
+        )
+    return tf.one_hot(indices, num_classes, dtype="float32")
+
+
+def softmax_cotangents(cotangents, logits, temperature):
+    """Maps class vectors `v` to `u = (dp/dz)^T v` for `p = softmax(z/T)`.
+
+    A row of the Jacobian of the probabilities, `v^T dp/dx`, equals the
+    vector-Jacobian product of the logits with `u`, so probability rows
+    are computed from the logits' tape without recording the softmax.
+    """
+    p = tf.nn.softmax(tf.cast(logits, "float32") / temperature, axis=-1)
+    p = p[:, None, :]
+    vp = tf.reduce_sum(cotangents * p, axis=-1, keepdims=True)
+    return p * (cotangents - vp) / temperature
+
+
+@keras.saving.register_keras_serializable(package="keras_jacobian")
+class JacobianMatching(DistillationTerm):
+    """Matches rows of the input Jacobians of teacher and student.
+
+    Srinivas & Fleuret (2018) show that matching logits under Gaussian input
+    noise equals matching logits plus matching input Jacobians
+    `J(x) = d logits / dx` (proposition 1). Full Jacobians cost one backward
+    pass per class, so this term matches selected rows `v^T J`, the same
+    `v` for teacher and student:
+
+    - `"teacher_top1"` (default): the teacher's top class, per example.
+    - `"label"`: the true class (needs labels).
+    - `"top_k"`: the teacher's `k` top classes.
+    - `"all"`: every class (the full Jacobian; `classes` backward passes,
+      vectorised).
+    - `"random"`: `num_projections` random unit vectors `v`, drawn anew
+      each step (Sobolev training; Hoffman et al. 2019).
+
+    With `loss="squared"` and `normalize=True` (the paper's practical form)
+    each row is flattened and L2-normalised per example and the loss is the
+    squared distance `||j_T/||j_T|| - j_S/||j_S||||^2 = 2 - 2 cos`, averaged
+    over the selected rows. A zero row stays zero (no NaN).
+
+    With `normalize=False` the rows are compared raw and summed:
+    for `target="all"` the term is exactly `||J_T - J_S||_F^2` per example
+    (summed over classes and input values), so that
+    `LogitsDistillation("mse")` plus `sigma^2` times this term is the
+    first-order expansion of `NoiseDistillation(sigma)`. For `"random"`
+    the sum over projections is scaled by `classes / num_projections`,
+    which makes it an unbiased estimate of the same Frobenius norm
+    (`E[v v^T] = I / classes` on the unit sphere).
+
+    With `loss="alignment"` the term is the one the paper's cross-entropy
+    proposition adds under noise: rows of the Jacobians of the softmax
+    probabilities `p = softmax(z / temperature)` and the per-example loss
+    `-sum_c (grad p_T,c . grad p_S,c) / p_S,c` over the selected classes
+    `c`, with `p_S,c` floored at 1e-4. Minimising it aligns the
+    probability gradients. With `normalize=True` the rows are
+    unit-normalised first and the loss is the mean of `1 - cos` over the
+    selected classes, which keeps the direction and drops magnitudes.
+
+    Cost: the teacher's rows take one input-gradient pass per row (without
+    recording the teacher's weights); the student's take a second-order
+    pass. One row roughly doubles a logit-distillation step.
+
+    Args:
+        target: which rows, one of `"teacher_top1"`, `"label"`, `"top_k"`,
+            `"all"`, `"random"`.
+        k: number of classes for `target="top_k"`.
+        num_projections: number of random vectors for `target="random"`.
+        normalize: L2-normalise each row per example before comparing.
+        loss: `"squared"` (distance) or `"alignment"` (inner product of
+            probability Jacobians, from the cross-entropy proposition).
+        temperature: softmax temperature of `loss="alignment"`.
+        name: metric name prefix, default `"jacobian_matching"`.
+
+    Example:
+
+    ```python
+    distiller = keras_jacobian.Distiller(
+        teacher,
+        student,
+        [
+            keras_jacobian.LogitsDistillation(temperature=4.0),
+            keras_jacobian.JacobianMatching(target="teacher_top1"),
+        ],
+        distillation_loss_weights=[1.0, 1.0],
+    )
+    ```
+    """
+
+    needs_input_gradients = True
+
+    def __init__(
+        self,
+        target="teacher_top1",
+        k=None,
+        num_projections=1,
+        normalize=True,
+        loss="squared",
+        temperature=1.0,
+        name=None,
+    ):
+        super().__init__(name=name)
+        if target not in TARGETS:
+            raise ValueError(
+                f"`target` must be one of {TARGETS}. Received: "
+                f"target={target!r}"
+            )
+        if target == "top_k":
+            if not isinstance(k, int) or k < 1:
+                raise ValueError(
+                    "target='top_k' needs an integer `k` >= 1. Received: "
+                    f"k={k!r}"
+                )
+        elif k is not None:
+            raise ValueError(
+                f"`k` is only used with target='top_k'. Received: k={k!r} "
+                f"with target={target!r}. Remove `k` or set "
+                "target='top_k'."
+            )
+        if not isinstance(num_projections, int) or num_projections < 1:
+            raise ValueError(
+                "`num_projections` must be an integer >= 1. Received: "
+                f"num_projections={num_projections!r}"
+            )
+        if loss not in LOSSES:
+            raise ValueError(
+                f"`loss` must be one of {LOSSES}. Received: loss={loss!r}"
+            )
+        if loss == "alignment" and target == "random":
+            raise ValueError(
+                "loss='alignment' weights each class's row by 1 / p_S of "
+                "that class, which random projections do not have. Use a "
+                "class-indexed target ('teacher_top1', 'label', 'top_k', "
+                "'all') with loss='alignment'."
+            )
+        if not isinstance(temperature, (int, float)) or temperature <= 0:
+            raise ValueError(
+                "`temperature` must be a positive number. Received: "
+                f"temperature={temperature!r}"
+            )
+        self.target = target
+        self.k = k
+        self.num_projections = num_projections
+        self.normalize = bool(normalize)
+        self.loss = loss
+        self.temperature = float(temperature)
+
+    @property
+    def cacheable(self):
+        return self.target != "random"
+
+    def build(self, teacher_shapes, student_shapes):
+        t, s = teacher_shapes[OUTPUT], student_shapes[OUTPUT]
+        if t[-1] != s[-1]:
+            kind = (
+                "class-indexed target"
+                if self.target in CLASS_INDEXED
+                else "random projection shared by both networks"
+            )
+            raise ValueError(
+                f"JacobianMatching(target={self.target!r}) uses a {kind}, "
+                "so teacher and student outputs must have the same number "
+                f"of classes. Received: teacher output {t}, student output "
+                f"{s}. For transfer between tasks, give the student a head "
+                "that mimics the teacher (see `keras_jacobian.transfer`)."
+            )
+        if self.target == "top_k" and self.k > t[-1]:
+            raise ValueError(
+                f"`k` cannot exceed the number of classes ({t[-1]}). "
+                f"Received: k={self.k}"
+            )
+
+    def teacher_targets(self, ctx):
+        logits = ctx.outputs[OUTPUT]
+        cotangents = select_cotangents(
+            self.target,
+            logits,
+            ctx.labels,
+            self.k,
+            self.num_projections,
+            ctx.seed,
+        )
+        vectors = cotangents
+        if self.loss == "alignment":
+            vectors = softmax_cotangents(cotangents, logits, self.temperature)
+        rows = tf.stop_gradient(ctx.rows(OUTPUT, vectors))
+        return {"rows": rows, "cotangents": cotangents}
+
+    def per_example_loss(self, targets, ctx):
+        cotangents = targets["cotangents"]
+        student_logits = ctx.outputs[OUTPUT]
+        vectors = cotangents
+        if self.loss == "alignment":
+            vectors = softmax_cotangents(
+                cotangents, student_logits, self.temperature
+            )
+        student_rows = ctx.rows(OUTPUT, vectors)
+        teacher_rows = jacobians.match_spatial_size(
+            targets["rows"], ctx.input_shape
+        )
+        t = jacobians.flatten_rows(teacher_rows)
+        s = jacobians.flatten_rows(student_rows)
+        if self.normalize:
+            t = jacobians.normalize_rows(t)
+            s = jacobians.normalize_rows(s)
+        if self.loss == "alignment":
+            return self._alignment(t, s, cotangents, student_logits)
+        distances = tf.reduce_sum(tf.square(t - s), axis=-1)
+        if self.normalize:
+            return tf.reduce_mean(distances, axis=-1)
+        total = tf.reduce_sum(distances, axis=-1)
+        if self.target == "random":
+            total *= student_logits.shape[-1] / self.num_projections
+        return total
+
+    def _alignment(self, t, s, cotangents, student_logits):
+        inner = tf.reduce_sum(t * s, axis=-1)
+        if self.normalize:
+            return tf.reduce_mean(1.0 - inner, axis=-1)
+        p = tf.nn.softmax(
+            tf.cast(student_logits, "float32") / self.temperature, axis=-1
+        )
+        p_selected = tf.reduce_sum(cotangents * p[:, None, :], axis=-1)
+        weights = 1.0 / tf.maximum(p_selected, PROBABILITY_FLOOR)
+        return -tf.reduce_sum(inner * weights, axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "target": self.target,
+                "k": self.k,
+                "num_projections": self.num_projections,
+                "normalize": self.normalize,
+                "loss": self.loss,
+                "temperature": self.temperature,
+            }
+        )
+        return config

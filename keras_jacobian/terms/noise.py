@@ -1,0 +1,86 @@
+"""Distillation under Gaussian input noise: Jacobian matching without
+double backprop."""
+
+import keras
+import tensorflow as tf
+
+from keras_jacobian.terms.base import OUTPUT
+from keras_jacobian.terms.base import DistillationTerm
+from keras_jacobian.terms.logits import squared_logit_error
+
+
+@keras.saving.register_keras_serializable(package="keras_jacobian")
+class NoiseDistillation(DistillationTerm):
+    """Squared-error logit matching on inputs with Gaussian noise.
+
+    For each example, draws `num_samples` noise vectors
+    `xi ~ N(0, stddev^2 I)`, shared by teacher and student, and returns the
+    mean over draws of `||T(x + xi) - S(x + xi)||^2`. By Srinivas & Fleuret
+    (2018), proposition 1, its expectation is, to first order,
+    `||T(x) - S(x)||^2 + stddev^2 * ||J_T(x) - J_S(x)||_F^2`: logit matching
+    plus unnormalised Jacobian matching over all classes, without any
+    second derivative. The cost is one extra forward and backward pass of
+    each network on `num_samples` noisy copies of the batch.
+
+    Not cacheable: the noise is drawn anew every step.
+
+    Args:
+        stddev: standard deviation `sigma` of the input noise, > 0.
+        num_samples: noise draws per example, >= 1.
+        name: metric name prefix, default `"noise_distillation"`.
+    """
+
+    cacheable = False
+
+    def __init__(self, stddev, num_samples=1, name=None):
+        super().__init__(name=name)
+        if not isinstance(stddev, (int, float)) or stddev <= 0:
+            raise ValueError(
+                "`stddev` must be a positive number. Received: "
+                f"stddev={stddev!r}"
+            )
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(
+                "`num_samples` must be an integer >= 1. Received: "
+                f"num_samples={num_samples!r}"
+            )
+        self.stddev = float(stddev)
+        self.num_samples = num_samples
+
+    def build(self, teacher_shapes, student_shapes):
+        t, s = teacher_shapes["input"], student_shapes["input"]
+        if tuple(t[1:]) != tuple(s[1:]):
+            raise ValueError(
+                "NoiseDistillation adds the same noise to one input seen "
+                "by both networks, so their input shapes must agree. "
+                f"Received: teacher {t}, student {s}."
+            )
+        if teacher_shapes[OUTPUT][-1] != student_shapes[OUTPUT][-1]:
+            raise ValueError(
+                "NoiseDistillation compares outputs class by class. "
+                f"Received: teacher {teacher_shapes[OUTPUT]}, student "
+                f"{student_shapes[OUTPUT]}."
+            )
+
+    def teacher_targets(self, ctx):
+        x = ctx.inputs
+        copies = tf.concat([x] * self.num_samples, axis=0)
+        noise = keras.random.normal(
+            tf.shape(copies), stddev=self.stddev, seed=ctx.seed
+        )
+        noisy = copies + tf.cast(noise, x.dtype)
+        logits = ctx.forward(noisy)[OUTPUT]
+        return {"noisy_inputs": noisy, "noisy_logits": logits}
+
+    def per_example_loss(self, targets, ctx):
+        student = ctx.forward(targets["noisy_inputs"])[OUTPUT]
+        errors = squared_logit_error(targets["noisy_logits"], student)
+        errors = tf.reshape(errors, [self.num_samples, -1])
+        return tf.reduce_mean(errors, axis=0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"stddev": self.stddev, "num_samples": self.num_samples}
+        )
+        return config
