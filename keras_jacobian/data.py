@@ -847,7 +847,7 @@ class _TfdsSource(_Source):
                 f"Expected `image_size` for '{name}', whose images differ "
                 f"in size (image shape {image_shape}). Received "
                 "image_size=None. Pass e.g. image_size=(224, 224): images "
-                "are resized in the input pipeline."
+                "are resized when loaded."
             )
         self._builder = builder
         self._image_size = image_size
