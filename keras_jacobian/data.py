@@ -361,7 +361,9 @@ def make_pipeline(
     their images (pass cached teacher outputs inside `labels`).
 
     Args:
-        images: Array or tensor of shape `(N, H, W, C)`, floating point.
+        images: Array or tensor of shape `(N, H, W, C)`; floating point
+            values are used as they are, integer images (e.g. `uint8`)
+            are scaled to `[0, 1]`.
         labels: `None`, an array of shape `(N, ...)`, or a nested structure
             (tuple / dict) of such arrays, e.g. `(labels, teacher_logits)`.
         batch_size: Batch size.
@@ -566,8 +568,9 @@ def is_random_pipeline(dataset):
     Pipelines made by `make_pipeline` are answered from what was recorded
     when they were built. Other `tf.data.Dataset`s are inspected: the
     pipeline's graph (including its mapped functions) is searched for random
-    ops. When the pipeline cannot be inspected, the answer is `True` (the
-    safe answer for caching).
+    ops (this serialises the pipeline, including in-memory arrays, so it
+    costs a copy of them). When the pipeline cannot be inspected, the answer
+    is `True` (the safe answer for caching).
 
     Args:
         dataset: A `tf.data.Dataset`.
