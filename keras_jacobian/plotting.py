@@ -87,9 +87,7 @@ def save_transfer_grid(
         reader = inspection.AttentionReader(distiller, layer_pairs, p)
         layer_pairs = reader.layer_pairs
         maps = reader(xs, xt)
-    t_rows, s_rows, _ = inspection.input_saliency(
-        distiller, xs, xt, target, y
-    )
+    t_rows, s_rows, _ = inspection.input_saliency(distiller, xs, xt, target, y)
     columns = [("input", np.asarray(xs), None)]
     for (t_name, s_name), (t_map, s_map) in zip(layer_pairs, maps):
         columns.append((f"teacher att.\n{t_name}", np.asarray(t_map), cmap))

@@ -61,9 +61,10 @@ def build_lwf_student(
     )
     ```
     """
-    for value, label in ((num_classes, "num_classes"), (
-        num_source_classes, "num_source_classes"
-    )):
+    for value, label in (
+        (num_classes, "num_classes"),
+        (num_source_classes, "num_source_classes"),
+    ):
         if not isinstance(value, int) or value < 1:
             raise ValueError(
                 f"`{label}` must be an integer >= 1. Received: "
@@ -115,9 +116,7 @@ def build_lwf_student(
             features
         )
     task = keras.layers.Dense(num_classes, name=task_name)(features)
-    source = keras.layers.Dense(num_source_classes, name=source_name)(
-        features
-    )
+    source = keras.layers.Dense(num_source_classes, name=source_name)(features)
     return keras.Model(inputs, [task, source], name=name)
 
 
@@ -168,8 +167,6 @@ def extract_task_model(distiller_or_student, task_name=None):
                 "student has a single head: use `distiller.student`."
             )
         if task_name is None:
-            return keras.Model(
-                task.inputs, task.outputs[0], name="task_model"
-            )
+            return keras.Model(task.inputs, task.outputs[0], name="task_model")
         distiller_or_student = distiller_or_student.student
     return task_model(distiller_or_student, task_name or TASK_HEAD)

@@ -61,9 +61,7 @@ def step(boundaries, values):
     """
     boundaries = list(boundaries)
     values = [float(v) for v in values]
-    if len(values) != len(boundaries) + 1 or boundaries != sorted(
-        boundaries
-    ):
+    if len(values) != len(boundaries) + 1 or boundaries != sorted(boundaries):
         raise ValueError(
             "`step` needs increasing `boundaries` and one more value than "
             f"boundaries. Received: boundaries={boundaries}, "

@@ -39,9 +39,7 @@ def check_layer_pairs(layer_pairs, where):
 
 def _check_p(p):
     if not isinstance(p, (int, float)) or isinstance(p, bool) or p <= 0:
-        raise ValueError(
-            f"`p` must be a positive number. Received: p={p!r}"
-        )
+        raise ValueError(f"`p` must be a positive number. Received: p={p!r}")
     return p
 
 
@@ -50,9 +48,7 @@ class _AttentionTerm(DistillationTerm):
 
     def __init__(self, layer_pairs, p=2, name=None):
         super().__init__(name=name)
-        self.layer_pairs = check_layer_pairs(
-            layer_pairs, type(self).__name__
-        )
+        self.layer_pairs = check_layer_pairs(layer_pairs, type(self).__name__)
         self.p = _check_p(p)
         self._student_sizes = None
 

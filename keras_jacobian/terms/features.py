@@ -192,9 +192,7 @@ class FeatureDistillation(DistillationTerm):
                 "adapter='conv' or 'auto'."
             )
         if kind == "conv":
-            layer = keras.layers.Conv2D(
-                t[-1], 1, name=f"{self.name}_adapter"
-            )
+            layer = keras.layers.Conv2D(t[-1], 1, name=f"{self.name}_adapter")
         else:
             layer = keras.layers.Dense(t[-1], name=f"{self.name}_adapter")
         layer.build(s)
@@ -203,9 +201,7 @@ class FeatureDistillation(DistillationTerm):
     def teacher_targets(self, ctx):
         features = tf.cast(ctx.outputs[self.teacher_layer], "float32")
         if self._spatial_size is not None:
-            features = attention.resize_features(
-                features, self._spatial_size
-            )
+            features = attention.resize_features(features, self._spatial_size)
         return {"features": features}
 
     def per_example_loss(self, targets, ctx):
