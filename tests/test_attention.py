@@ -50,9 +50,7 @@ def np_normalized(maps):
 
 def evaluate_terms(distiller, x):
     distiller.compile(optimizer="sgd")
-    return {
-        k: float(v) for k, v in distiller.test_step((x,)).items()
-    }
+    return {k: float(v) for k, v in distiller.test_step((x,)).items()}
 
 
 # Pure functions.
@@ -245,14 +243,10 @@ def test_attention_jacobian_row_matches_finite_differences():
 def test_term_trains_student_kernels(term, trained):
     teacher = conv_net("t", 5)
     student = conv_net("s", 3)
-    distiller = kj.Distiller(
-        teacher, student, [term], student_loss_weight=0.0
-    )
+    distiller = kj.Distiller(teacher, student, [term], student_loss_weight=0.0)
     distiller.compile(optimizer=keras.optimizers.SGD(1.0), run_eagerly=True)
     x = np.random.default_rng(7).normal(size=(4, 8, 8, 3)).astype("float32")
-    before = {
-        v.path: v.numpy().copy() for v in distiller.trainable_variables
-    }
+    before = {v.path: v.numpy().copy() for v in distiller.trainable_variables}
     t_before = [v.numpy().copy() for v in teacher.weights]
     distiller.fit(x, epochs=1, batch_size=4, verbose=0)
     for variable in distiller.trainable_variables:
@@ -317,9 +311,7 @@ def test_keras_round_trip_with_every_term(tmp_path):
         [1.0, 0.5, 1.0, 1.0, 2.0, 0.5],
     )
     assert not loaded.teacher.trainable
-    assert len(loaded.optimizer.variables) == len(
-        distiller.optimizer.variables
-    )
+    assert len(loaded.optimizer.variables) == len(distiller.optimizer.variables)
     t_before = [v.numpy().copy() for v in loaded.teacher.weights]
     s_before = [v.numpy().copy() for v in loaded.student.weights]
     history = loaded.fit(x, y, epochs=1, batch_size=4, verbose=0)
