@@ -265,6 +265,7 @@ def test_term_trains_student_kernels(term, trained):
 # Serialization of a distiller using every term.
 
 
+@pytest.mark.slow
 def test_keras_round_trip_with_every_term(tmp_path):
     teacher = conv_net("t", 5)
     student = conv_net("s", 3)

@@ -135,7 +135,7 @@ def test_lwf_end_to_end_across_resolutions_and_class_counts(tmp_path):
         for name in ("task", "source", "bc1")
     }
     history = distiller.fit(
-        {"student": xs, "teacher": xt}, y, epochs=2, batch_size=8, verbose=0
+        {"student": xs, "teacher": xt}, y, epochs=1, batch_size=8, verbose=0
     )
     for key in (
         "student_loss",
