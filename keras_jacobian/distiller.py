@@ -11,6 +11,7 @@ from keras_jacobian.terms.base import DistillationTerm
 from keras_jacobian.terms.base import StepContext
 from keras_jacobian.terms.conversion import convert_term
 
+SEED_STATE = "seed_generator_state"
 TASK = "task"
 INPUT_KEYS = ("student", "teacher", "teacher_targets")
 
@@ -217,6 +218,9 @@ class Distiller(keras.Model):
             keras.metrics.Mean(name=f"{t.name}_loss") for t in terms
         ]
         self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
+        # Every variable exists now; a built model can be saved and backed
+        # up (`save_weights`, `BackupAndRestore`) before or after `fit`.
+        self.built = True
 
     # Construction helpers.
 
@@ -465,6 +469,22 @@ class Distiller(keras.Model):
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
         self._update_trackers(student_loss, term_values, total, batch)
         return self._metrics_result(x, y, y_pred, sample_weight)
+
+    # Keras does not save random-generator states in weights files; the
+    # seed state is saved here so that a resumed run (BackupAndRestore)
+    # continues the same random draws.
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store[SEED_STATE] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        super().load_own_variables(
+            {key: store[key] for key in keys if key != SEED_STATE}
+        )
+        if SEED_STATE in keys:
+            self.seed_generator.state.assign(store[SEED_STATE])
 
     # Configuration.
 

@@ -8,6 +8,7 @@ from keras_jacobian import jacobians
 from keras_jacobian import validation
 from keras_jacobian.terms.jacobian import select_cotangents
 
+SEED_STATE = "seed_generator_state"
 TARGETS = ("random", "all")
 
 
@@ -106,6 +107,9 @@ class JacobianRegularizedModel(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
         self.penalty_tracker = keras.metrics.Mean(name="jacobian_penalty")
+        # Every variable exists now; a built model can be saved and backed
+        # up (`save_weights`, `BackupAndRestore`) before or after `fit`.
+        self.built = True
 
     def call(self, inputs, training=False):
         return self.model(inputs, training=training)
@@ -195,6 +199,22 @@ class JacobianRegularizedModel(keras.Model):
             x, y, sample_weight, training=False
         )
         return self._update(x, y, logits, task, penalty, total, sample_weight)
+
+    # Keras does not save random-generator states in weights files; the
+    # seed state is saved here so that a resumed run (BackupAndRestore)
+    # continues the same random draws.
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store[SEED_STATE] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        super().load_own_variables(
+            {key: store[key] for key in keys if key != SEED_STATE}
+        )
+        if SEED_STATE in keys:
+            self.seed_generator.state.assign(store[SEED_STATE])
 
     def get_config(self):
         config = super().get_config()
