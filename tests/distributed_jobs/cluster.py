@@ -38,7 +38,7 @@ def env(tf_config=None):
 
 
 def start(script, args, tf_config=None, stderr_path=None):
-    """Starts `python tests/scripts/<script> args` in its own group."""
+    """Starts `python tests/distributed_jobs/<script> args` in its own group."""
     stderr = open(stderr_path, "w") if stderr_path else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, os.path.join(SCRIPTS, script)] + list(args),
@@ -91,3 +91,29 @@ def read_log(path):
         except json.JSONDecodeError:
             pass  # a line cut by a kill
     return records
+
+
+def wait_for(predicate, processes, timeout, interval=0.2):
+    """Polls `predicate()` until true; fails if a process ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        ended = [p.returncode for p in processes if p.poll() is not None]
+        if ended:
+            raise RuntimeError(f"a job ended early with codes {ended}")
+        time.sleep(interval)
+    for p in processes:
+        kill(p)
+    raise TimeoutError("the condition was not met in time")
+
+
+def runs(records):
+    """Splits a job log into runs, each starting at a 'begin' record."""
+    result = []
+    for record in records:
+        if record["event"] == "begin":
+            result.append([])
+        if result:
+            result[-1].append(record)
+    return result

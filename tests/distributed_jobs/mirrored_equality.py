@@ -1,7 +1,7 @@
 """Trains on one device and on 2 replicas (logical CPUs); prints diffs.
 
 Prints one JSON line: {case: max |w_1 - w_2| over the student's weights}.
-Run: PYTHONPATH=<repo>:tests/scripts python tests/scripts/mirrored_equality.py
+Run: PYTHONPATH=<repo>:tests/distributed_jobs python tests/distributed_jobs/mirrored_equality.py
 """
 
 import json
@@ -46,6 +46,23 @@ def distiller_case(target, normalize):
     return make
 
 
+def batch_norm_case(sync):
+    def make():
+        teacher, _ = tiny_models.pair()
+        student = tiny_models.seeded(
+            tiny_models.conv_net("student", batch_norm=True, sync=sync), 2
+        )
+        model = Distiller(
+            teacher,
+            student,
+            [LogitsDistillation("kl"), JacobianMatching("teacher_top1")],
+            check_differentiable=False,
+        )
+        return model, student
+
+    return make
+
+
 def regularized_case():
     _, student = tiny_models.pair()
     model = JacobianRegularizedModel(
@@ -76,16 +93,21 @@ def main(names):
         "kl+jacobian_label_norm": distiller_case("label", True),
         "kl+jacobian_label_raw": distiller_case("label", False),
         "regularized_all": regularized_case,
+        "batch_norm_student": batch_norm_case(sync=False),
+        "sync_batch_norm_student": batch_norm_case(sync=True),
     }
     one = strategies.get_strategy("one_device", devices=DEVICES[0])
     mirrored = strategies.get_strategy("mirrored", devices=DEVICES)
     result = {}
+    w_initial = {
+        name: cases[name]()[1].get_weights() for name in names or cases
+    }
     for name in names or cases:
         w1, loss1 = train(cases[name], one)
         w2, loss2 = train(cases[name], mirrored)
         moved = max(
             float(np.max(np.abs(a - b)))
-            for a, b in zip(w1, tiny_models.pair()[1].get_weights())
+            for a, b in zip(w1, w_initial[name])
         )
         result[name] = {
             "max_weight_diff": max(

@@ -78,11 +78,13 @@ class Progress(keras.callbacks.Callback):
         self._write(event="epoch_begin", epoch=epoch, **self._state())
 
     def on_train_batch_end(self, batch, logs=None):
-        time.sleep(args.sleep)
+        # Written before sleeping: a kill during the sleep of a step that
+        # is not a backup step leaves the last backup complete.
         self._write(
             event="step", epoch=self.epoch, step=batch,
             loss=float(logs["loss"]), **self._state()
         )
+        time.sleep(args.sleep)
 
     def on_epoch_end(self, epoch, logs=None):
         self._write(event="epoch_end", epoch=epoch, loss=float(logs["loss"]))
@@ -118,7 +120,7 @@ progress = Progress(distiller)
 
 if args.loop == "keras":
     backup = keras.callbacks.BackupAndRestore(
-        args.backup_dir, save_freq=args.save_freq
+        args.backup_dir, save_freq=args.save_freq, double_checkpoint=True
     )
     history = distiller.fit(
         dataset, epochs=args.epochs, callbacks=[backup, progress], verbose=0

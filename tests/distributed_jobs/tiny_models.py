@@ -11,13 +11,18 @@ SHAPE = (8, 8, 1)
 CLASSES = 3
 
 
-def conv_net(name, filters=4, batch_norm=False):
+def conv_net(name, filters=4, batch_norm=False, sync=False):
     inputs = keras.Input(SHAPE)
     x = keras.layers.Conv2D(filters, 3, activation="tanh", name=f"{name}_c")(
         inputs
     )
     if batch_norm:
-        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        norm = (
+            keras.layers.BatchNormalization(synchronized=True)
+            if sync
+            else keras.layers.BatchNormalization()
+        )
+        x = norm(x)
     x = keras.layers.Flatten()(x)
     outputs = keras.layers.Dense(CLASSES, name=f"{name}_d")(x)
     return keras.Model(inputs, outputs, name=name)
