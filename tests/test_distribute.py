@@ -113,11 +113,8 @@ def test_two_replicas_match_one_device():
             values["loss_mirrored"], values["loss_one"], rtol=1e-5
         )
     # Per-replica batch statistics differ from global ones: BatchNorm in
-    # the student breaks equality (use SyncBatchNormalization for it).
+    # the student breaks equality (see docs/distributed.md).
     assert batch_norm["max_weight_diff"] > 10 * EQUALITY_TOLERANCE
-    sync = result.get("sync_batch_norm_student")
-    if sync is not None:
-        assert sync["max_weight_diff"] < EQUALITY_TOLERANCE
 
 
 @pytest.mark.slow

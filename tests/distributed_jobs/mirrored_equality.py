@@ -94,7 +94,6 @@ def main(names):
         "kl+jacobian_label_raw": distiller_case("label", False),
         "regularized_all": regularized_case,
         "batch_norm_student": batch_norm_case(sync=False),
-        "sync_batch_norm_student": batch_norm_case(sync=True),
     }
     one = strategies.get_strategy("one_device", devices=DEVICES[0])
     mirrored = strategies.get_strategy("mirrored", devices=DEVICES)
