@@ -51,11 +51,13 @@ CASES = {
     "jacobian_top1": lambda: [LogitsDistillation(), JacobianMatching()],
     "jacobian_label": lambda: [LogitsDistillation(), JacobianMatching("label")],
     "jacobian_top_k3": lambda: [
-        LogitsDistillation(), JacobianMatching("top_k", k=3)
+        LogitsDistillation(),
+        JacobianMatching("top_k", k=3),
     ],
     "jacobian_all": lambda: [LogitsDistillation(), JacobianMatching("all")],
     "jacobian_random": lambda: [
-        LogitsDistillation(), JacobianMatching("random")
+        LogitsDistillation(),
+        JacobianMatching("random"),
     ],
     "noise": lambda: [NoiseDistillation(0.1)],
     "regularized_random": None,
@@ -92,8 +94,10 @@ def time_steps(name, jit_compile):
 
 
 def main(names):
-    print(f"{'case':20s} {'first':>7s} {'step':>8s} {'xla first':>9s} "
-          f"{'xla step':>8s} {'ratio':>6s}")
+    print(
+        f"{'case':20s} {'first':>7s} {'step':>8s} {'xla first':>9s} "
+        f"{'xla step':>8s} {'ratio':>6s}"
+    )
     for name in names or CASES:
         first, step = time_steps(name, False)
         xla_first, xla_step = time_steps(name, True)

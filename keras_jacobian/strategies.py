@@ -143,8 +143,10 @@ def cluster_spec_from_env():
         )
     task_type, index = task.get("type"), task.get("index")
     members = cluster.get(task_type) if task_type else None
-    if not isinstance(members, list) or not isinstance(index, int) or not (
-        0 <= index < len(members)
+    if (
+        not isinstance(members, list)
+        or not isinstance(index, int)
+        or not (0 <= index < len(members))
     ):
         raise ValueError(
             "TF_CONFIG's 'task' must name a job of the cluster and an "
@@ -216,9 +218,7 @@ def split_cpu(n):
             has already initialised its devices with another split.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(
-            f"`n` must be an integer >= 1. Received: n={n!r}"
-        )
+        raise ValueError(f"`n` must be an integer >= 1. Received: n={n!r}")
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(

@@ -100,12 +100,12 @@ def test_two_replicas_match_one_device():
     out, _ = process.communicate(timeout=300)
     assert process.returncode == 0
     line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     print("max |w_1 device - w_2 replicas|:")
     for case, values in result.items():
         print(f"  {case}: {values['max_weight_diff']:.2e}")
     batch_norm = result.pop("batch_norm_student")
-    assert len(result) == 7
+    assert len(result) == 4
     for case, values in result.items():
         assert values["moved"] > 0.1, case  # training did change weights
         assert values["max_weight_diff"] < EQUALITY_TOLERANCE, case

@@ -82,16 +82,26 @@ def test_loop_argument_errors():
 
 def _job(directory, worker, sleep):
     return [
-        "--strategy", "multi_worker",
-        "--loop", "multi_worker",
-        "--epochs", str(EPOCHS),
-        "--steps", str(STEPS),
-        "--save_freq", str(SAVE_FREQ),
-        "--sleep", str(sleep),
-        "--backup_dir", str(directory / "backup"),
-        "--output_dir", str(directory / "output"),
-        "--log", str(directory / f"worker{worker}.log"),
-        "--weights_out", str(directory / f"worker{worker}.npz"),
+        "--strategy",
+        "multi_worker",
+        "--loop",
+        "multi_worker",
+        "--epochs",
+        str(EPOCHS),
+        "--steps",
+        str(STEPS),
+        "--save_freq",
+        str(SAVE_FREQ),
+        "--sleep",
+        str(sleep),
+        "--backup_dir",
+        str(directory / "backup"),
+        "--output_dir",
+        str(directory / "output"),
+        "--log",
+        str(directory / f"worker{worker}.log"),
+        "--weights_out",
+        str(directory / f"worker{worker}.npz"),
     ]
 
 
@@ -143,8 +153,11 @@ def test_two_workers_train_and_only_chief_writes(reference_run):
     assert not os.path.exists(directory / "backup")  # deleted at the end
     # Both workers log the same global metrics.
     logs = [
-        [r["loss"] for r in cluster.read_log(directory / f"worker{i}.log")
-         if r["event"] == "step"]
+        [
+            r["loss"]
+            for r in cluster.read_log(directory / f"worker{i}.log")
+            if r["event"] == "step"
+        ]
         for i in (0, 1)
     ]
     np.testing.assert_allclose(logs[0], logs[1], rtol=1e-6)
@@ -158,11 +171,13 @@ def test_killed_worker_job_resumes(reference_run, tmp_path):
     workers = _start_cluster(tmp_path, sleep=0.3)
 
     def mid_second_epoch():
-        steps = [
-            r for r in cluster.read_log(chief_log) if r["event"] == "step"
-        ]
-        return bool(steps) and steps[-1]["epoch"] == 1 and (
-            steps[-1]["step"] in (2, 4)  # not a backup step (1, 3, 5)
+        steps = [r for r in cluster.read_log(chief_log) if r["event"] == "step"]
+        return (
+            bool(steps)
+            and steps[-1]["epoch"] == 1
+            and (
+                steps[-1]["step"] in (2, 4)  # not a backup step (1, 3, 5)
+            )
         )
 
     cluster.wait_for(mid_second_epoch, workers, timeout=240)
@@ -177,20 +192,26 @@ def test_killed_worker_job_resumes(reference_run, tmp_path):
     )
     killed_run = cluster.runs(cluster.read_log(chief_log))[0]
     saved = [
-        r for r in killed_run
-        if r["event"] == "step" and r["epoch"] == backup["epoch"]
+        r
+        for r in killed_run
+        if r["event"] == "step"
+        and r["epoch"] == backup["epoch"]
         and r["step"] == backup["step"] - 1
     ][-1]
 
     restarted = _start_cluster(tmp_path, sleep=0.0)
     assert cluster.wait_all(restarted, timeout=240) == [0, 0]
     begin = cluster.runs(cluster.read_log(chief_log))[1][0]
-    print(f"killed at epoch 1 step {killed_run[-1]['step']}; resumed at "
-          f"epoch {backup['epoch']} step {backup['step']}, iterations "
-          f"{begin['iterations']}")
+    print(
+        f"killed at epoch 1 step {killed_run[-1]['step']}; resumed at "
+        f"epoch {backup['epoch']} step {backup['step']}, iterations "
+        f"{begin['iterations']}"
+    )
     assert backup["epoch"] == 1
-    assert begin["iterations"] == saved["iterations"] == (
-        backup["epoch"] * STEPS + backup["step"]
+    assert (
+        begin["iterations"]
+        == saved["iterations"]
+        == (backup["epoch"] * STEPS + backup["step"])
     )
     assert begin["seed"] == saved["seed"]
     assert begin["term_weight"] == saved["term_weight"] == 1.5

@@ -22,9 +22,9 @@ from keras_jacobian.terms.jacobian import JacobianMatching  # noqa: E402
 from keras_jacobian.terms.logits import LogitsDistillation  # noqa: E402
 from keras_jacobian.terms.noise import NoiseDistillation  # noqa: E402
 
-# Measured on this CPU: Jacobian terms differ from float32 by at most
-# ~4e-3 (float16) and ~2e-2 (bfloat16), relative; the bounds leave room.
-TOLERANCE = {"mixed_float16": 1e-2, "mixed_bfloat16": 5e-2}
+# Measured on this CPU (relative to float32): Jacobian terms 1e-5
+# (float16) and 2e-4 (bfloat16), KD term 2e-4 and 2e-3; bounds with room.
+TOLERANCE = {"mixed_float16": 1e-3, "mixed_bfloat16": 1e-2}
 
 
 @pytest.fixture
@@ -117,62 +117,81 @@ def test_mixed_precision_terms_close_to_float32(policy, policy_name):
     assert all(np.all(np.isfinite(w)) for w in mixed.student.get_weights())
 
 
-def _all_terms():
-    return [
-        LogitsDistillation("kl", temperature=2.0),
-        LogitsDistillation("mse", name="mse"),
-        JacobianMatching("teacher_top1", name="top1"),
-        JacobianMatching("label", normalize=False, name="label"),
-        JacobianMatching("top_k", k=2, name="top_k"),
-        JacobianMatching("all", name="all"),
-        JacobianMatching("random", num_projections=2, name="random"),
-        JacobianMatching("teacher_top1", loss="alignment", name="align"),
-        NoiseDistillation(stddev=0.1, name="noise"),
-    ]
+DETERMINISTIC_TERMS = [
+    lambda: LogitsDistillation("kl", temperature=2.0),
+    lambda: LogitsDistillation("mse", name="mse"),
+    lambda: JacobianMatching("teacher_top1", name="top1"),
+    lambda: JacobianMatching("label", normalize=False, name="label"),
+    lambda: JacobianMatching("top_k", k=2, name="top_k"),
+    lambda: JacobianMatching("all", name="all"),
+    lambda: JacobianMatching("teacher_top1", loss="alignment", name="align"),
+]
+RANDOM_TERMS = [
+    lambda: JacobianMatching("random", num_projections=2, name="random"),
+    lambda: NoiseDistillation(stddev=0.1, name="noise"),
+]
 
 
-def _compiled(make, jit_compile):
-    model = make()
+def _model(kind):
+    teacher, student = tiny_models.pair()
+    if kind.startswith("regularized"):
+        return JacobianRegularizedModel(
+            student,
+            weight=0.1,
+            target=kind.split("_")[1],
+            seed=3,
+            check_differentiable=False,
+        )
+    terms = DETERMINISTIC_TERMS if kind == "deterministic" else RANDOM_TERMS
+    return Distiller(
+        teacher,
+        student,
+        [t() for t in terms],
+        seed=3,
+        check_differentiable=False,
+    )
+
+
+def _one_step(kind, jit_compile):
+    x, y = tiny_models.data(16)
+    model = _model(kind)
+    initial = model.get_weights()
     model.compile(
         optimizer=keras.optimizers.SGD(0.05),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=jit_compile,
     )
-    return model
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    logs = {k: v[0] for k, v in history.history.items()}
+    update = [w - w0 for w, w0 in zip(model.get_weights(), initial)]
+    return logs, update
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "kind", ["distiller", "regularized_random", "regularized_all"]
+    "kind",
+    ["deterministic", "random", "regularized_random", "regularized_all"],
 )
 def test_xla_matches_no_xla(kind):
-    x, y = tiny_models.data(16)
-
-    def make():
-        teacher, student = tiny_models.pair()
-        if kind == "distiller":
-            return Distiller(
-                teacher, student, _all_terms(), seed=3,
-                check_differentiable=False,
-            )
-        return JacobianRegularizedModel(
-            student, weight=0.1, target=kind.split("_")[1], seed=3,
-            check_differentiable=False,
-        )
-
-    results = {}
-    for jit in (False, True):
-        model = _compiled(make, jit)
-        history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-        results[jit] = history.history, model.get_weights()
-    (logs0, w0), (logs1, w1) = results[False], results[True]
-    print({k: (logs0[k][0], logs1[k][0]) for k in logs0})
+    # One step on one batch: the logs are the losses at the initial
+    # weights, the weights those after one update.
+    logs0, w0 = _one_step(kind, False)
+    logs1, w1 = _one_step(kind, True)
     assert set(logs0) == set(logs1)
+    # Under XLA the same seeds give other random draws (projections,
+    # noise), so random terms agree only as estimates of the same value.
+    random = kind in ("random", "regularized_random")
+    rtol, atol = (0.25, 1e-3) if random else (1e-4, 1e-5)
     for name in logs0:
-        assert np.isfinite(logs1[name][0]), name
+        assert np.isfinite(logs1[name]), name
         np.testing.assert_allclose(
-            logs1[name][0], logs0[name][0], rtol=1e-4, atol=1e-6,
-            err_msg=name,
+            logs1[name], logs0[name], rtol=rtol, atol=atol, err_msg=name
         )
     for a, b in zip(w0, w1):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+        assert np.all(np.isfinite(b))
+        if random:  # the update's size, not its direction
+            np.testing.assert_allclose(
+                np.linalg.norm(b), np.linalg.norm(a), rtol=rtol
+            )
+        else:
+            np.testing.assert_allclose(a, b, atol=atol)

@@ -72,14 +72,22 @@ def test_weights_file_restores_distiller_state(tmp_path):
 
 def _job(directory, name, sleep):
     return [
-        "--loop", "keras",
-        "--epochs", str(EPOCHS),
-        "--steps", str(STEPS),
-        "--save_freq", str(SAVE_FREQ),
-        "--sleep", str(sleep),
-        "--backup_dir", str(directory / f"{name}_backup"),
-        "--output_dir", str(directory / f"{name}_output"),
-        "--log", str(directory / f"{name}.log"),
+        "--loop",
+        "keras",
+        "--epochs",
+        str(EPOCHS),
+        "--steps",
+        str(STEPS),
+        "--save_freq",
+        str(SAVE_FREQ),
+        "--sleep",
+        str(sleep),
+        "--backup_dir",
+        str(directory / f"{name}_backup"),
+        "--output_dir",
+        str(directory / f"{name}_output"),
+        "--log",
+        str(directory / f"{name}.log"),
     ]
 
 
@@ -92,8 +100,12 @@ def test_killed_fit_resumes_from_backup(tmp_path):
 
     def mid_second_epoch():
         steps = [r for r in cluster.read_log(log) if r["event"] == "step"]
-        return bool(steps) and steps[-1]["epoch"] == 1 and (
-            steps[-1]["step"] in (2, 4)  # not a backup step (1, 3, 5)
+        return (
+            bool(steps)
+            and steps[-1]["epoch"] == 1
+            and (
+                steps[-1]["step"] in (2, 4)  # not a backup step (1, 3, 5)
+            )
         )
 
     cluster.wait_for(mid_second_epoch, [first], timeout=240)
@@ -104,8 +116,10 @@ def test_killed_fit_resumes_from_backup(tmp_path):
         backup = json.load(f)
     killed_run = cluster.runs(cluster.read_log(log))[0]
     saved = [
-        r for r in killed_run
-        if r["event"] == "step" and r["epoch"] == 1
+        r
+        for r in killed_run
+        if r["event"] == "step"
+        and r["epoch"] == 1
         and r["step"] == backup["batch"]
     ][-1]
 
@@ -113,9 +127,11 @@ def test_killed_fit_resumes_from_backup(tmp_path):
     assert cluster.wait_all([second, reference], timeout=240) == [0, 0]
     resumed_run = cluster.runs(cluster.read_log(log))[1]
     begin = resumed_run[0]
-    print(f"killed after epoch 1 step {killed_run[-1]['step']}; backup at "
-          f"epoch {backup['epoch']} step {backup['batch']}; resumed with "
-          f"iterations={begin['iterations']}")
+    print(
+        f"killed after epoch 1 step {killed_run[-1]['step']}; backup at "
+        f"epoch {backup['epoch']} step {backup['batch']}; resumed with "
+        f"iterations={begin['iterations']}"
+    )
     # The restored state is the backed-up one: weights of the term, the
     # seed generator and the optimizer's step counter.
     assert backup["epoch"] == 1

@@ -31,8 +31,10 @@ def conv_net(name, filters=4, batch_norm=False, sync=False):
 def seeded(model, seed):
     rng = np.random.default_rng(seed)
     model.set_weights(
-        [rng.normal(scale=0.3, size=w.shape).astype(w.dtype)
-         for w in model.get_weights()]
+        [
+            rng.normal(scale=0.3, size=w.shape).astype(w.dtype)
+            for w in model.get_weights()
+        ]
     )
     return model
 

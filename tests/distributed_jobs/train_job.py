@@ -81,8 +81,11 @@ class Progress(keras.callbacks.Callback):
         # Written before sleeping: a kill during the sleep of a step that
         # is not a backup step leaves the last backup complete.
         self._write(
-            event="step", epoch=self.epoch, step=batch,
-            loss=float(logs["loss"]), **self._state()
+            event="step",
+            epoch=self.epoch,
+            step=batch,
+            loss=float(logs["loss"]),
+            **self._state(),
         )
         time.sleep(args.sleep)
 
