@@ -43,7 +43,7 @@ def _distiller():
     return distiller
 
 
-def test_loop_matches_model_fit():
+def test_loop_matches_model_fit(capsys):
     x, y = tiny_models.data(24)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     expected = _distiller()
@@ -54,8 +54,10 @@ def test_loop_matches_model_fit():
         on_train_batch_end=lambda batch, logs: seen.append(batch)
     )
     history = multi_worker.fit(
-        model, dataset, epochs=2, callbacks=[callback], verbose=0
+        model, dataset, epochs=2, callbacks=[callback], verbose=2
     )
+    printed = capsys.readouterr().out
+    assert "Epoch 2/2" in printed and "student_loss:" in printed
     assert seen == [0, 1, 2, 0, 1, 2]
     assert history.epoch == [0, 1]
     assert set(history.history) == set(reference.history)

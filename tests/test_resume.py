@@ -151,6 +151,10 @@ def test_killed_fit_resumes_from_backup(tmp_path):
     # run takes more steps; its final loss stays close to the reference.
     assert results["iterations"] == saved["iterations"] + 2 * STEPS
     assert np.isfinite(results["loss"][-1])
+    print(
+        f"final loss {results['loss'][-1]:.4f}, uninterrupted run "
+        f"{expected['loss'][-1]:.4f}"
+    )
     np.testing.assert_allclose(
         results["loss"][-1], expected["loss"][-1], rtol=0.1
     )
