@@ -43,6 +43,7 @@ def _distiller():
     return distiller
 
 
+@pytest.mark.slow
 def test_loop_matches_model_fit(capsys):
     x, y = tiny_models.data(24)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
