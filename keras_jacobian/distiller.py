@@ -6,6 +6,7 @@ import tensorflow as tf
 from keras_jacobian import distribute_utils
 from keras_jacobian import features
 from keras_jacobian import validation
+from keras_jacobian.seed_state import SeedStateMixin
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
 from keras_jacobian.terms.base import StepContext
@@ -24,7 +25,7 @@ def _as_list(value):
 
 
 @keras.saving.register_keras_serializable(package="keras_jacobian")
-class Distiller(keras.Model):
+class Distiller(SeedStateMixin, keras.Model):
     """Trains a student network from a frozen teacher, Jacobians included.
 
     Each training step runs the teacher (frozen, in inference mode) and
@@ -218,8 +219,8 @@ class Distiller(keras.Model):
             keras.metrics.Mean(name=f"{t.name}_loss") for t in terms
         ]
         self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
-        # Every sub-model and term layer exists now; marking the model built
-        # lets `.keras` loading restore the optimizer's state.
+        # Every variable exists now; a built model can be saved and backed
+        # up (`save_weights`, `BackupAndRestore`) before or after `fit`.
         self.built = True
 
     # Construction helpers.

@@ -15,6 +15,13 @@ import tensorflow as tf
 # normalised row is then zero too, and its gradient finite.
 NORM_EPSILON = 1e-12
 
+# float16 gradients below ~6e-8 flush to zero and lose precision below
+# ~6e-5; the inner (input) gradient is not loss-scaled by the optimizer, so
+# its cotangents are scaled by this power of two, and the float32 rows
+# divided by it. Intermediate input gradients must stay below
+# 65504 / FLOAT16_COTANGENT_SCALE (256) in magnitude.
+FLOAT16_COTANGENT_SCALE = 256.0
+
 
 def vjp_rows(tape, outputs, inputs, cotangents):
     """Computes rows `v_r^T dF(x)/dx` for each example and each `v_r`.
@@ -29,20 +36,27 @@ def vjp_rows(tape, outputs, inputs, cotangents):
             vectors `v_r`, one set per example.
 
     Returns:
-        A float tensor of shape `(batch, rows) + inputs.shape[1:]`.
+        A float tensor of shape `(batch, rows) + inputs.shape[1:]`. When
+        `outputs` is float16 (mixed precision), the cotangents are scaled
+        by `FLOAT16_COTANGENT_SCALE` so that the backward pass does not
+        underflow, and the rows are unscaled in float32 (float32 rows).
 
     Raises:
         ValueError: when `outputs` does not depend on `inputs` through
             differentiable operations.
     """
     num_rows = cotangents.shape[1]
+    scale = None
+    if outputs.dtype == tf.float16:
+        scale = FLOAT16_COTANGENT_SCALE
+        cotangents = tf.cast(cotangents, "float32") * scale
     cotangents = tf.cast(cotangents, outputs.dtype)
     if num_rows == 1:
         grads = tape.gradient(
             outputs, inputs, output_gradients=cotangents[:, 0]
         )
         _check_connected(grads)
-        return grads[:, None]
+        return _unscale(grads[:, None], scale)
     batch = tf.shape(outputs)[0]
     with tape:
         flat = tf.reshape(outputs, [batch, 1, -1])
@@ -50,7 +64,13 @@ def vjp_rows(tape, outputs, inputs, cotangents):
         projected = tf.reduce_sum(flat * flat_v, axis=-1)
     rows = tape.batch_jacobian(projected, inputs)
     _check_connected(rows)
-    return rows
+    return _unscale(rows, scale)
+
+
+def _unscale(rows, scale):
+    if scale is None:
+        return rows
+    return tf.cast(rows, "float32") / scale
 
 
 def _check_connected(grads):

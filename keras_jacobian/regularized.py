@@ -6,13 +6,14 @@ import tensorflow as tf
 from keras_jacobian import distribute_utils
 from keras_jacobian import jacobians
 from keras_jacobian import validation
+from keras_jacobian.seed_state import SeedStateMixin
 from keras_jacobian.terms.jacobian import select_cotangents
 
 TARGETS = ("random", "all")
 
 
 @keras.saving.register_keras_serializable(package="keras_jacobian")
-class JacobianRegularizedModel(keras.Model):
+class JacobianRegularizedModel(SeedStateMixin, keras.Model):
     """Trains a model with its compiled loss plus a Jacobian-norm penalty.
 
     The loss is `compiled_loss + weight * mean_batch ||J(x)||_F^2`, where
@@ -106,6 +107,8 @@ class JacobianRegularizedModel(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
         self.penalty_tracker = keras.metrics.Mean(name="jacobian_penalty")
+        # Every variable exists now; a built model can be saved and backed
+        # up (`save_weights`, `BackupAndRestore`) before or after `fit`.
         self.built = True
 
     def call(self, inputs, training=False):
@@ -199,6 +202,10 @@ class JacobianRegularizedModel(keras.Model):
             x, y, sample_weight, training=False
         )
         return self._update(x, y, logits, task, penalty, total, sample_weight)
+
+    # Keras does not save random-generator states in weights files; the
+    # seed state is saved here so that a resumed run (BackupAndRestore)
+    # continues the same random draws.
 
     def get_config(self):
         config = super().get_config()

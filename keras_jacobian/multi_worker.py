@@ -1,0 +1,337 @@
+"""A training loop for several worker processes (`TF_CONFIG`).
+
+Keras 3.15's `Model.fit` fails under `MultiWorkerMirroredStrategy`: the
+symbolic build and the per-worker reduction of the logs break once two
+worker processes run (keras-team/keras#20585, tensorflow/tensorflow#72388).
+`fit` here is a small loop that does what `Model.fit` does for training,
+with the model's own `train_step`:
+
+- each step runs `model.train_step` on every replica with `strategy.run`
+  inside a `tf.function` (XLA-compiled when `model.jit_compile` is set);
+- the logs are the model's metrics read in cross-replica context, so they
+  are summed over every replica of every worker (global means);
+- Keras callbacks run through a `keras.callbacks.CallbackList` (with a
+  `ProgbarLogger` on the chief and a `History` everywhere), and
+  `model.stop_training` ends the run;
+- with `backup_dir`, the run backs itself up every `save_freq` steps or
+  every epoch and resumes from the last backup when started again with the
+  same command, as `keras.callbacks.BackupAndRestore` does (see `Backup`).
+
+It runs under any strategy (default, mirrored, multi-worker), so one code
+path serves every scale; under a single-process strategy `Model.fit`
+works as well.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_jacobian import strategies
+
+METADATA = "training_metadata.json"
+
+
+def _log_value(value):
+    value = np.asarray(value)
+    return float(value) if value.ndim == 0 else value
+
+
+class Backup:
+    """Backs up a model during training and restores it after a failure.
+
+    The same idea as `keras.callbacks.BackupAndRestore`, made safe for
+    several workers and for a process killed at any instant:
+
+    - every worker saves (`model.save_weights`), since saving may read
+      variables that all workers must read together; only the chief writes
+      into `backup_dir`, the other workers write into a temporary directory
+      that is deleted straight away;
+    - the weights go to a new file, then a JSON file naming it and the
+      position (epoch, step within the epoch) is replaced atomically, so a
+      kill leaves the previous backup intact;
+    - the restored state is everything `save_weights` stores: the model's
+      weights, the optimizer's variables (iterations, moments, loss
+      scale), the `Distiller`'s term weights and seed generator state.
+
+    `backup_dir` must be a directory that every worker can read (a shared
+    file system or a bucket) when the workers run on different machines.
+
+    Args:
+        backup_dir: where the chief keeps the backup.
+        save_freq: `"epoch"` or a number of steps between backups.
+        strategy: the model's `tf.distribute.Strategy`.
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", strategy=None):
+        if not backup_dir:
+            raise ValueError(
+                "`backup_dir` must be a directory path. Received: "
+                f"backup_dir={backup_dir!r}"
+            )
+        if save_freq != "epoch" and (
+            not isinstance(save_freq, int) or save_freq < 1
+        ):
+            raise ValueError(
+                "`save_freq` must be 'epoch' or an integer >= 1 (steps). "
+                f"Received: save_freq={save_freq!r}"
+            )
+        self.backup_dir = backup_dir
+        self.save_freq = save_freq
+        self.chief = strategies.is_chief(strategy)
+        self._count = 0
+
+    def restore(self, model):
+        """Loads the last backup into `model`; returns (epoch, step)."""
+        path = os.path.join(self.backup_dir, METADATA)
+        if not os.path.exists(path):
+            return 0, 0
+        with open(path) as f:
+            metadata = json.load(f)
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(os.path.join(self.backup_dir, metadata["weights"]))
+        return metadata["epoch"], metadata["step"]
+
+    def after_step(self, model, epoch, step):
+        """Saves after `step` (0-based) when `save_freq` steps have run."""
+        if self.save_freq == "epoch":
+            return
+        self._count += 1
+        if self._count >= self.save_freq:
+            self._save(model, epoch, step + 1)
+
+    def after_epoch(self, model, epoch):
+        self._save(model, epoch + 1, 0)
+
+    def _save(self, model, epoch, step):
+        self._count = 0
+        name = f"weights-{epoch}-{step}.weights.h5"
+        if not self.chief:
+            scratch = tempfile.mkdtemp(prefix="keras_jacobian_backup_")
+            try:
+                model.save_weights(os.path.join(scratch, name))
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            return
+        os.makedirs(self.backup_dir, exist_ok=True)
+        model.save_weights(os.path.join(self.backup_dir, name))
+        metadata = {"epoch": epoch, "step": step, "weights": name}
+        staging = os.path.join(self.backup_dir, METADATA + ".tmp")
+        with open(staging, "w") as f:
+            json.dump(metadata, f)
+        os.replace(staging, os.path.join(self.backup_dir, METADATA))
+        for old in os.listdir(self.backup_dir):
+            if old.startswith("weights-") and old != name:
+                os.remove(os.path.join(self.backup_dir, old))
+
+    def delete(self):
+        """Removes the backup once training has finished (chief only)."""
+        if self.chief:
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+def fit(
+    model,
+    dataset,
+    epochs=1,
+    steps_per_epoch=None,
+    callbacks=None,
+    verbose="auto",
+    initial_epoch=0,
+    backup_dir=None,
+    save_freq="epoch",
+    delete_backup=True,
+):
+    """Trains `model` with its `train_step` on every replica and worker.
+
+    The model must be built and compiled inside `strategy.scope()`; the
+    strategy is the model's (`model.distribute_strategy`). Every worker
+    runs the same command and the same number of steps.
+
+    Args:
+        model: a compiled `keras.Model` (e.g. a `Distiller`).
+        dataset: a `tf.data.Dataset` of `(x, y)` or `(x, y, sample_weight)`
+            batched with the global batch size (split across replicas and
+            workers by `experimental_distribute_dataset`), or a function
+            `dataset_fn(input_context)` returning the per-replica batches
+            of one input pipeline (`distribute_datasets_from_function`).
+            Batch with `drop_remainder=True` so that every replica gets
+            the same number of examples.
+        epochs: index of the last epoch, as in `Model.fit`.
+        steps_per_epoch: steps per epoch; default the dataset's
+            cardinality (required for a `dataset_fn` or an infinite
+            dataset).
+        callbacks: Keras callbacks. They run on every worker; build the
+            ones that write files (checkpoints, CSV, TensorBoard) only
+            where `keras_jacobian.is_chief(strategy)` is true.
+        verbose: 0, 1 (progress bar), 2 (a line per epoch) or `"auto"`
+            (1). Only the chief prints.
+        initial_epoch: epoch to start from (a backup overrides it).
+        backup_dir: directory for backups (see `Backup`); `None` for none.
+        save_freq: `"epoch"` or a number of steps between backups.
+        delete_backup: remove the backup once training has finished, as
+            `BackupAndRestore` does, so the next run starts anew.
+
+    Returns:
+        A `keras.callbacks.History` with the epochs run by this process.
+
+    Example:
+
+    ```python
+    strategy = keras_jacobian.get_strategy("multi_worker")  # TF_CONFIG
+    with strategy.scope():
+        distiller = keras_jacobian.Distiller(teacher, student, terms)
+        distiller.compile(optimizer="adam", loss=loss)
+    keras_jacobian.multi_worker.fit(
+        distiller, dataset.batch(64, drop_remainder=True), epochs=10,
+        backup_dir="/shared/backup", save_freq=100,
+    )
+    if keras_jacobian.is_chief(strategy):
+        distiller.student.save("student.keras")
+    ```
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(
+            f"`epochs` must be an integer >= 1. Received: epochs={epochs!r}"
+        )
+    if model.optimizer is None:
+        raise ValueError(
+            "The model must be compiled (with an optimizer) before "
+            "training. Call `model.compile(...)` inside `strategy.scope()`."
+        )
+    strategy = model.distribute_strategy
+    chief = strategies.is_chief(strategy)
+    steps = _steps(dataset, steps_per_epoch)
+    _build(model, strategy, dataset)
+    train_function = _train_function(model, strategy)
+
+    backup = None
+    start_step = 0
+    if backup_dir is not None:
+        backup = Backup(backup_dir, save_freq, strategy)
+        with strategy.scope():
+            restored_epoch, start_step = backup.restore(model)
+        initial_epoch = max(initial_epoch, restored_epoch)
+
+    verbose = 1 if verbose == "auto" else verbose
+    history = keras.callbacks.History()
+    callback_list = list(callbacks or []) + [history]
+    if verbose and chief:
+        callback_list.append(keras.callbacks.ProgbarLogger())
+    callback_list = keras.callbacks.CallbackList(
+        callback_list,
+        model=model,
+        verbose=verbose if chief else 0,
+        epochs=epochs,
+        steps=steps,
+    )
+    model.stop_training = False
+    callback_list.on_train_begin()
+    logs = {}
+    for epoch in range(initial_epoch, epochs):
+        model.reset_metrics()
+        callback_list.on_epoch_begin(epoch)
+        first = start_step if epoch == initial_epoch else 0
+        iterator = iter(_distribute(strategy, dataset, first))
+        for step in range(first, steps):
+            callback_list.on_train_batch_begin(step)
+            logs = train_function(iterator)
+            logs = {k: _log_value(v) for k, v in logs.items()}
+            callback_list.on_train_batch_end(step, logs)
+            if backup is not None:
+                backup.after_step(model, epoch, step)
+            if model.stop_training:
+                break
+        callback_list.on_epoch_end(epoch, dict(logs))
+        if backup is not None:
+            backup.after_epoch(model, epoch)
+        if model.stop_training:
+            break
+    callback_list.on_train_end(logs)
+    if backup is not None and delete_backup:
+        backup.delete()
+    return history
+
+
+def _steps(dataset, steps_per_epoch):
+    if steps_per_epoch is not None:
+        if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+            raise ValueError(
+                "`steps_per_epoch` must be an integer >= 1. Received: "
+                f"steps_per_epoch={steps_per_epoch!r}"
+            )
+        return steps_per_epoch
+    if not isinstance(dataset, tf.data.Dataset):
+        raise ValueError(
+            "With a `dataset_fn`, pass `steps_per_epoch`: the number of "
+            "steps cannot be read from a function. Received: "
+            f"dataset={dataset!r}, steps_per_epoch=None"
+        )
+    cardinality = int(dataset.cardinality())
+    if cardinality < 1:
+        raise ValueError(
+            "The dataset's length is unknown or infinite (cardinality "
+            f"{cardinality}). Pass `steps_per_epoch`."
+        )
+    return cardinality
+
+
+def _distribute(strategy, dataset, skip):
+    if isinstance(dataset, tf.data.Dataset):
+        return strategy.experimental_distribute_dataset(dataset.skip(skip))
+    return strategy.distribute_datasets_from_function(
+        lambda context: dataset(context).skip(skip)
+    )
+
+
+def _first_batch(strategy, dataset):
+    if isinstance(dataset, tf.data.Dataset):
+        return next(iter(dataset.take(1)))
+    context = tf.distribute.InputContext(
+        num_input_pipelines=1,
+        input_pipeline_id=0,
+        num_replicas_in_sync=strategy.num_replicas_in_sync,
+    )
+    return next(iter(dataset(context).take(1)))
+
+
+def _build(model, strategy, dataset):
+    """Creates the optimizer's, loss's and metrics' variables in scope.
+
+    Variables must exist before the step runs on the replicas. Shapes and
+    dtypes are taken from one batch, without running the model on it.
+    """
+    with strategy.scope():
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        if _needs_symbolic_build(model):
+            batch = _first_batch(strategy, dataset)
+            # `_symbolic_build` is the step `Model.fit` itself takes; its
+            # use here is covered by tests/test_multi_worker.py.
+            model._symbolic_build(data_batch=batch)
+
+
+def _needs_symbolic_build(model):
+    for name in ("_compile_metrics", "_compile_loss"):
+        compiled = getattr(model, name, None)
+        if compiled is not None and not compiled.built:
+            return True
+    return False
+
+
+def _train_function(model, strategy):
+    step = model.train_step
+    if model.jit_compile:
+        step = tf.function(step, jit_compile=True, reduce_retracing=True)
+
+    @tf.function
+    def train_function(iterator):
+        strategy.run(step, args=(next(iterator),))
+        return model.get_metrics_result()
+
+    return train_function

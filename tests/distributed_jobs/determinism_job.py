@@ -1,0 +1,47 @@
+"""Trains a Distiller from Keras' default initialisers; saves its weights.
+
+Usage: determinism_job.py SEED OUT.npz. The run draws everything at
+random (initial weights, shuffling, random Jacobian projections, noise),
+all from `enable_determinism(SEED)`.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from keras_jacobian.determinism import enable_determinism  # noqa: E402
+
+enable_determinism(int(sys.argv[1]))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tiny_models  # noqa: E402
+
+from keras_jacobian.distiller import Distiller  # noqa: E402
+from keras_jacobian.terms.jacobian import JacobianMatching  # noqa: E402
+from keras_jacobian.terms.logits import LogitsDistillation  # noqa: E402
+from keras_jacobian.terms.noise import NoiseDistillation  # noqa: E402
+
+teacher = tiny_models.conv_net("teacher", filters=6)
+student = tiny_models.conv_net("student")
+distiller = Distiller(
+    teacher,
+    student,
+    [
+        LogitsDistillation("kl"),
+        JacobianMatching("random", num_projections=2),
+        NoiseDistillation(0.1),
+    ],
+    check_differentiable=False,
+)
+distiller.compile(
+    optimizer="adam",
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+)
+x = np.random.normal(size=(48,) + tiny_models.SHAPE).astype("float32")
+y = np.random.randint(0, tiny_models.CLASSES, size=(48,))
+dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(48).batch(8)
+distiller.fit(dataset, epochs=2, verbose=0)
+np.savez(sys.argv[2], *student.get_weights())

@@ -1,0 +1,197 @@
+"""Mixed precision and XLA with double backprop.
+
+Cost: about 40 s on 2 CPU cores (several small compiles).
+"""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "distributed_jobs"))
+
+import tiny_models  # noqa: E402
+
+from keras_jacobian import jacobians  # noqa: E402
+from keras_jacobian.distiller import Distiller  # noqa: E402
+from keras_jacobian.regularized import JacobianRegularizedModel  # noqa: E402
+from keras_jacobian.terms.jacobian import JacobianMatching  # noqa: E402
+from keras_jacobian.terms.logits import LogitsDistillation  # noqa: E402
+from keras_jacobian.terms.noise import NoiseDistillation  # noqa: E402
+
+# Measured on this CPU (relative to float32): Jacobian terms 1e-5
+# (float16) and 2e-4 (bfloat16), KD term 2e-4 and 2e-3; bounds with room.
+TOLERANCE = {"mixed_float16": 1e-3, "mixed_bfloat16": 1e-2}
+
+
+@pytest.fixture
+def policy():
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def _terms():
+    return [
+        LogitsDistillation("kl", temperature=2.0),
+        JacobianMatching("teacher_top1", name="jm_top1"),
+        JacobianMatching("all", normalize=False, name="jm_all_raw"),
+    ]
+
+
+def _distiller(policy_name, weights=None):
+    keras.config.set_dtype_policy(policy_name)
+    teacher, student = tiny_models.pair()
+    if weights is not None:
+        teacher.set_weights(weights[0])
+        student.set_weights(weights[1])
+    distiller = Distiller(
+        teacher, student, _terms(), check_differentiable=False
+    )
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return distiller
+
+
+def test_float16_rows_do_not_underflow():
+    # Jacobian entries of ~1e-6 are float16 subnormals: unscaled, the
+    # backward pass rounds v^T J to a spacing of 6e-8 (several % error).
+    rng = np.random.default_rng(0)
+    w16 = tf.constant(rng.uniform(1e-6, 2e-6, size=(5, 3)), "float16")
+    w = tf.cast(w16, "float64").numpy()
+    x = tf.constant(rng.normal(size=(2, 5)), "float32")
+    v = rng.uniform(0.05, 0.2, size=(2, 4, 3)).astype("float32")
+    v16 = v.astype("float16").astype("float64")
+    expected = np.einsum("brc,dc->brd", v16, w)  # rows v^T dF/dx = W v
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        outputs = tf.cast(x, "float16") @ w16
+    rows = jacobians.vjp_rows(tape, outputs, x, tf.constant(v))
+    single = jacobians.vjp_rows(tape, outputs, x, tf.constant(v[:, :1]))
+    unscaled = tape.gradient(
+        outputs, x, output_gradients=tf.cast(v[:, 0], "float16")
+    )
+    assert rows.dtype == tf.float32
+    np.testing.assert_allclose(rows.numpy(), expected, rtol=2e-3)
+    np.testing.assert_allclose(single.numpy()[:, 0], expected[:, 0], rtol=2e-3)
+    unscaled_error = np.max(
+        np.abs(unscaled.numpy() - expected[:, 0]) / expected[:, 0]
+    )
+    assert unscaled_error > 1e-2, unscaled_error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy_name", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_terms_close_to_float32(policy, policy_name):
+    x, y = tiny_models.data(16)
+    reference = _distiller("float32")
+    weights = (
+        reference.teacher.get_weights(),
+        reference.student.get_weights(),
+    )
+    expected = reference.evaluate(
+        x, y, batch_size=16, verbose=0, return_dict=True
+    )
+    mixed = _distiller(policy_name, weights)
+    assert mixed.student.compute_dtype == policy_name.split("_")[1]
+    got = mixed.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    for name in ("jm_top1_loss", "jm_all_raw_loss", "logits_distillation_loss"):
+        assert np.isfinite(got[name])
+        assert got[name] > 0
+        np.testing.assert_allclose(
+            got[name], expected[name], rtol=TOLERANCE[policy_name], err_msg=name
+        )
+    history = mixed.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    if policy_name == "mixed_float16":
+        assert isinstance(mixed.optimizer, keras.optimizers.LossScaleOptimizer)
+    moved = [
+        np.max(np.abs(a - b))
+        for a, b in zip(mixed.student.get_weights(), weights[1])
+    ]
+    assert max(moved) > 1e-3
+    assert all(np.all(np.isfinite(w)) for w in mixed.student.get_weights())
+
+
+DETERMINISTIC_TERMS = [
+    lambda: LogitsDistillation("kl", temperature=2.0),
+    lambda: LogitsDistillation("mse", name="mse"),
+    lambda: JacobianMatching("teacher_top1", name="top1"),
+    lambda: JacobianMatching("label", normalize=False, name="label"),
+    lambda: JacobianMatching("top_k", k=2, name="top_k"),
+    lambda: JacobianMatching("all", name="all"),
+    lambda: JacobianMatching("teacher_top1", loss="alignment", name="align"),
+]
+RANDOM_TERMS = [
+    lambda: JacobianMatching("random", num_projections=2, name="random"),
+    lambda: NoiseDistillation(stddev=0.1, name="noise"),
+]
+
+
+def _model(kind):
+    teacher, student = tiny_models.pair()
+    if kind.startswith("regularized"):
+        return JacobianRegularizedModel(
+            student,
+            weight=0.1,
+            target=kind.split("_")[1],
+            seed=3,
+            check_differentiable=False,
+        )
+    terms = DETERMINISTIC_TERMS if kind == "deterministic" else RANDOM_TERMS
+    return Distiller(
+        teacher,
+        student,
+        [t() for t in terms],
+        seed=3,
+        check_differentiable=False,
+    )
+
+
+def _one_step(kind, jit_compile):
+    x, y = tiny_models.data(16)
+    model = _model(kind)
+    initial = model.get_weights()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
+    )
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    logs = {k: v[0] for k, v in history.history.items()}
+    update = [w - w0 for w, w0 in zip(model.get_weights(), initial)]
+    return logs, update
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kind",
+    ["deterministic", "random", "regularized_random", "regularized_all"],
+)
+def test_xla_matches_no_xla(kind):
+    # One step on one batch: the logs are the losses at the initial
+    # weights, the weights those after one update.
+    logs0, w0 = _one_step(kind, False)
+    logs1, w1 = _one_step(kind, True)
+    assert set(logs0) == set(logs1)
+    # Under XLA the same seeds give other random draws (projections,
+    # noise), so random terms agree only as estimates of the same value.
+    random = kind in ("random", "regularized_random")
+    rtol, atol = (0.25, 1e-3) if random else (1e-4, 1e-5)
+    for name in logs0:
+        assert np.isfinite(logs1[name]), name
+        np.testing.assert_allclose(
+            logs1[name], logs0[name], rtol=rtol, atol=atol, err_msg=name
+        )
+    for a, b in zip(w0, w1):
+        assert np.all(np.isfinite(b))
+        if random:  # the update's size, not its direction
+            np.testing.assert_allclose(
+                np.linalg.norm(b), np.linalg.norm(a), rtol=rtol
+            )
+        else:
+            np.testing.assert_allclose(a, b, atol=atol)

@@ -1,0 +1,161 @@
+"""Kill-and-resume of a Distiller with `keras.callbacks.BackupAndRestore`.
+
+A job (tests/distributed_jobs/train_job.py: 3 epochs of 6 steps, a backup
+every 2 steps) is killed with SIGKILL in the middle of its second epoch,
+then started again with the same command. Cost: about 45 s on 2 CPU cores
+(two job starts, and an uninterrupted reference run alongside the first).
+"""
+
+import json
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "distributed_jobs"))
+
+import cluster  # noqa: E402
+import tiny_models  # noqa: E402
+
+from keras_jacobian.distiller import Distiller  # noqa: E402
+from keras_jacobian.terms.jacobian import JacobianMatching  # noqa: E402
+from keras_jacobian.terms.logits import LogitsDistillation  # noqa: E402
+
+EPOCHS, STEPS, SAVE_FREQ = 3, 6, 2
+
+
+def _distiller():
+    teacher, student = tiny_models.pair()
+    distiller = Distiller(
+        teacher,
+        student,
+        [LogitsDistillation(), JacobianMatching("random")],
+        seed=5,
+        check_differentiable=False,
+    )
+    distiller.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return distiller
+
+
+def test_weights_file_restores_distiller_state(tmp_path):
+    x, y = tiny_models.data(16)
+    trained = _distiller()
+    trained.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    trained.term_weights[1].assign(0.25)
+    trained.student_loss_weight_variable.assign(0.5)
+    path = str(tmp_path / "backup.weights.h5")
+    trained.save_weights(path)
+
+    fresh = _distiller()
+    fresh.optimizer.build(fresh.trainable_variables)
+    assert not np.array_equal(
+        fresh.seed_generator.state.numpy(), trained.seed_generator.state
+    )
+    fresh.load_weights(path)
+    np.testing.assert_array_equal(
+        fresh.seed_generator.state.numpy(),
+        trained.seed_generator.state.numpy(),
+    )
+    assert float(fresh.term_weights[1].numpy()) == 0.25
+    assert float(fresh.student_loss_weight_variable.numpy()) == 0.5
+    assert int(fresh.optimizer.iterations.numpy()) == 2
+    for a, b in zip(fresh.optimizer.variables, trained.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(fresh.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def _job(directory, name, sleep):
+    return [
+        "--loop",
+        "keras",
+        "--epochs",
+        str(EPOCHS),
+        "--steps",
+        str(STEPS),
+        "--save_freq",
+        str(SAVE_FREQ),
+        "--sleep",
+        str(sleep),
+        "--backup_dir",
+        str(directory / f"{name}_backup"),
+        "--output_dir",
+        str(directory / f"{name}_output"),
+        "--log",
+        str(directory / f"{name}.log"),
+    ]
+
+
+@pytest.mark.slow
+def test_killed_fit_resumes_from_backup(tmp_path):
+    job = _job(tmp_path, "job", sleep=0.3)
+    log = str(tmp_path / "job.log")
+    first = cluster.start("train_job.py", job)
+    reference = cluster.start("train_job.py", _job(tmp_path, "ref", 0.0))
+
+    def mid_second_epoch():
+        steps = [r for r in cluster.read_log(log) if r["event"] == "step"]
+        return (
+            bool(steps)
+            and steps[-1]["epoch"] == 1
+            and (
+                steps[-1]["step"] in (2, 4)  # not a backup step (1, 3, 5)
+            )
+        )
+
+    cluster.wait_for(mid_second_epoch, [first], timeout=240)
+    cluster.kill(first)
+    assert first.returncode == -9
+    assert not os.path.exists(tmp_path / "job_output" / "results.json")
+    with open(tmp_path / "job_backup" / "training_metadata.json") as f:
+        backup = json.load(f)
+    killed_run = cluster.runs(cluster.read_log(log))[0]
+    saved = [
+        r
+        for r in killed_run
+        if r["event"] == "step"
+        and r["epoch"] == 1
+        and r["step"] == backup["batch"]
+    ][-1]
+
+    second = cluster.start("train_job.py", job)
+    assert cluster.wait_all([second, reference], timeout=240) == [0, 0]
+    resumed_run = cluster.runs(cluster.read_log(log))[1]
+    begin = resumed_run[0]
+    print(
+        f"killed after epoch 1 step {killed_run[-1]['step']}; backup at "
+        f"epoch {backup['epoch']} step {backup['batch']}; resumed with "
+        f"iterations={begin['iterations']}"
+    )
+    # The restored state is the backed-up one: weights of the term, the
+    # seed generator and the optimizer's step counter.
+    assert backup["epoch"] == 1
+    assert begin["iterations"] == saved["iterations"] > STEPS
+    assert begin["seed"] == saved["seed"]
+    assert begin["term_weight"] == saved["term_weight"] == 1.5
+    # Keras resumes at the start of the backed-up epoch (not 0).
+    epochs_run = [r["epoch"] for r in resumed_run if r["event"] == "epoch_end"]
+    assert epochs_run == [1, 2]
+    with open(tmp_path / "job_output" / "results.json") as f:
+        results = json.load(f)
+    with open(tmp_path / "ref_output" / "results.json") as f:
+        expected = json.load(f)
+    assert results["epochs"] == [1, 2]
+    assert expected["epochs"] == [0, 1, 2]
+    # Epoch 1 is partly trained twice (Keras restarts the epoch), so the
+    # run takes more steps; its final loss stays close to the reference.
+    assert results["iterations"] == saved["iterations"] + 2 * STEPS
+    assert np.isfinite(results["loss"][-1])
+    print(
+        f"final loss {results['loss'][-1]:.4f}, uninterrupted run "
+        f"{expected['loss'][-1]:.4f}"
+    )
+    np.testing.assert_allclose(
+        results["loss"][-1], expected["loss"][-1], rtol=0.1
+    )
+    assert not os.path.exists(tmp_path / "job_backup")  # deleted at the end
