@@ -7,7 +7,9 @@ from keras_jacobian import attention
 from keras_jacobian import callbacks
 from keras_jacobian import data
 from keras_jacobian import models
+from keras_jacobian import multi_worker
 from keras_jacobian import plotting
+from keras_jacobian.determinism import enable_determinism
 from keras_jacobian.distiller import Distiller
 from keras_jacobian.regularized import JacobianRegularizedModel
 from keras_jacobian.terms.attention import AttentionJacobianMatching
@@ -16,6 +18,9 @@ from keras_jacobian.terms.base import DistillationTerm
 from keras_jacobian.terms.features import FeatureDistillation
 from keras_jacobian.terms.jacobian import JacobianMatching
 from keras_jacobian.terms.logits import LogitsDistillation
+from keras_jacobian.strategies import get_strategy
+from keras_jacobian.strategies import is_chief
+from keras_jacobian.strategies import split_cpu
 from keras_jacobian.terms.noise import NoiseDistillation
 from keras_jacobian.transfer import build_lwf_student
 from keras_jacobian.transfer import extract_task_model
@@ -33,6 +38,11 @@ __all__ = [
     "LogitsDistillation",
     "NoiseDistillation",
     "attention",
+    "enable_determinism",
+    "get_strategy",
+    "is_chief",
+    "multi_worker",
+    "split_cpu",
     "build_lwf_student",
     "callbacks",
     "data",

@@ -203,10 +203,6 @@ class JacobianRegularizedModel(SeedStateMixin, keras.Model):
         )
         return self._update(x, y, logits, task, penalty, total, sample_weight)
 
-    # Keras does not save random-generator states in weights files; the
-    # seed state is saved here so that a resumed run (BackupAndRestore)
-    # continues the same random draws.
-
     def get_config(self):
         config = super().get_config()
         config.update(
