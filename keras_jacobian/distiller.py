@@ -151,28 +151,18 @@ class Distiller(keras.Model):
         self.check_differentiable = check_differentiable
         self._unique_term_names(terms)
 
-        teacher_shape, teacher_dtype = validation.input_spec(
-            teacher, "teacher"
-        )
-        student_shape, student_dtype = validation.input_spec(
-            student, "student"
-        )
+        teacher_shape, teacher_dtype = validation.input_spec(teacher, "teacher")
+        student_shape, student_dtype = validation.input_spec(student, "student")
         self._check_input_shapes(teacher_shape, student_shape)
         self.teacher_input_shape = teacher_shape
         self.student_input_shape = student_shape
-        self.needs_input_gradients = any(
-            t.needs_input_gradients for t in terms
-        )
+        self.needs_input_gradients = any(t.needs_input_gradients for t in terms)
         if self.needs_input_gradients:
             validation.check_float_input(teacher_dtype, "teacher")
             validation.check_float_input(student_dtype, "student")
 
-        teacher_endpoints = _ordered_union(
-            t.teacher_endpoints for t in terms
-        )
-        student_endpoints = _ordered_union(
-            t.student_endpoints for t in terms
-        )
+        teacher_endpoints = _ordered_union(t.teacher_endpoints for t in terms)
+        student_endpoints = _ordered_union(t.student_endpoints for t in terms)
         self.teacher_endpoints = features.endpoint_model(
             teacher, teacher_endpoints, "teacher"
         )
@@ -191,11 +181,15 @@ class Distiller(keras.Model):
         self.term_layers = [layer for t in terms for layer in t.layers]
         if self.needs_input_gradients and check_differentiable:
             validation.probe_input_gradients(
-                self.teacher_endpoints_output(), teacher_shape, "teacher",
+                self.teacher_endpoints_output(),
+                teacher_shape,
+                "teacher",
                 second_order=False,
             )
             validation.probe_input_gradients(
-                self.student_endpoints_output(), student_shape, "student",
+                self.student_endpoints_output(),
+                student_shape,
+                "student",
                 second_order=True,
             )
 
@@ -217,6 +211,9 @@ class Distiller(keras.Model):
             keras.metrics.Mean(name=f"{t.name}_loss") for t in terms
         ]
         self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
+        # Both networks are built: so is the Distiller. Loading a `.keras`
+        # file then restores the optimizer's state too.
+        self.built = True
 
     # Construction helpers.
 
@@ -313,9 +310,11 @@ class Distiller(keras.Model):
         else:
             xs = xt = x
             cached = None
-        if cached is None and self.teacher_input_shape != (
-            self.student_input_shape
-        ) and xt is xs:
+        if (
+            cached is None
+            and self.teacher_input_shape != (self.student_input_shape)
+            and xt is xs
+        ):
             raise ValueError(
                 "Teacher and student take different input shapes "
                 f"(teacher {self.teacher_input_shape}, student "
@@ -390,7 +389,8 @@ class Distiller(keras.Model):
 
             def compute(i=i, term=term):
                 targets = (
-                    cached[i] if cached is not None
+                    cached[i]
+                    if cached is not None
                     else term.teacher_targets(tctx)
                 )
                 return tf.cast(term.per_example_loss(targets, sctx), "float32")
@@ -519,8 +519,7 @@ def _ordered_union(groups):
 
 def _shapes(endpoints, input_shape):
     shapes = {
-        name: tuple(tensor.shape)
-        for name, tensor in endpoints.output.items()
+        name: tuple(tensor.shape) for name, tensor in endpoints.output.items()
     }
     shapes["input"] = (None,) + tuple(input_shape)
     return shapes

@@ -114,10 +114,6 @@ def match_spatial_size(rows, target_shape):
             f"channels to compare their Jacobians. Received: teacher "
             f"{tuple(rows.shape[2:])}, student {tuple(target_shape)}."
         )
-    images = tf.reshape(
-        rows, tf.concat([[-1], shape[2:]], axis=0)
-    )
+    images = tf.reshape(rows, tf.concat([[-1], shape[2:]], axis=0))
     images = tf.image.resize(images, (height, width), method="area")
-    return tf.reshape(
-        images, [shape[0], shape[1], height, width, channels]
-    )
+    return tf.reshape(images, [shape[0], shape[1], height, width, channels])

@@ -106,12 +106,22 @@ class JacobianRegularizedModel(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
         self.penalty_tracker = keras.metrics.Mean(name="jacobian_penalty")
+        self.built = True
 
     def call(self, inputs, training=False):
         return self.model(inputs, training=training)
 
     def jacobian_penalty(self, x, training=False):
-        """Per-example estimate of `||J(x)||_F^2`, shape `(batch,)`."""
+        """Per-example estimate of `||J(x)||_F^2` and the logits.
+
+        Returns:
+            A tuple `(penalty, logits)`: float32 `(batch,)` and the model's
+            output.
+        """
+        tape, logits, x = self._forward(x, training)
+        return self._penalty(tape, logits, x), logits
+
+    def _forward(self, x, training):
         x = tf.convert_to_tensor(x)
         if not x.dtype.is_floating:
             x = tf.cast(x, keras.config.floatx())
@@ -120,7 +130,7 @@ class JacobianRegularizedModel(keras.Model):
         ) as tape:
             tape.watch(x)
             logits = self.model(x, training=training)
-        return self._penalty(tape, logits, x), logits
+        return tape, logits, x
 
     def _penalty(self, tape, logits, x):
         cotangents = select_cotangents(
@@ -140,14 +150,7 @@ class JacobianRegularizedModel(keras.Model):
         return squared
 
     def _step_losses(self, x, y, sample_weight, training):
-        x = tf.convert_to_tensor(x)
-        if not x.dtype.is_floating:
-            x = tf.cast(x, keras.config.floatx())
-        with tf.GradientTape(
-            persistent=True, watch_accessed_variables=False
-        ) as tape:
-            tape.watch(x)
-            logits = self.model(x, training=training)
+        tape, logits, x = self._forward(x, training)
         batch = tf.shape(x)[0]
         per_example = tf.cond(
             self.weight_variable > 0.0,
@@ -159,9 +162,10 @@ class JacobianRegularizedModel(keras.Model):
         )
         task = tf.zeros((), "float32")
         if y is not None and self._compile_loss is not None:
-            task = tf.cast(
-                self._compile_loss(y, logits, sample_weight), "float32"
-            ) * distribute_utils.num_replicas()
+            task = (
+                tf.cast(self._compile_loss(y, logits, sample_weight), "float32")
+                * distribute_utils.num_replicas()
+            )
         for extra in self.losses:
             task = task + tf.cast(tf.reduce_sum(extra), "float32")
         total = task + self.weight_variable * penalty
@@ -215,7 +219,5 @@ class JacobianRegularizedModel(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["model"] = keras.saving.deserialize_keras_object(
-            config["model"]
-        )
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
         return cls(**config)

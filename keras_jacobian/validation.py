@@ -63,9 +63,7 @@ def probe_input_gradients(model, input_shape, role, second_order):
     """
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(2,) + tuple(input_shape)), "float32")
-    kernels = [
-        v for v in model.trainable_variables if "kernel" in v.path
-    ]
+    kernels = [v for v in model.trainable_variables if "kernel" in v.path]
     try:
         with tf.GradientTape() as outer:
             with tf.GradientTape() as inner:

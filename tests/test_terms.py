@@ -2,7 +2,6 @@
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 from absl.testing import parameterized
 
@@ -125,9 +124,7 @@ class JacobianRowsTest(parameterized.TestCase):
         for d in (0, 17, 40, 63):
             step = np.zeros_like(flat)
             step[:, d] = eps
-            plus = model(
-                (flat + step).reshape(x.shape), training=False
-            ).numpy()
+            plus = model((flat + step).reshape(x.shape), training=False).numpy()
             minus = model(
                 (flat - step).reshape(x.shape), training=False
             ).numpy()
@@ -217,9 +214,7 @@ class JacobianMatchingTest(parameterized.TestCase):
     def test_random_is_unbiased(self):
         exact = np.mean(np.sum((self.jt - self.js) ** 2, axis=(1, 2)))
         estimate = self.value(
-            kj.JacobianMatching(
-                "random", num_projections=4000, normalize=False
-            )
+            kj.JacobianMatching("random", num_projections=4000, normalize=False)
         )
         np.testing.assert_allclose(estimate, exact, rtol=0.05)
 

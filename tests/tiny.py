@@ -66,13 +66,17 @@ def mlp(input_dim=3, classes=4, hidden=6, seed=0, dtype="float64", name=None):
         hidden,
         activation="tanh",
         dtype=dtype,
-        kernel_initializer=keras.initializers.RandomNormal(seed=seed),
+        kernel_initializer=keras.initializers.RandomNormal(
+            stddev=1.0, seed=seed
+        ),
         bias_initializer=keras.initializers.RandomNormal(seed=seed + 1),
     )(inputs)
     outputs = keras.layers.Dense(
         classes,
         dtype=dtype,
-        kernel_initializer=keras.initializers.RandomNormal(seed=seed + 2),
+        kernel_initializer=keras.initializers.RandomNormal(
+            stddev=1.0, seed=seed + 2
+        ),
         bias_initializer=keras.initializers.RandomNormal(seed=seed + 3),
         name="logits",
     )(h)

@@ -161,8 +161,10 @@ def labels_to_indices(labels, num_classes):
             "none. Pass `(x, y)` to `fit`, or pick target='teacher_top1'."
         )
     labels = tf.convert_to_tensor(labels)
-    if labels.shape.rank == 2 and labels.shape[-1] == num_classes and (
-        num_classes > 1
+    if (
+        labels.shape.rank == 2
+        and labels.shape[-1] == num_classes
+        and (num_classes > 1)
     ):
         return tf.argmax(labels, axis=-1, output_type="int32")
     return tf.cast(tf.reshape(labels, [-1]), "int32")

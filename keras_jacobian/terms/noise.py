@@ -80,7 +80,5 @@ class NoiseDistillation(DistillationTerm):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {"stddev": self.stddev, "num_samples": self.num_samples}
-        )
+        config.update({"stddev": self.stddev, "num_samples": self.num_samples})
         return config

@@ -1,0 +1,158 @@
+"""Bad input fails early with a message that names the fix."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_jacobian as kj
+from tests import tiny
+
+
+def test_different_channels():
+    with pytest.raises(ValueError, match="same rank and number of channels"):
+        kj.Distiller(
+            tiny.conv_net((8, 8, 1)),
+            tiny.conv_net((8, 8, 3)),
+            [kj.LogitsDistillation()],
+        )
+
+
+def test_different_resolutions_need_two_inputs():
+    distiller = kj.Distiller(
+        tiny.conv_net((8, 8, 1)),
+        tiny.conv_net((6, 6, 1)),
+        [kj.LogitsDistillation()],
+    )
+    distiller.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="'teacher': x_t"):
+        distiller.fit(tiny.images(4), epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "term",
+    [kj.JacobianMatching(), kj.JacobianMatching("random")],
+)
+def test_class_count_mismatch(term):
+    with pytest.raises(ValueError, match="same number of classes"):
+        kj.Distiller(tiny.conv_net(classes=5), tiny.conv_net(classes=4), [term])
+
+
+def test_logits_class_count_mismatch():
+    with pytest.raises(ValueError, match="same size"):
+        kj.Distiller(
+            tiny.conv_net(classes=5),
+            tiny.conv_net(classes=4),
+            [kj.LogitsDistillation()],
+        )
+
+
+def test_k_larger_than_classes():
+    with pytest.raises(ValueError, match="cannot exceed the number"):
+        kj.Distiller(
+            tiny.conv_net(), tiny.conv_net(), [kj.JacobianMatching("top_k", 6)]
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"target": "top2"}, "must be one of"),
+        ({"target": "top_k"}, "needs an integer `k`"),
+        ({"k": 3}, "only used with target='top_k'"),
+        ({"num_projections": 0}, "num_projections"),
+        ({"loss": "cosine"}, "must be one of"),
+        ({"target": "random", "loss": "alignment"}, "class-indexed"),
+        ({"temperature": 0}, "positive"),
+    ],
+)
+def test_bad_jacobian_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kj.JacobianMatching(**kwargs)
+
+
+def test_bad_logit_and_noise_arguments():
+    with pytest.raises(ValueError, match="must be one of"):
+        kj.LogitsDistillation("ce")
+    with pytest.raises(ValueError, match="positive"):
+        kj.LogitsDistillation(temperature=-1)
+    with pytest.raises(ValueError, match="stddev"):
+        kj.NoiseDistillation(0)
+    with pytest.raises(ValueError, match="num_samples"):
+        kj.NoiseDistillation(0.1, num_samples=0)
+
+
+def test_weight_count_mismatch():
+    with pytest.raises(ValueError, match="one weight per term"):
+        kj.Distiller(
+            tiny.conv_net(),
+            tiny.conv_net(),
+            [kj.LogitsDistillation(), kj.JacobianMatching()],
+            distillation_loss_weights=[1.0],
+        )
+
+
+def test_integer_inputs_have_no_jacobian():
+    def token_model():
+        inputs = keras.Input((5,), dtype="int32")
+        h = keras.layers.Embedding(10, 4)(inputs)
+        h = keras.layers.Flatten()(h)
+        return keras.Model(inputs, keras.layers.Dense(3)(h))
+
+    with pytest.raises(ValueError, match="token inputs"):
+        kj.Distiller(token_model(), token_model(), [kj.JacobianMatching()])
+    # Output-only terms work on token models.
+    kj.Distiller(token_model(), token_model(), [kj.LogitsDistillation()])
+
+
+def test_resizing_inside_the_model_is_reported():
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(2, 3, activation="tanh", name="conv")(inputs)
+    h = keras.layers.Resizing(12, 12, interpolation="bilinear")(h)
+    h = keras.layers.Conv2D(2, 3, activation="tanh")(h)
+    h = keras.layers.Flatten()(h)
+    student = keras.Model(inputs, keras.layers.Dense(5)(h))
+    with pytest.raises(ValueError, match="Resize in the input pipeline"):
+        kj.Distiller(tiny.conv_net(), student, [kj.JacobianMatching()])
+
+
+def test_output_without_input_gradient_is_reported():
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Lambda(lambda t: keras.ops.stop_gradient(t))(inputs)
+    h = keras.layers.Flatten()(h)
+    student = keras.Model(inputs, keras.layers.Dense(5)(h))
+    with pytest.raises(ValueError, match="no gradient with respect to"):
+        kj.Distiller(tiny.conv_net(), student, [kj.JacobianMatching()])
+
+
+def test_subclassed_model_is_reported():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.flat = keras.layers.Flatten()
+            self.dense = keras.layers.Dense(5)
+
+        def call(self, x):
+            return self.dense(self.flat(x))
+
+    net = Net()
+    net(np.zeros((1, 8, 8, 1), "float32"))
+    with pytest.raises(ValueError, match="Functional model"):
+        kj.Distiller(tiny.conv_net(), net, [kj.LogitsDistillation()])
+
+
+def test_not_a_term():
+    with pytest.raises(ValueError, match="keras_jacobian term"):
+        kj.Distiller(tiny.conv_net(), tiny.conv_net(), ["kl"])
+
+
+def test_zero_jacobian_gives_no_nan():
+    student = tiny.conv_net(seed=3)
+    for layer in student.layers:
+        if layer.weights:
+            layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+    distiller = kj.Distiller(tiny.conv_net(), student, [kj.JacobianMatching()])
+    distiller.compile(optimizer="sgd")
+    history = distiller.fit(tiny.images(4), epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    for w in student.get_weights():
+        assert np.all(np.isfinite(w))
