@@ -186,7 +186,9 @@ def pipeline(data, images, labels, training, seed=0):
     return data_lib.make_pipeline(
         images,
         labels,
-        FLAGS.batch_size,
+        FLAGS.batch_size
+        if training
+        else experiment.eval_batch_size(FLAGS.batch_size),
         training=training,
         augment=FLAGS.augment and training,
         flip=FLAGS.flip,

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import weakref
 
 import keras
 import numpy as np
@@ -101,6 +102,11 @@ def check_choices(values, known, flag):
     return list(values)
 
 
+def eval_batch_size(batch_size):
+    """Batch size of evaluation pipelines: larger, as no gradient is kept."""
+    return max(int(batch_size), 256)
+
+
 def steps_per_epoch(num_examples, batch_size, min_steps):
     """Steps of one epoch: a pass over the data, at least `min_steps`."""
     return max(math.ceil(num_examples / batch_size), int(min_steps))
@@ -151,11 +157,20 @@ def callbacks(
     return result
 
 
+_PREDICT = weakref.WeakKeyDictionary()
+
+
 def accuracy(model, dataset):
     """Top-1 accuracy (%) of a logits model on a labelled pipeline."""
+    if model not in _PREDICT:
+        # One traced function per model, reused by every evaluation.
+        _PREDICT[model] = tf.function(
+            lambda x: model(x, training=False), reduce_retracing=True
+        )
+    predict = _PREDICT[model]
     correct = total = 0
     for x, y in dataset:
-        logits = model(x, training=False)
+        logits = predict(x)
         pred = np.argmax(keras.ops.convert_to_numpy(logits), axis=-1)
         correct += int(np.sum(pred == np.asarray(y)))
         total += int(np.asarray(y).shape[0])

@@ -168,7 +168,11 @@ def run(output_dir):
     data = load_data()
     noisy = data_lib.noisy_copies(data.test_images, sigmas, seed=FLAGS.seed)
     tests = {
-        s: data.pipeline("test", FLAGS.batch_size, images=noisy[s])
+        s: data.pipeline(
+            "test",
+            experiment.eval_batch_size(FLAGS.batch_size),
+            images=noisy[s],
+        )
         for s in sigmas
     }
     records = []

@@ -22,6 +22,13 @@ sys.path.insert(0, str(ROOT / "examples"))
 import distill  # noqa: E402
 import experiment  # noqa: E402
 import robustness  # noqa: E402
+import transfer  # noqa: E402
+
+needs_transfer_api = pytest.mark.skipif(
+    not transfer.api_available(),
+    reason="keras_jacobian.transfer and the attention terms are not in "
+    "this version of keras_jacobian",
+)
 
 TINY = dict(
     teacher_width=2,
@@ -234,3 +241,57 @@ def test_parse_method_and_weights():
     ):
         assert distill.method_weights({"ce"}) == (0.5, 0.0, 0.0)
         assert distill.method_weights({"act", "jac"}) == (0.0, 2.0, 3.0)
+
+
+@pytest.mark.slow
+@needs_transfer_api
+def test_transfer_on_image_folder(tmp_path):
+    root = _write_folder(tmp_path / "images", classes=3, per_split=(3, 2))
+    out = tmp_path / "out"
+    with flagsaver.flagsaver(
+        dataset=f"folder:{root}",
+        image_size=16,
+        teacher_weights="none",
+        teacher_arch="mobilenet_v2",
+        teacher_alpha=0.35,
+        teacher_classes=7,
+        teacher_image_size=32,
+        student_image_size=8,
+        methods=["none", "lwf_at_jac"],
+        samples_per_class=["2"],
+        output_dir=str(out),
+        **TINY,
+    ):
+        transfer.main(["transfer.py"])
+    _check_outputs(
+        out,
+        "transfer",
+        {"none": "no transfer", "lwf_at_jac": "LwF + attention + Jacobians"},
+        ["2"],
+    )
+
+
+@needs_transfer_api
+def test_transfer_bad_flags(tmp_path):
+    with flagsaver.flagsaver(methods=["fine_tune"], output_dir=str(tmp_path)):
+        with pytest.raises(app.UsageError, match="fine_tune"):
+            transfer.main(["transfer.py"])
+    with flagsaver.flagsaver(
+        teacher_weights=str(tmp_path / "missing.h5"), output_dir=str(tmp_path)
+    ):
+        with pytest.raises(SystemExit, match="does not exist"):
+            transfer.main(["transfer.py"])
+    with flagsaver.flagsaver(
+        attention_pairs=["block1_out"], output_dir=str(tmp_path)
+    ):
+        with pytest.raises(app.UsageError, match="attention_pairs"):
+            transfer.main(["transfer.py"])
+
+
+@pytest.mark.skipif(
+    transfer.api_available(), reason="the transfer API is available"
+)
+def test_transfer_without_the_api_says_what_to_do(tmp_path):
+    with flagsaver.flagsaver(output_dir=str(tmp_path)):
+        with pytest.raises(SystemExit, match="Update keras_jacobian"):
+            transfer.main(["transfer.py"])
