@@ -86,14 +86,14 @@ flags.DEFINE_bool(
 
 # Training.
 flags.DEFINE_integer("teacher_epochs", 20, "Teacher training epochs.")
-flags.DEFINE_integer("student_epochs", 15, "Student training epochs.")
+flags.DEFINE_integer("student_epochs", 25, "Student training epochs.")
 flags.DEFINE_integer(
     "min_steps_per_epoch",
     20,
     "Training steps per epoch at least (small training sets are repeated), "
     "so that runs with few samples per class still take enough steps.",
 )
-flags.DEFINE_integer("batch_size", 64, "Global batch size.")
+flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 flags.DEFINE_float("learning_rate", 3e-3, "Adam learning rate.")
 flags.DEFINE_enum(
     "lr_schedule", "cosine", ["constant", "cosine"], "Learning-rate schedule."

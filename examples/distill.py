@@ -25,21 +25,32 @@ over seeds, per method and samples per class, plus every run) and
 `results.png` (accuracy against samples per class, one line per method),
 and prints the table.
 
-Default command (offline; digits, 8x8 images, 10 classes; VGG-9 width 32
-teacher, VGG-4 width 16 student; 3 samples-per-class settings x 2 seeds x 5
-methods):
+Default command (offline; digits, 8x8 images, 10 classes, 1,198 training
+and 599 test images; VGG-9 width 32 teacher, VGG-4 width 16 student;
+random-crop augmentation; KD at temperature 4 with weight 1, Jacobian
+matching of the teacher's top-1 class, normalised rows, weight 1; Adam 3e-3
+with a cosine schedule, batch 32, 25 epochs of at least 20 steps; 3
+samples-per-class settings x 2 seeds x 5 methods = 30 students):
 
   python examples/distill.py
 
-It takes about 4 minutes on 2 CPU cores (teacher included; about a minute
-less when the teacher is reused) and prints (test accuracy %, 599 test
-images, mean ± std over seeds 0 and 1; teacher 98.5%):
+It took 5 min 10 s (wall; 3 min 40 s of CPU) on 2 CPU cores shared with
+other jobs, teacher included (about 30 s less when the teacher is reused),
+and printed (test accuracy %, mean ± std over seeds 0 and 1):
 
   | method \ samples/class | 1 | 5 | 20 |
   |---|---|---|---|
-  | cross-entropy only | ... |
+  | cross-entropy only | 59.93 ± 1.50 | 86.56 ± 2.25 | 93.82 ± 0.33 |
+  | activations + CE | 61.35 ± 1.09 | 90.07 ± 0.42 | 94.07 ± 0.58 |
+  | activations + Jacobians + CE | 64.94 ± 4.51 | 90.23 ± 0.92 | 94.16 ± 0.50 |
+  | activations only | 62.52 ± 2.59 | 89.82 ± 0.67 | 94.16 ± 0.83 |
+  | activations + Jacobians only | 66.19 ± 4.59 | 90.40 ± 0.58 | 94.41 ± 0.08 |
 
-(see docs/examples.md for the table measured on this machine).
+with a teacher at 98.16%. As in the paper, Jacobians help most with the
+least data (+3.6 and +3.7 points at 1 sample per class, with a large spread
+over 2 seeds: one seed gains 7, the other nothing) and little with more.
+Augmentation matters here: in a short run without it (`--noaugment`),
+distillation from 10 images did not beat cross-entropy at all.
 
 The paper's CIFAR-100 setting (VGG-9 teacher, VGG-4 student; needs
 `tfds build cifar100 --data_dir=DIR` done on a machine with network access

@@ -76,7 +76,7 @@ flags.DEFINE_enum(
     "model_arch", "vgg4", sorted(models.MODELS), "Network to regularise."
 )
 flags.DEFINE_integer("model_width", 16, "Channels of the first block.")
-flags.DEFINE_integer("epochs", 20, "Training epochs.")
+flags.DEFINE_integer("epochs", 10, "Training epochs.")
 flags.DEFINE_float("l2_weight", 1e-3, "L2 coefficient of method 'l2'.")
 flags.DEFINE_float("dropout_rate", 0.3, "Dropout rate of method 'dropout'.")
 flags.DEFINE_float(
