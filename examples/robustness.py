@@ -30,8 +30,16 @@ Default command (offline, digits 8x8, VGG-4 width 16, 2 seeds):
 
   python examples/robustness.py
 
-It takes about 2 minutes on 2 CPU cores; see docs/examples.md for the
-table it printed there.
+It took 1 min 4 s on 2 CPU cores and printed (test accuracy %, mean ± std
+over seeds 0 and 1; no regulariser / L2 / dropout / Jacobian-norm penalty):
+
+  sigma     0      0.1    0.2    0.3    0.4    0.6
+  none      95.99  93.41  77.55  56.84  41.90  26.88
+  l2        96.66  93.74  79.30  60.02  44.57  28.05
+  dropout   95.58  92.90  77.80  57.60  44.32  29.72
+  jacobian  94.66  94.07  89.57  80.30  66.28  45.83
+
+(std at most 4.3 points).
 
 CIFAR-10 (the paper's setting is CIFAR; it gives no numbers for this
 experiment; needs `tfds build cifar10 --data_dir=DIR`):
