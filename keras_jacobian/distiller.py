@@ -11,7 +11,9 @@ from keras_jacobian.terms.base import DistillationTerm
 from keras_jacobian.terms.base import StepContext
 from keras_jacobian.terms.conversion import convert_term
 
-TASK = "task"
+# Endpoint key of the task head's output in the student's endpoint model,
+# so that the task loss reads the same forward pass as the terms.
+TASK = "__task_output__"
 INPUT_KEYS = ("student", "teacher", "teacher_targets")
 
 
@@ -166,13 +168,18 @@ class Distiller(keras.Model):
         self.teacher_endpoints = features.endpoint_model(
             teacher, teacher_endpoints, "teacher"
         )
+        self.student_task = self._task_model(student, distillation_output)
         self.student_endpoints = features.endpoint_model(
             student,
             student_endpoints,
             "student",
             output_layer=distillation_output,
+            extra_outputs=(
+                None
+                if self.student_task is None
+                else {TASK: self.student_task.outputs[0]}
+            ),
         )
-        self.student_task = self._task_model(student, distillation_output)
 
         teacher_shapes = _shapes(self.teacher_endpoints, teacher_shape)
         student_shapes = _shapes(self.student_endpoints, student_shape)
@@ -211,8 +218,8 @@ class Distiller(keras.Model):
             keras.metrics.Mean(name=f"{t.name}_loss") for t in terms
         ]
         self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
-        # Both networks are built: so is the Distiller. Loading a `.keras`
-        # file then restores the optimizer's state too.
+        # Every sub-model and term layer exists now; marking the model built
+        # lets `.keras` loading restore the optimizer's state.
         self.built = True
 
     # Construction helpers.
@@ -404,7 +411,7 @@ class Distiller(keras.Model):
                 distribute_utils.reduce_per_example(per_example, sample_weight)
             )
         if self.student_task is not None:
-            y_pred = self.student_task(xs, training=training)
+            y_pred = sctx.outputs[TASK]
         else:
             y_pred = sctx.outputs[OUTPUT]
         student_loss = self._student_loss(y, y_pred, sample_weight)

@@ -50,7 +50,9 @@ def layer_output(model, name, role):
         ) from error
 
 
-def endpoint_model(model, endpoints, role, output_layer=None):
+def endpoint_model(
+    model, endpoints, role, output_layer=None, extra_outputs=None
+):
     """A model mapping `model`'s input to a dict of named endpoints.
 
     Args:
@@ -60,6 +62,8 @@ def endpoint_model(model, endpoints, role, output_layer=None):
         role: `"teacher"` or `"student"`, for error messages.
         output_layer: name of the layer whose output is `"output"` when
             the model has several outputs.
+        extra_outputs: optional dict of further named symbolic tensors of
+            `model` to return (e.g. a task head's output).
 
     Returns:
         A `keras.Model` sharing `model`'s layers and weights, whose call
@@ -72,6 +76,7 @@ def endpoint_model(model, endpoints, role, output_layer=None):
             tensors[name] = output_tensor(model, role, output_layer)
         else:
             tensors[name] = layer_output(model, name, role)
+    tensors.update(extra_outputs or {})
     return keras.Model(inputs, tensors, name=f"{model.name}_endpoints")
 
 

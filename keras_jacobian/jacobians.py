@@ -101,8 +101,8 @@ def match_spatial_size(rows, target_shape):
 
     Used when teacher and student see the same images at different
     resolutions. Only the teacher's rows, which are constants for the
-    student's update, are resized, so no second derivative of a resize
-    is ever needed.
+    student's update, are resized, so no derivative of a resize is ever
+    needed; the result is a constant (`stop_gradient`).
     """
     if rows.shape[2:] == tuple(target_shape):
         return rows
@@ -115,5 +115,9 @@ def match_spatial_size(rows, target_shape):
             f"{tuple(rows.shape[2:])}, student {tuple(target_shape)}."
         )
     images = tf.reshape(rows, tf.concat([[-1], shape[2:]], axis=0))
-    images = tf.image.resize(images, (height, width), method="area")
+    # ResizeArea has no gradient: under tf.cond (graph mode) a stop_gradient
+    # on its input does not stop tf.gradients from asking for one.
+    images = tf.stop_gradient(
+        tf.image.resize(images, (height, width), method="area")
+    )
     return tf.reshape(images, [shape[0], shape[1], height, width, channels])

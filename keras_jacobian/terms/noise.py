@@ -64,7 +64,8 @@ class NoiseDistillation(DistillationTerm):
 
     def teacher_targets(self, ctx):
         x = ctx.inputs
-        copies = tf.concat([x] * self.num_samples, axis=0)
+        multiples = [self.num_samples] + [1] * (x.shape.rank - 1)
+        copies = tf.tile(x, multiples)
         noise = keras.random.normal(
             tf.shape(copies), stddev=self.stddev, seed=ctx.seed
         )

@@ -1,0 +1,130 @@
+"""Attention maps and input saliency of a distiller's networks, for display.
+
+Used by the TensorBoard callbacks and by `plotting.save_transfer_grid`.
+Everything here runs the networks in inference mode on a fixed batch and
+returns NumPy-convertible tensors; nothing is trained.
+"""
+
+import tensorflow as tf
+
+from keras_jacobian import attention
+from keras_jacobian import features
+from keras_jacobian import jacobians
+from keras_jacobian.terms.attention import check_layer_pairs
+from keras_jacobian.terms.base import OUTPUT
+from keras_jacobian.terms.base import labels_to_indices
+
+SALIENCY_TARGETS = ("teacher_top1", "label")
+
+
+def take(x, count):
+    """The first `count` examples of a tensor or of a dict of tensors."""
+    if isinstance(x, dict):
+        return {k: take(v, count) for k, v in x.items()}
+    return x[:count]
+
+
+def split_inputs(distiller, x):
+    """The student's and the teacher's float inputs for batch `x`."""
+    xs, xt, _ = distiller._split_inputs(x)
+    return xs, xt
+
+
+def layer_pairs_of(distiller):
+    """The layer pairs of the distiller's attention terms, in order."""
+    pairs = []
+    for term in distiller.distillation_losses:
+        for pair in getattr(term, "layer_pairs", []):
+            if pair not in pairs:
+                pairs.append(pair)
+    return pairs
+
+
+class AttentionReader:
+    """Reads the spatial attention maps of layer pairs of a distiller.
+
+    Args:
+        distiller: a `Distiller`.
+        layer_pairs: `(teacher layer, student layer)` name pairs.
+        p: the power of the attention map.
+    """
+
+    def __init__(self, distiller, layer_pairs, p=2):
+        self.layer_pairs = check_layer_pairs(layer_pairs, "AttentionReader")
+        self.p = p
+        self.teacher = features.endpoint_model(
+            distiller.teacher, [t for t, _ in self.layer_pairs], "teacher"
+        )
+        self.student = features.endpoint_model(
+            distiller.student, [s for _, s in self.layer_pairs], "student"
+        )
+        for model, index in ((self.teacher, 0), (self.student, 1)):
+            for pair in self.layer_pairs:
+                shape = model.output[pair[index]].shape
+                attention.check_feature_rank(shape, f"Layer {pair[index]!r}")
+
+    def __call__(self, xs, xt):
+        """Returns a list of `(teacher map, student map)`, each `(b, H, W)`.
+
+        Each map is at its network's own resolution.
+        """
+        t_out = self.teacher(xt, training=False)
+        s_out = self.student(xs, training=False)
+        return [
+            (
+                attention.spatial_attention_map(t_out[t], self.p),
+                attention.spatial_attention_map(s_out[s], self.p),
+            )
+            for t, s in self.layer_pairs
+        ]
+
+
+def input_saliency(distiller, xs, xt, target="teacher_top1", labels=None):
+    """Input-gradient rows of teacher and student for one class each.
+
+    The class is the teacher's top-1 prediction (or the label), the same
+    for both networks, as in `JacobianMatching`.
+
+    Args:
+        distiller: a `Distiller` (its distillation outputs are compared).
+        xs: the student's input batch.
+        xt: the teacher's input batch.
+        target: `"teacher_top1"` or `"label"`.
+        labels: labels for `target="label"`.
+
+    Returns:
+        `(teacher_rows, student_rows, cosine)`: the gradients, shaped as
+        each network's input, and the per-example cosine similarity of
+        the two rows (the teacher's resized to the student's input size).
+    """
+    xs = tf.convert_to_tensor(xs, "float32")
+    xt = tf.convert_to_tensor(xt, "float32")
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        t_logits = distiller.teacher_endpoints(xt, training=False)[OUTPUT]
+        if target == "label":
+            indices = labels_to_indices(labels, t_logits.shape[-1])
+        else:
+            indices = tf.argmax(t_logits, axis=-1, output_type="int32")
+        one_hot = tf.one_hot(indices, t_logits.shape[-1])
+        picked = tf.reduce_sum(t_logits * one_hot, axis=-1)
+    t_rows = tape.gradient(picked, xt)
+    with tf.GradientTape() as tape:
+        tape.watch(xs)
+        s_logits = distiller.student_endpoints(xs, training=False)[OUTPUT]
+        picked = tf.reduce_sum(
+            s_logits * tf.one_hot(indices, s_logits.shape[-1]), axis=-1
+        )
+    s_rows = tape.gradient(picked, xs)
+    resized = jacobians.match_spatial_size(
+        t_rows[:, None], tuple(s_rows.shape[1:])
+    )
+    t = jacobians.normalize_rows(jacobians.flatten_rows(resized))[:, 0]
+    s = jacobians.normalize_rows(jacobians.flatten_rows(s_rows[:, None]))
+    cosine = tf.reduce_sum(t * s[:, 0], axis=-1)
+    return t_rows, s_rows, cosine
+
+
+def saliency_map(rows):
+    """`max_c |row|` per pixel: `(batch, H, W, C)` to `(batch, H, W)`."""
+    return tf.reduce_max(tf.abs(tf.cast(rows, "float32")), axis=-1)

@@ -1,0 +1,274 @@
+"""Feature distillation, its adapters, and reading layers by name.
+
+Values are checked against NumPy on features read by plain sub-models.
+Cost: about 15 s.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_jacobian as kj
+from keras_jacobian.terms.attention import AttentionTransfer
+from keras_jacobian.terms.features import FeatureDistillation
+
+
+def conv_net(prefix, filters, size=8, classes=3, first_stride=1):
+    inputs = keras.Input((size, size, 3))
+    h = keras.layers.Conv2D(
+        filters,
+        3,
+        strides=first_stride,
+        padding="same",
+        activation="tanh",
+        name=f"{prefix}c1",
+    )(inputs)
+    h = keras.layers.Conv2D(
+        filters, 3, padding="same", activation="tanh", name=f"{prefix}c2"
+    )(h)
+    h = keras.layers.GlobalAveragePooling2D(name=f"{prefix}pool")(h)
+    outputs = keras.layers.Dense(classes, name=f"{prefix}out")(h)
+    return keras.Model(inputs, outputs, name=f"{prefix}net")
+
+
+def sequential_net(prefix, filters):
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(
+                filters, 3, activation="relu", name=f"{prefix}c1"
+            ),
+            keras.layers.Flatten(name=f"{prefix}flat"),
+            keras.layers.Dense(3, name=f"{prefix}out"),
+        ],
+        name=f"{prefix}seq",
+    )
+
+
+def features_of(model, name, x):
+    return keras.Model(model.inputs, model.get_layer(name).output)(
+        x, training=False
+    ).numpy()
+
+
+def term_losses(distiller, x):
+    distiller.compile(optimizer="sgd")
+    return {k: float(v) for k, v in distiller.test_step((x,)).items()}
+
+
+def batch(size=8, n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, size, size, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("loss", ["mse", "mae"])
+def test_conv_adapter_value(loss):
+    teacher, student = conv_net("t", 5), conv_net("s", 3)
+    term = FeatureDistillation("tc2", "sc2", adapter="auto", loss=loss)
+    distiller = kj.Distiller(teacher, student, [term])
+    x = batch()
+    got = term_losses(distiller, x)["feature_distillation_loss"]
+    kernel, bias = [w.numpy() for w in term.adapter_layer.weights]
+    assert kernel.shape == (1, 1, 3, 5)
+    mapped = features_of(student, "sc2", x) @ kernel[0, 0] + bias
+    diff = features_of(teacher, "tc2", x) - mapped
+    expected = np.mean(diff**2) if loss == "mse" else np.mean(np.abs(diff))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    adapter_ids = {id(v) for v in term.adapter_layer.trainable_variables}
+    assert adapter_ids <= {id(v) for v in distiller.trainable_variables}
+
+
+def test_dense_adapter_on_feature_vectors():
+    teacher, student = conv_net("t", 5), conv_net("s", 3)
+    term = FeatureDistillation("tpool", "spool", adapter="dense")
+    distiller = kj.Distiller(teacher, student, [term])
+    x = batch()
+    got = term_losses(distiller, x)["feature_distillation_loss"]
+    kernel, bias = [w.numpy() for w in term.adapter_layer.weights]
+    mapped = features_of(student, "spool", x) @ kernel + bias
+    expected = np.mean((features_of(teacher, "tpool", x) - mapped) ** 2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_sequential_models_without_adapter():
+    teacher, student = sequential_net("t", 4), sequential_net("s", 4)
+    distiller = kj.Distiller(
+        teacher, student, [FeatureDistillation("tc1", "sc1")]
+    )
+    x = batch()
+    got = term_losses(distiller, x)["feature_distillation_loss"]
+    expected = np.mean(
+        (features_of(teacher, "tc1", x) - features_of(student, "sc1", x)) ** 2
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_keras_applications_teacher():
+    teacher = keras.applications.MobileNet(
+        input_shape=(32, 32, 3), alpha=0.25, weights=None, classes=3
+    )
+    student = conv_net("s", 4, size=32, first_stride=2)
+    layer = "conv_pw_1_relu"  # 16 x 16 x 16 in MobileNet(alpha=0.25)
+    terms = [
+        FeatureDistillation(layer, "sc1", adapter="conv"),
+        AttentionTransfer([(layer, "sc1")]),
+    ]
+    distiller = kj.Distiller(teacher, student, terms)
+    x = batch(size=32, n=2)
+    got = term_losses(distiller, x)
+    t_feat = features_of(teacher, layer, x)
+    s_feat = features_of(student, "sc1", x)
+    assert t_feat.shape == (2, 16, 16, 16) and s_feat.shape == (2, 16, 16, 4)
+    kernel, bias = [w.numpy() for w in terms[0].adapter_layer.weights]
+    mapped = s_feat @ kernel[0, 0] + bias
+    np.testing.assert_allclose(
+        got["feature_distillation_loss"],
+        np.mean((t_feat - mapped) ** 2),
+        rtol=1e-5,
+    )
+    t_map = np.mean(t_feat**2, axis=-1).reshape(2, -1)
+    s_map = np.mean(s_feat**2, axis=-1).reshape(2, -1)
+    t_map /= np.linalg.norm(t_map, axis=1, keepdims=True)
+    s_map /= np.linalg.norm(s_map, axis=1, keepdims=True)
+    np.testing.assert_allclose(
+        got["attention_transfer_loss"],
+        np.mean(np.sum((t_map - s_map) ** 2, axis=1)),
+        rtol=1e-4,
+    )
+
+
+def test_spatial_mismatch_resizes_teacher_features():
+    teacher = conv_net("t", 3)
+    student = conv_net("s", 3, first_stride=2)
+    distiller = kj.Distiller(
+        teacher, student, [FeatureDistillation("tc1", "sc1")]
+    )
+    x = batch()
+    got = term_losses(distiller, x)["feature_distillation_loss"]
+    t_feat = features_of(teacher, "tc1", x)
+    pooled = t_feat.reshape(3, 4, 2, 4, 2, 3).mean(axis=(2, 4))
+    expected = np.mean((pooled - features_of(student, "sc1", x)) ** 2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+# Conversion from Keras' own term.
+
+
+def test_from_keras_feature_distillation_matches_keras_value():
+    teacher, student = conv_net("t", 3), conv_net("s", 3)
+    keras_term = keras.distillation.FeatureDistillation(
+        loss="mse", teacher_layer_name="tc2", student_layer_name="sc2"
+    )
+    distiller = kj.Distiller(teacher, student, [keras_term])
+    converted = distiller.distillation_losses[0]
+    assert isinstance(converted, FeatureDistillation)
+    assert (converted.teacher_layer, converted.student_layer) == (
+        "tc2",
+        "sc2",
+    )
+    x = batch()
+    got = term_losses(distiller, x)["feature_distillation_loss"]
+    expected = keras_term.compute_loss(
+        tf.constant(features_of(teacher, "tc2", x)),
+        tf.constant(features_of(student, "sc2", x)),
+    )
+    np.testing.assert_allclose(got, float(expected), rtol=1e-5)
+
+
+def test_from_keras_defaults_and_refusals():
+    term = FeatureDistillation.from_keras(
+        keras.distillation.FeatureDistillation(loss="mae")
+    )
+    assert (term.teacher_layer, term.student_layer, term.loss) == (
+        "output",
+        "output",
+        "mae",
+    )
+    with pytest.raises(ValueError, match="mean squared or mean absolute"):
+        FeatureDistillation.from_keras(
+            keras.distillation.FeatureDistillation(loss="cosine_similarity")
+        )
+
+
+# Errors.
+
+
+def test_channel_mismatch_without_adapter_names_the_fix():
+    teacher, student = conv_net("t", 5), conv_net("s", 3)
+    with pytest.raises(ValueError, match="adapter='auto'"):
+        kj.Distiller(teacher, student, [FeatureDistillation("tc2", "sc2")])
+
+
+def test_bad_layer_name_lists_available_names():
+    teacher, student = conv_net("t", 3), conv_net("s", 3)
+    with pytest.raises(ValueError, match=r"no layer named 'nope'.*'sc1'"):
+        kj.Distiller(teacher, student, [FeatureDistillation("tc1", "nope")])
+
+
+def test_subclassed_model_is_refused_with_a_fix():
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = keras.layers.Conv2D(3, 3, name="conv")
+            self.pool = keras.layers.GlobalAveragePooling2D()
+            self.head = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.head(self.pool(self.conv(x)))
+
+    teacher = Subclassed()
+    teacher(batch())
+    student = conv_net("s", 3)
+    with pytest.raises(ValueError, match="Functional"):
+        kj.Distiller(teacher, student, [FeatureDistillation("conv", "sc1")])
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"teacher_layer": "tc1", "student_layer": "spool"}, "same rank"),
+        (
+            {
+                "teacher_layer": "tpool",
+                "student_layer": "spool",
+                "adapter": "conv",
+            },
+            "adapter='dense'",
+        ),
+        (
+            {
+                "teacher_layer": "tc1",
+                "student_layer": "sc1",
+                "adapter": "dense",
+            },
+            "adapter='conv'",
+        ),
+    ],
+)
+def test_shape_errors(kwargs, match):
+    teacher, student = conv_net("t", 5), conv_net("s", 3)
+    with pytest.raises(ValueError, match=match):
+        kj.Distiller(teacher, student, [FeatureDistillation(**kwargs)])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"teacher_layer": "", "student_layer": "s"},
+        {"teacher_layer": "t", "student_layer": 3},
+        {"teacher_layer": "t", "student_layer": "s", "adapter": "linear"},
+        {"teacher_layer": "t", "student_layer": "s", "loss": "huber"},
+    ],
+)
+def test_argument_errors(kwargs):
+    with pytest.raises(ValueError, match="Received"):
+        FeatureDistillation(**kwargs)
+
+
+def test_config_round_trip():
+    term = FeatureDistillation("a", "b", adapter="conv", loss="mae", name="f")
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(term)
+    )
+    assert restored.get_config() == term.get_config()
