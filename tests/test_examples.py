@@ -1,6 +1,6 @@
 """End-to-end runs of the example scripts on tiny settings.
 
-Cost on 2 CPU cores: about 1.5 minutes in all (each script trains a few
+Cost on 2 CPU cores: about 2 minutes in all (3 when the machine is busy) (each script trains a few
 one-epoch models of a few filters on 8x8 images).
 """
 
@@ -84,6 +84,7 @@ def _col_key(stem):
     return "sigma" if stem == "robustness" else "samples_per_class"
 
 
+@pytest.mark.slow
 def test_distill_on_digits_and_teacher_reuse(tmp_path, capsys):
     out = tmp_path / "out"
     with flagsaver.flagsaver(
@@ -122,6 +123,7 @@ def test_distill_on_digits_and_teacher_reuse(tmp_path, capsys):
     assert again["runs"][0]["accuracy"] == pytest.approx(first[0])
 
 
+@pytest.mark.slow
 def test_distill_on_tfds_mock_data(tmp_path):
     out = tmp_path / "out"
     with tfds.testing.mock_data(num_examples=60):
@@ -144,6 +146,7 @@ def test_distill_on_tfds_mock_data(tmp_path):
     assert any((tmp_path / "tb").iterdir())
 
 
+@pytest.mark.slow
 def test_robustness_on_image_folder(tmp_path):
     root = _write_folder(tmp_path / "images")
     out = tmp_path / "out"
