@@ -1,7 +1,7 @@
 """End-to-end runs of the example scripts on tiny settings.
 
-Cost on 2 CPU cores: about 2 minutes in all (3 when the machine is busy) (each script trains a few
-one-epoch models of a few filters on 8x8 images).
+Cost on 2 CPU cores: about 2 minutes in all, 3 on a busy machine (each
+script trains a few one-epoch models of a few filters on 8x8 images).
 """
 
 import json
