@@ -22,8 +22,21 @@ Default command (offline, digits, 8 random trials of 15 epochs):
 
   python examples/tune.py
 
-It takes about 3 minutes on 2 CPU cores. Bayesian optimisation on CIFAR-100
-with 10 samples per class:
+It took 4 min 45 s (wall; 1 min 50 s of CPU time) on 2 CPU cores busy with
+other jobs, teacher included, and printed:
+
+  Best of 8 trials: val_accuracy 0.8619
+  {"student_loss_weight": 0.5, "use_activation": false,
+   "use_jacobian": true, "jacobian_weight": 1.2876,
+   "jacobian_target": "random"}
+  Reproduce with:
+    python examples/distill.py --methods=jac_ce --samples_per_class=5 ...
+
+The teacher of a search is trained without the validation images, so the
+reproducing command (which trains its own teacher on every training image)
+gives close, not identical, numbers.
+
+Bayesian optimisation on CIFAR-100 with 10 samples per class:
 
   python examples/tune.py --tuner=bayesian --max_trials=30 \
     --dataset=cifar100 --data_dir=DIR --teacher_width=64 \
