@@ -50,7 +50,7 @@ The paper reports (test accuracy %):
   | LwF + attention             | 46.01 | 57.80 | 67.24 |
   | LwF + attention + Jacobians | 47.31 | 58.35 | 67.31 |
 
-A smoke test that runs offline in about a minute (random teacher, so the
+A smoke test that runs offline in about 2 minutes (random teacher, so the
 numbers mean nothing):
 
   python examples/transfer.py --dataset=digits --teacher_weights=none \
