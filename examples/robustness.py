@@ -1,0 +1,295 @@
+r"""Robustness to input noise: a Jacobian-norm penalty against the usual ones.
+
+The paper (section 1) notes that training under Gaussian input noise of
+variance `sigma^2` amounts to penalising `sigma^2 ||J(x)||_F^2`, the squared
+norm of the input Jacobian of the network's output (Bishop 1995), and shows
+that this penalty makes a network more accurate on noisy test images than
+L2 weight decay or dropout. This script trains the same network (default
+VGG-4, `--model_arch`, `--model_width`) on clean training images with each
+regulariser of `--methods`:
+
+  none      no regulariser
+  l2        L2 weight decay on every kernel (`--l2_weight`)
+  dropout   dropout before the classifier (`--dropout_rate`)
+  jacobian  the Jacobian-norm penalty of `keras_jacobian.
+            JacobianRegularizedModel` (`--penalty_weight`, estimated with
+            `--penalty_projections` random projections per example)
+
+and tests each on copies of the test set corrupted with Gaussian noise of
+standard deviation sigma (`--sigmas`, in pixel units of images in [0, 1]; one
+noise draw shared by all sigmas, unclipped). Every model is trained by
+`JacobianRegularizedModel` (penalty weight 0 except for `jacobian`), so the
+runs differ only by their regulariser.
+
+Writes `robustness.md`, `robustness.json` (test accuracy, mean and standard
+deviation over `--seeds`, per method and sigma) and `robustness.png`
+(accuracy against sigma, one line per method) to `--output_dir` (default
+`/tmp/keras_jacobian/robustness`), and prints the table.
+
+Default command (offline, digits 8x8, VGG-4 width 16, 2 seeds):
+
+  python examples/robustness.py
+
+It took 1 min 4 s on 2 CPU cores and printed (test accuracy %, mean ± std
+over seeds 0 and 1; no regulariser / L2 / dropout / Jacobian-norm penalty):
+
+  sigma     0      0.1    0.2    0.3    0.4    0.6
+  none      95.99  93.41  77.55  56.84  41.90  26.88
+  l2        96.66  93.74  79.30  60.02  44.57  28.05
+  dropout   95.58  92.90  77.80  57.60  44.32  29.72
+  jacobian  94.66  94.07  89.57  80.30  66.28  45.83
+
+(std at most 4.3 points).
+
+CIFAR-10 (the paper's setting is CIFAR; it gives no numbers for this
+experiment; needs `tfds build cifar10 --data_dir=DIR`):
+
+  python examples/robustness.py --dataset=cifar10 --data_dir=DIR \
+    --model_arch=vgg9 --model_width=64 --epochs=100 --augment --flip \
+    --batch_size=128 --learning_rate=1e-3 --sigmas=0,0.02,0.05,0.1,0.2 \
+    --penalty_weight=0.01 --seeds=0,1,2
+"""
+
+import os
+import sys
+import time
+
+import common_flags
+import experiment
+import keras
+from absl import app
+from absl import flags
+
+import keras_jacobian
+from keras_jacobian import data as data_lib
+from keras_jacobian import models
+
+FLAGS = flags.FLAGS
+
+METHODS = ("none", "l2", "dropout", "jacobian")
+LABELS = {
+    "none": "no regulariser",
+    "l2": "L2 weight decay",
+    "dropout": "dropout",
+    "jacobian": "Jacobian-norm penalty",
+}
+DEFAULT_OUTPUT_DIR = "/tmp/keras_jacobian/robustness"
+
+flags.DEFINE_list(
+    "sigmas",
+    ["0", "0.1", "0.2", "0.3", "0.4", "0.6"],
+    "Standard deviations of the test noise, in pixel units ([0, 1] images).",
+)
+flags.DEFINE_enum(
+    "model_arch", "vgg4", sorted(models.MODELS), "Network to regularise."
+)
+flags.DEFINE_integer("model_width", 16, "Channels of the first block.")
+flags.DEFINE_integer("epochs", 10, "Training epochs.")
+flags.DEFINE_float("l2_weight", 1e-3, "L2 coefficient of method 'l2'.")
+flags.DEFINE_float("dropout_rate", 0.3, "Dropout rate of method 'dropout'.")
+flags.DEFINE_float(
+    "penalty_weight", 0.05, "Jacobian-norm penalty weight of 'jacobian'."
+)
+flags.DEFINE_integer(
+    "penalty_projections", 1, "Random projections of the penalty estimate."
+)
+
+
+def parse_sigmas(values):
+    try:
+        sigmas = [float(v) for v in values]
+    except ValueError:
+        sigmas = None
+    if not sigmas or min(sigmas) < 0:
+        raise app.UsageError(
+            "Expected --sigmas to be a comma-separated list of numbers >= 0. "
+            f"Received: --sigmas={','.join(values or [])}. Pass e.g. "
+            "--sigmas=0,0.1,0.2."
+        )
+    return sigmas
+
+
+def check_flags():
+    methods = experiment.check_choices(
+        FLAGS.methods or list(METHODS), METHODS, "methods"
+    )
+    sigmas = parse_sigmas(FLAGS.sigmas)
+    seeds = experiment.parse_ints(FLAGS.seeds, "seeds", minimum=0)
+    spcs = experiment.parse_samples_per_class(
+        FLAGS.samples_per_class or ["all"]
+    )
+    if len(spcs) != 1:
+        raise app.UsageError(
+            "Expected one value of --samples_per_class for robustness.py "
+            f"(the training set size). Received {FLAGS.samples_per_class}."
+        )
+    return methods, sigmas, seeds, spcs[0]
+
+
+def load_data():
+    try:
+        return data_lib.load_dataset(
+            FLAGS.dataset,
+            data_dir=FLAGS.data_dir,
+            image_size=FLAGS.image_size,
+            split_seed=FLAGS.seed,
+            download=FLAGS.download,
+        )
+    except data_lib.DatasetNotAvailableError as error:
+        raise SystemExit(f"ERROR: {error}") from error
+    except ValueError as error:
+        raise app.UsageError(f"--dataset={FLAGS.dataset}: {error}") from error
+
+
+def build(method, data, strategy):
+    """A compiled `JacobianRegularizedModel` for one method."""
+    kwargs = {"width": FLAGS.model_width, "name": FLAGS.model_arch}
+    if FLAGS.model_arch == "resnet":
+        kwargs["depth"] = 10
+    kwargs["dropout"] = FLAGS.dropout_rate if method == "dropout" else 0.0
+    with strategy.scope():
+        model = models.MODELS[FLAGS.model_arch](
+            data.input_shape, data.num_classes, **kwargs
+        )
+        if method == "l2":
+            for layer in model.layers:
+                kernel = getattr(layer, "kernel", None)
+                if kernel is not None:
+                    kernel.regularizer = keras.regularizers.L2(FLAGS.l2_weight)
+        robust = keras_jacobian.JacobianRegularizedModel(
+            model,
+            weight=FLAGS.penalty_weight if method == "jacobian" else 0.0,
+            num_projections=FLAGS.penalty_projections,
+            seed=FLAGS.seed,
+        )
+        robust.compile(
+            optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    return robust
+
+
+def run(output_dir):
+    methods, sigmas, seeds, spc = check_flags()
+    start = time.time()
+    strategy = experiment.get_strategy(FLAGS.strategy)
+    data = load_data()
+    noisy = data_lib.noisy_copies(data.test_images, sigmas, seed=FLAGS.seed)
+    tests = {
+        s: data.pipeline(
+            "test",
+            experiment.eval_batch_size(FLAGS.batch_size),
+            images=noisy[s],
+        )
+        for s in sigmas
+    }
+    records = []
+    for seed in seeds:
+        if spc is None:
+            images, labels = data.train_images, data.train_labels
+        else:
+            try:
+                idx = data_lib.stratified_subsample(
+                    data.train_labels, spc, seed, num_classes=data.num_classes
+                )
+            except ValueError as error:
+                raise app.UsageError(
+                    f"--samples_per_class={spc}: {error}"
+                ) from error
+            images, labels = data.train_images[idx], data.train_labels[idx]
+        train = data_lib.make_pipeline(
+            images,
+            labels,
+            FLAGS.batch_size,
+            training=True,
+            augment=FLAGS.augment,
+            flip=FLAGS.flip,
+            crop_padding=max(1, data.input_shape[0] // 8),
+            mean=data.mean,
+            std=data.std,
+            seed=seed,
+        ).repeat()
+        steps = experiment.steps_per_epoch(
+            len(labels), FLAGS.batch_size, FLAGS.min_steps_per_epoch
+        )
+        for method in methods:
+            t0 = time.time()
+            keras.utils.set_random_seed(seed)
+            robust = build(method, data, strategy)
+            run_name = f"{method}_s{seed}"
+            robust.fit(
+                train,
+                epochs=FLAGS.epochs,
+                steps_per_epoch=steps,
+                callbacks=experiment.callbacks(
+                    run_name,
+                    FLAGS.epochs,
+                    FLAGS.learning_rate,
+                    FLAGS.lr_schedule,
+                    FLAGS.tensorboard_dir,
+                    FLAGS.backup_dir,
+                ),
+                verbose=FLAGS.verbose,
+            )
+            accs = []
+            for sigma in sigmas:
+                acc = experiment.accuracy(robust.model, tests[sigma])
+                accs.append(acc)
+                records.append(
+                    {
+                        "method": method,
+                        "sigma": f"{sigma:g}",
+                        "seed": seed,
+                        "accuracy": acc,
+                    }
+                )
+            print(
+                f"{run_name}: "
+                + ", ".join(f"{s:g}: {a:.1f}%" for s, a in zip(sigmas, accs))
+                + f" ({time.time() - t0:.1f}s)",
+                flush=True,
+            )
+    elapsed = time.time() - start
+    summary = experiment.summarize(records, "method", "sigma")
+    table = experiment.markdown_table(
+        summary, "regulariser", "test noise sigma", labels=LABELS
+    )
+    header = (
+        f"Test accuracy (%) of {FLAGS.model_arch} (width "
+        f"{FLAGS.model_width}) on {data.name} with Gaussian test noise, "
+        f"mean ± std over seeds {seeds}; {elapsed:.0f} s."
+    )
+    experiment.write_results(
+        output_dir,
+        "robustness",
+        summary,
+        records,
+        header + "\n\n" + table,
+        extra={
+            "seconds": elapsed,
+            "flags": experiment.flag_values(
+                common_flags, sys.modules[__name__]
+            ),
+        },
+    )
+    experiment.plot(
+        summary,
+        os.path.join(output_dir, "robustness.png"),
+        "test noise sigma",
+        "test accuracy (%)",
+        f"Noise robustness on {data.name}",
+        labels=LABELS,
+    )
+    print(header + "\n\n" + table, flush=True)
+    summary["seconds"] = elapsed
+    return summary
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    run(FLAGS.output_dir or DEFAULT_OUTPUT_DIR)
+
+
+if __name__ == "__main__":
+    app.run(main)
