@@ -227,18 +227,16 @@ def fit(model, train_images, train_labels, data, epochs, run_name, seed):
     steps = experiment.steps_per_epoch(
         len(train_labels), FLAGS.batch_size, FLAGS.min_steps_per_epoch
     )
-    model.fit(
+    experiment.train(
+        model,
         ds,
         epochs=epochs,
         steps_per_epoch=steps,
-        callbacks=experiment.callbacks(
-            run_name,
-            epochs,
-            FLAGS.learning_rate,
-            FLAGS.lr_schedule,
-            FLAGS.tensorboard_dir,
-            FLAGS.backup_dir,
-        ),
+        run_name=run_name,
+        learning_rate=FLAGS.learning_rate,
+        schedule=FLAGS.lr_schedule,
+        tensorboard_dir=FLAGS.tensorboard_dir,
+        backup_dir=FLAGS.backup_dir,
         verbose=FLAGS.verbose,
     )
 

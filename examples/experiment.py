@@ -10,26 +10,9 @@ import numpy as np
 import tensorflow as tf
 from absl import app
 
-try:
-    from keras_jacobian.strategies import get_strategy
-except ImportError:  # Older keras_jacobian: the common strategies only.
-
-    def get_strategy(name="default"):
-        """Returns a `tf.distribute.Strategy` picked by name."""
-        if name == "default":
-            return tf.distribute.get_strategy()
-        if name == "one_device":
-            gpus = tf.config.list_logical_devices("GPU")
-            return tf.distribute.OneDeviceStrategy(
-                gpus[0].name if gpus else "/cpu:0"
-            )
-        if name == "mirrored":
-            return tf.distribute.MirroredStrategy()
-        raise ValueError(
-            f"Expected --strategy default, one_device or mirrored with "
-            f"this version of keras_jacobian. Received: {name!r}. Update "
-            "keras_jacobian for 'multi_worker' and 'tpu'."
-        )
+from keras_jacobian import multi_worker
+from keras_jacobian.strategies import get_strategy  # noqa: F401
+from keras_jacobian.strategies import is_chief
 
 
 def flag_values(*modules):
@@ -155,6 +138,57 @@ def callbacks(
             )
         )
     return result
+
+
+def train(
+    model,
+    dataset,
+    *,
+    epochs,
+    steps_per_epoch,
+    run_name,
+    learning_rate,
+    schedule,
+    tensorboard_dir,
+    backup_dir,
+    verbose,
+):
+    """Trains a compiled model: `fit`, or the multi-worker loop.
+
+    Keras' `fit` does not run under `MultiWorkerMirroredStrategy`; there
+    the same training step runs in `keras_jacobian.multi_worker.fit`,
+    which backs up on the chief only. Only the chief writes TensorBoard
+    logs.
+    """
+    strategy = model.distribute_strategy
+    multi = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    run_callbacks = callbacks(
+        run_name,
+        epochs,
+        learning_rate,
+        schedule,
+        tensorboard_dir if is_chief(strategy) else None,
+        None if multi else backup_dir,
+    )
+    if multi:
+        return multi_worker.fit(
+            model,
+            dataset,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=run_callbacks,
+            verbose=verbose,
+            backup_dir=(
+                os.path.join(backup_dir, run_name) if backup_dir else None
+            ),
+        )
+    return model.fit(
+        dataset,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=run_callbacks,
+        verbose=verbose,
+    )
 
 
 _PREDICT = weakref.WeakKeyDictionary()

@@ -217,18 +217,16 @@ def run(output_dir):
             keras.utils.set_random_seed(seed)
             robust = build(method, data, strategy)
             run_name = f"{method}_s{seed}"
-            robust.fit(
+            experiment.train(
+                robust,
                 train,
                 epochs=FLAGS.epochs,
                 steps_per_epoch=steps,
-                callbacks=experiment.callbacks(
-                    run_name,
-                    FLAGS.epochs,
-                    FLAGS.learning_rate,
-                    FLAGS.lr_schedule,
-                    FLAGS.tensorboard_dir,
-                    FLAGS.backup_dir,
-                ),
+                run_name=run_name,
+                learning_rate=FLAGS.learning_rate,
+                schedule=FLAGS.lr_schedule,
+                tensorboard_dir=FLAGS.tensorboard_dir,
+                backup_dir=FLAGS.backup_dir,
                 verbose=FLAGS.verbose,
             )
             accs = []

@@ -74,6 +74,7 @@ from absl import flags
 import keras_jacobian
 from keras_jacobian import data as data_lib
 from keras_jacobian import models
+from keras_jacobian import transfer as lwf
 
 FLAGS = flags.FLAGS
 
@@ -141,40 +142,7 @@ flags.DEFINE_float(
 )
 
 
-def attention_terms():
-    """(AttentionTransfer, AttentionJacobianMatching), or None if absent."""
-    names = ("AttentionTransfer", "AttentionJacobianMatching")
-    if all(hasattr(keras_jacobian, n) for n in names):
-        return tuple(getattr(keras_jacobian, n) for n in names)
-    try:
-        from keras_jacobian.terms import attention
-    except ImportError:
-        return None
-    if all(hasattr(attention, n) for n in names):
-        return tuple(getattr(attention, n) for n in names)
-    return None
-
-
-def _transfer_module():
-    try:
-        from keras_jacobian import transfer
-    except ImportError:
-        return None
-    return transfer
-
-
-def api_available():
-    """Whether keras_jacobian has the transfer and attention APIs."""
-    return attention_terms() is not None and _transfer_module() is not None
-
-
 def check_flags():
-    if not api_available():
-        raise SystemExit(
-            "ERROR: this keras_jacobian has no keras_jacobian.transfer / "
-            "AttentionTransfer / AttentionJacobianMatching. Update "
-            "keras_jacobian to a version with transfer learning support."
-        )
     methods = experiment.check_choices(
         FLAGS.methods or list(METHODS), METHODS, "methods"
     )
@@ -313,13 +281,12 @@ def build_student(teacher, data):
     backbone = keras.Model(
         vgg.inputs, vgg.get_layer("features").output, name="backbone"
     )
-    return _transfer_module().build_lwf_student(
+    return keras_jacobian.build_lwf_student(
         backbone, data.num_classes, int(teacher.output_shape[-1])
     )
 
 
 def build_distiller(teacher, data, pairs):
-    transfer = _transfer_module()
     size = FLAGS.student_image_size
     student = build_student(teacher, data)
     terms = [
@@ -333,13 +300,15 @@ def build_distiller(teacher, data, pairs):
         ),
     ]
     if pairs:
-        transfer_term, jacobian_term = attention_terms()
-        terms += [transfer_term(pairs), jacobian_term(pairs)]
+        terms += [
+            keras_jacobian.AttentionTransfer(pairs),
+            keras_jacobian.AttentionJacobianMatching(pairs),
+        ]
     distiller = keras_jacobian.Distiller(
         teacher,
         student,
         terms,
-        distillation_output=transfer.SOURCE_HEAD,
+        distillation_output=lwf.SOURCE_HEAD,
         seed=FLAGS.seed,
     )
     distiller.compile(
@@ -355,7 +324,7 @@ def build_distiller(teacher, data, pairs):
             ),
         }
     )
-    return distiller, transfer.extract_task_model(distiller)
+    return distiller, lwf.extract_task_model(distiller)
 
 
 def term_weights(method, has_attention):
@@ -426,18 +395,16 @@ def run(output_dir):
                 )
                 run_name = f"{method}_spc{experiment.spc_label(spc)}_s{seed}"
                 keras.utils.set_random_seed(seed)
-                distiller.fit(
+                experiment.train(
+                    distiller,
                     train,
                     epochs=FLAGS.student_epochs,
                     steps_per_epoch=steps,
-                    callbacks=experiment.callbacks(
-                        run_name,
-                        FLAGS.student_epochs,
-                        FLAGS.learning_rate,
-                        FLAGS.lr_schedule,
-                        FLAGS.tensorboard_dir,
-                        FLAGS.backup_dir,
-                    ),
+                    run_name=run_name,
+                    learning_rate=FLAGS.learning_rate,
+                    schedule=FLAGS.lr_schedule,
+                    tensorboard_dir=FLAGS.tensorboard_dir,
+                    backup_dir=FLAGS.backup_dir,
                     verbose=FLAGS.verbose,
                 )
                 acc = experiment.accuracy(task, test_ds.map(_student_view))

@@ -24,12 +24,6 @@ import experiment  # noqa: E402
 import robustness  # noqa: E402
 import transfer  # noqa: E402
 
-needs_transfer_api = pytest.mark.skipif(
-    not transfer.api_available(),
-    reason="keras_jacobian.transfer and the attention terms are not in "
-    "this version of keras_jacobian",
-)
-
 TINY = dict(
     teacher_width=2,
     student_width=2,
@@ -247,7 +241,6 @@ def test_parse_method_and_weights():
 
 
 @pytest.mark.slow
-@needs_transfer_api
 def test_transfer_on_image_folder(tmp_path):
     root = _write_folder(tmp_path / "images", classes=3, per_split=(3, 2))
     out = tmp_path / "out"
@@ -274,7 +267,6 @@ def test_transfer_on_image_folder(tmp_path):
     )
 
 
-@needs_transfer_api
 def test_transfer_bad_flags(tmp_path):
     with flagsaver.flagsaver(methods=["fine_tune"], output_dir=str(tmp_path)):
         with pytest.raises(app.UsageError, match="fine_tune"):
@@ -288,13 +280,4 @@ def test_transfer_bad_flags(tmp_path):
         attention_pairs=["block1_out"], output_dir=str(tmp_path)
     ):
         with pytest.raises(app.UsageError, match="attention_pairs"):
-            transfer.main(["transfer.py"])
-
-
-@pytest.mark.skipif(
-    transfer.api_available(), reason="the transfer API is available"
-)
-def test_transfer_without_the_api_says_what_to_do(tmp_path):
-    with flagsaver.flagsaver(output_dir=str(tmp_path)):
-        with pytest.raises(SystemExit, match="Update keras_jacobian"):
             transfer.main(["transfer.py"])
