@@ -65,11 +65,17 @@ flags.DEFINE_list(
     "variants", [], "Variants to run (default: every default variant)."
 )
 flags.DEFINE_boolean("memory", True, "Measure peak memory (subprocesses).")
+flags.DEFINE_list(
+    "memory_variants", [], "Variants whose memory is measured (default: all)."
+)
 flags.DEFINE_boolean("torch", True, "Time the PyTorch reference if found.")
 flags.DEFINE_integer(
     "threads", 0, "Intra-op threads of TF and torch; 0: CPU count."
 )
 flags.DEFINE_boolean("jit_compile", False, "XLA for every variant.")
+flags.DEFINE_boolean(
+    "run_eagerly", False, "No tf.function (smoke tests only: not timed as fit)."
+)
 flags.DEFINE_string(
     "memory_probe", None, "Internal: measure one variant's memory."
 )
@@ -106,7 +112,11 @@ def make_setup():
     x = tf.constant(rng.normal(size=(FLAGS.batch_size,) + shape), "float32")
     y = tf.constant(rng.integers(0, FLAGS.num_classes, FLAGS.batch_size))
     return variants_lib.Setup(
-        teacher, student, (x, y), jit_compile=FLAGS.jit_compile
+        teacher,
+        student,
+        (x, y),
+        jit_compile=FLAGS.jit_compile,
+        run_eagerly=FLAGS.run_eagerly,
     )
 
 
@@ -283,6 +293,7 @@ def summarize(times, memory, errors, traces, torch_info):
             "warmup": FLAGS.warmup,
             "repeats": FLAGS.repeats,
             "jit_compile": FLAGS.jit_compile,
+            "run_eagerly": FLAGS.run_eagerly,
             "tf_threads": tf_threads(),
             "tensorflow": tf.__version__,
             "torch": torch_info,
@@ -362,9 +373,15 @@ def run():
     times = time_rounds(steps, fractions)
     # Traces of train_step during the timed steps: 0 means no retracing.
     traces = {
-        name: r.traces - traces_before[name] for name, r in runners.items()
+        name: None if FLAGS.run_eagerly else r.traces - traces_before[name]
+        for name, r in runners.items()
     }
-    memory = measure_memory(list(runners)) if FLAGS.memory else None
+    memory = None
+    if FLAGS.memory:
+        probed = [n for n in runners if n in FLAGS.memory_variants] or list(
+            runners
+        )
+        memory = measure_memory(probed)
     summary = summarize(times, memory, errors, traces, torch_info)
     table = markdown(summary)
     print(table)

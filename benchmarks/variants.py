@@ -118,11 +118,14 @@ def build_models(kind, input_shape, num_classes):
 class Setup:
     """What variants build from: the models, one batch, the options."""
 
-    def __init__(self, teacher, student, batch, jit_compile=False):
+    def __init__(
+        self, teacher, student, batch, jit_compile=False, run_eagerly=False
+    ):
         self.teacher = teacher
         self.student = student
         self.batch = batch
         self.jit_compile = jit_compile
+        self.run_eagerly = run_eagerly
 
     def fresh_student(self):
         clone = keras.models.clone_model(self.student)
@@ -136,6 +139,7 @@ class Setup:
             jit_compile=(
                 self.jit_compile if jit_compile is None else jit_compile
             ),
+            run_eagerly=self.run_eagerly,
         )
         return model
 
