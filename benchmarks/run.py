@@ -15,12 +15,14 @@ rounds (the order rotates each round) so that load from other processes
 hits every variant alike; the median over all timed steps is reported.
 
 Peak memory: each variant runs again in a fresh subprocess
-(`--memory_probe=<variant>`); the peak resident set size (`VmHWM` of
-`/proc/self/status`, reset through `/proc/self/clear_refs` after the
-models are built) minus the resident size at that point. It covers
-tracing, the first (allocating) step and two more steps.
-`tf.config.experimental.get_memory_info("CPU:0")` returns zeros on CPU,
-so it cannot be used.
+(`--memory_probe=<variant>`). `peak_mb`: the peak resident set size
+(`VmHWM` of `/proc/self/status`, reset through `/proc/self/clear_refs`
+after the models are built) of tracing and the first step, minus the
+resident size before. `step_peak_mb`: the same over two later steps,
+from the resident size after the first (a lower bound on the step's
+working memory: what the allocator kept from the first step is not
+counted again). `tf.config.experimental.get_memory_info("CPU:0")`
+returns zeros on CPU, so it cannot be used.
 
 When `torch` is importable, a PyTorch reference of the activation-only
 and the top-1 Jacobian step (same architectures, same batch, the usual
@@ -221,10 +223,18 @@ def memory_probe(name):
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")
     step = KerasStep(model, batch)
-    for _ in range(2):
-        step()
-    peak = _status_kb("VmHWM")
-    return (peak - before) / 1024.0
+    step()
+    traced_peak = _status_kb("VmHWM")
+    # The same after tracing: the steps' own working memory (a lower
+    # bound, since memory the allocator kept from the first step is not
+    # counted again).
+    settled = _status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    step()
+    step()
+    step_peak = _status_kb("VmHWM")
+    return (traced_peak - before) / 1024.0, (step_peak - settled) / 1024.0
 
 
 def measure_memory(names):
@@ -257,7 +267,9 @@ def measure_memory(names):
             for line in proc.stdout.splitlines()
             if line.startswith("PEAK_MB ")
         ]
-        results[name] = float(lines[-1].split()[1]) if lines else None
+        results[name] = (
+            [float(v) for v in lines[-1].split()[1:]] if lines else None
+        )
     return results
 
 
@@ -276,10 +288,11 @@ def summarize(times, memory, errors, traces, torch_info):
             "retraces": traces.get(name),
         }
         if memory:
-            mem = memory.get(name)
-            base_mem = memory.get(base)
-            row["peak_mb"] = mem
-            row["memory_ratio"] = mem / base_mem if mem and base_mem else None
+            mem = memory.get(name) or [None, None]
+            base_mem = memory.get(base) or [None, None]
+            row["peak_mb"], row["step_peak_mb"] = mem
+            row["memory_ratio"] = _ratio(mem[0], base_mem[0])
+            row["step_memory_ratio"] = _ratio(mem[1], base_mem[1])
         rows[name] = row
     for name, error in errors.items():
         rows[name] = {"baseline": baselines.get(name), "error": error}
@@ -300,11 +313,17 @@ def summarize(times, memory, errors, traces, torch_info):
             "load_average": list(os.getloadavg()),
             "timing": "model.train_function (the tf.function fit runs) on "
             "a repeated one-batch iterator; interleaved rounds; median",
-            "memory": "peak RSS (VmHWM, reset via clear_refs) minus RSS "
-            "before tracing, per variant in a fresh subprocess",
+            "memory": "per variant in a fresh subprocess: peak_mb = peak "
+            "RSS (VmHWM, reset via clear_refs) of tracing and the first "
+            "step minus RSS before; step_peak_mb = the same over two "
+            "later steps, from the RSS after the first",
         },
         "variants": rows,
     }
+
+
+def _ratio(a, b):
+    return a / b if a and b else None
 
 
 def variants_lib_baselines():
@@ -325,14 +344,14 @@ def markdown(summary):
         + f", load average {config['load_average'][0]:.1f}.",
         "",
         "| variant | baseline | median step (ms) | ratio | peak MB "
-        "| memory ratio |",
-        "|---|---|---:|---:|---:|---:|",
+        "| memory ratio | step peak MB | step memory ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in summary["variants"].items():
         if "error" in row:
             lines.append(
                 f"| {name} | {row['baseline']} | error: "
-                f"{row['error'][:60]} | | | |"
+                f"{row['error'][:60]} | | | | | |"
             )
             continue
         lines.append(
@@ -340,7 +359,9 @@ def markdown(summary):
             f"{row['median_step_s'] * 1000:.1f} | "
             f"{_fmt(row['ratio'], '.2f')} | "
             f"{_fmt(row.get('peak_mb'), '.0f')} | "
-            f"{_fmt(row.get('memory_ratio'), '.2f')} |"
+            f"{_fmt(row.get('memory_ratio'), '.2f')} | "
+            f"{_fmt(row.get('step_peak_mb'), '.0f')} | "
+            f"{_fmt(row.get('step_memory_ratio'), '.2f')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -356,7 +377,8 @@ def run():
     if FLAGS.threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
     if FLAGS.memory_probe:
-        print(f"PEAK_MB {memory_probe(FLAGS.memory_probe)}")
+        traced, steps = memory_probe(FLAGS.memory_probe)
+        print(f"PEAK_MB {traced} {steps}")
         return None
     names = selected_variants()
     setup = make_setup()

@@ -3,6 +3,7 @@
 import json
 import os
 
+import pytest
 from absl import flags
 from absl.testing import flagsaver
 
@@ -43,7 +44,8 @@ def test_benchmark_writes_every_variant(tmp_path):
     assert flags.FLAGS.models == "vgg"
 
 
-def test_no_retracing_between_steps(tmp_path):
+@pytest.mark.slow
+def test_no_retracing_between_steps_and_memory(tmp_path):
     with flagsaver.flagsaver(
         models="tiny",
         input_size=8,
@@ -52,11 +54,16 @@ def test_no_retracing_between_steps(tmp_path):
         steps=2,
         warmup=1,
         repeats=2,
-        memory=False,
+        memory=True,
         torch=False,
         variants=["jacobian_top1"],
+        memory_variants=["activation"],
         output_dir=str(tmp_path),
     ):
         summary = run.run()
+    memory = summary["variants"]["activation"]
+    assert memory["peak_mb"] > 0
+    assert memory["step_peak_mb"] >= 0
+    assert memory["memory_ratio"] == 1.0
     assert summary["variants"]["jacobian_top1"]["retraces"] == 0
     assert summary["variants"]["activation"]["retraces"] == 0
