@@ -376,6 +376,14 @@ class Distiller(SeedStateMixin, keras.Model):
         )
         return [term.teacher_targets(ctx) for term in self.distillation_losses]
 
+    def cache_teacher(self, data, batch_size=None, shuffle=False, seed=None):
+        """Precomputes the teacher's targets; see `caching.cache_teacher`."""
+        from keras_jacobian import caching
+
+        return caching.cache_teacher(
+            self, data, batch_size=batch_size, shuffle=shuffle, seed=seed
+        )
+
     def _step_losses(self, x, y, sample_weight, training):
         """Forward passes and every loss, inside the caller's tape."""
         xs, xt, cached = self._split_inputs(x)
