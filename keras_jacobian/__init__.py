@@ -9,6 +9,8 @@ from keras_jacobian import data
 from keras_jacobian import models
 from keras_jacobian import multi_worker
 from keras_jacobian import plotting
+from keras_jacobian.caching import cache_teacher
+from keras_jacobian.caching import dataset_random_ops
 from keras_jacobian.determinism import enable_determinism
 from keras_jacobian.distiller import Distiller
 from keras_jacobian.regularized import JacobianRegularizedModel
@@ -44,6 +46,8 @@ __all__ = [
     "multi_worker",
     "split_cpu",
     "build_lwf_student",
+    "cache_teacher",
+    "dataset_random_ops",
     "callbacks",
     "data",
     "extract_task_model",
