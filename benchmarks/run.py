@@ -53,9 +53,7 @@ from benchmarks import variants as variants_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "benchmarks/results", "Where to write.")
-flags.DEFINE_enum(
-    "models", "vgg", ["vgg", "library", "tiny"], "Teacher/student pair."
-)
+flags.DEFINE_enum("models", "vgg", ["vgg", "tiny"], "Teacher/student pair.")
 flags.DEFINE_integer("input_size", 32, "Input height and width.")
 flags.DEFINE_integer("channels", 3, "Input channels.")
 flags.DEFINE_integer("num_classes", 100, "Number of classes.")

@@ -8,7 +8,7 @@ registered with a name and the name of the variant it is compared with
 ```python
 @register_variant("attention", baseline="activation")
 def _attention(setup):
-    terms = [LogitsDistillation(), AttentionTransfer(["block2_out"])]
+    terms = [LogitsDistillation(), AttentionTransfer(ATTENTION_PAIRS)]
     return setup.distiller(terms), setup.batch
 ```
 """
@@ -16,15 +16,19 @@ def _attention(setup):
 import collections
 
 import keras
-from keras import layers
 
+from keras_jacobian import models
 from keras_jacobian.distiller import Distiller
 from keras_jacobian.regularized import JacobianRegularizedModel
+from keras_jacobian.terms.attention import AttentionJacobianMatching
+from keras_jacobian.terms.attention import AttentionTransfer
 from keras_jacobian.terms.jacobian import JacobianMatching
 from keras_jacobian.terms.logits import LogitsDistillation
 from keras_jacobian.terms.noise import NoiseDistillation
 
 ACTIVATION = "activation"
+# Early layers: the paper found shallow attention maps easier to match.
+ATTENTION_PAIRS = [("block1_out", "block1_out")]
 PLAIN = "plain"
 
 Variant = collections.namedtuple(
@@ -51,67 +55,25 @@ def register_variant(name, baseline=ACTIVATION, default=True, fraction=1.0):
     return wrap
 
 
-# Models. The library's reference models replace these with one line in
-# `build_models` (`--models=library`).
-
-
-def _conv_blocks(x, blocks):
-    for i, widths in enumerate(blocks, start=1):
-        for j, width in enumerate(widths, start=1):
-            last = j == len(widths)
-            x = layers.Conv2D(
-                width, 3, padding="same", name=f"block{i}_conv{j}"
-            )(x)
-            x = layers.Activation(
-                "relu", name=f"block{i}_out" if last else f"block{i}_relu{j}"
-            )(x)
-        x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
-    return layers.Flatten(name="flatten")(x)
-
-
-def vgg9(input_shape, num_classes, width=64):
-    """VGG-9: 7 convolutions (w-w, 2w-2w, 4w-4w-4w) and 2 dense layers."""
-    inputs = keras.Input(input_shape, name="input")
-    x = _conv_blocks(
-        inputs,
-        [[width] * 2, [2 * width] * 2, [4 * width] * 3],
-    )
-    x = layers.Dense(8 * width, activation="relu", name="fc1")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name="vgg9")
-
-
-def vgg4(input_shape, num_classes, width=32):
-    """VGG-4: 3 convolutions (w, 2w, 4w) and 1 dense layer."""
-    inputs = keras.Input(input_shape, name="input")
-    x = _conv_blocks(inputs, [[width], [2 * width], [4 * width]])
-    outputs = layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name="vgg4")
-
-
 def build_models(kind, input_shape, num_classes):
     """The (teacher, student) pair named `kind`.
 
-    `"vgg"`: the VGG-9 teacher and VGG-4 student defined here;
-    `"library"`: `keras_jacobian.models.vgg9` / `vgg4`; `"tiny"`: narrow
-    versions for tests.
+    `"vgg"`: the library's VGG-9 teacher and VGG-4 student
+    (`keras_jacobian.models`, width 64) without BatchNorm and dropout and
+    with a flattening head, layers the PyTorch reference rebuilds one to
+    one; `"tiny"`: the same at width 4, for tests.
     """
-    if kind == "library":
-        from keras_jacobian import models
-
-        return (
-            models.vgg9(input_shape, num_classes),
-            models.vgg4(input_shape, num_classes),
+    widths = {"vgg": 64, "tiny": 4}
+    if kind not in widths:
+        raise ValueError(
+            f"`--models` must be 'vgg' or 'tiny'. Received: {kind!r}"
         )
-    if kind == "vgg":
-        return vgg9(input_shape, num_classes), vgg4(input_shape, num_classes)
-    if kind == "tiny":
-        return (
-            vgg9(input_shape, num_classes, width=4),
-            vgg4(input_shape, num_classes, width=4),
-        )
-    raise ValueError(
-        f"`--models` must be 'vgg', 'library' or 'tiny'. Received: {kind!r}"
+    options = dict(
+        width=widths[kind], batch_norm=False, dropout=0.0, pooling="flatten"
+    )
+    return (
+        models.vgg9(input_shape, num_classes, **options),
+        models.vgg4(input_shape, num_classes, **options),
     )
 
 
@@ -241,22 +203,13 @@ def _top1_xla(setup):
     return setup.distiller(terms, jit_compile=True), setup.batch
 
 
-def _register_attention():
-    """Registers the attention terms when the library has them."""
-    try:
-        from keras_jacobian.terms import attention
-    except ImportError:
-        return
-    for class_name in ("AttentionTransfer", "AttentionJacobianMatching"):
-        term_class = getattr(attention, class_name, None)
-        if term_class is None:
-            continue
-
-        def build(setup, term_class=term_class):
-            term = term_class(["block2_out"])
-            return setup.distiller([_kd(), term]), setup.batch
-
-        register_variant(class_name.lower())(build)
+@register_variant("attention_transfer")
+def _attention_transfer(setup):
+    term = AttentionTransfer(ATTENTION_PAIRS)
+    return setup.distiller([_kd(), term]), setup.batch
 
 
-_register_attention()
+@register_variant("attention_jacobian")
+def _attention_jacobian(setup):
+    term = AttentionJacobianMatching(ATTENTION_PAIRS)
+    return setup.distiller([_kd(), term]), setup.batch
