@@ -405,7 +405,7 @@ def run(output_dir):
         f"({teacher_arch}) {teacher_acc:.2f}%; {elapsed:.0f} s."
     )
     config = experiment.flag_values(common_flags, sys.modules[__name__])
-    experiment.write_results(
+    experiment.report(
         output_dir,
         "results",
         summary,
@@ -416,17 +416,11 @@ def run(output_dir):
             "seconds": elapsed,
             "flags": config,
         },
-    )
-    experiment.plot(
-        summary,
-        os.path.join(output_dir, "results.png"),
-        "samples per class",
-        "test accuracy (%)",
-        f"Distillation on {data.name}",
+        xlabel="samples per class",
+        title=f"Distillation on {data.name}",
         labels=LABELS,
         log_x=True,
     )
-    print(header + "\n\n" + table, flush=True)
     summary["teacher_accuracy"] = teacher_acc
     summary["seconds"] = elapsed
     return summary

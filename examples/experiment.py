@@ -294,6 +294,33 @@ def write_results(output_dir, stem, summary, records, table, extra=None):
     return md_path, json_path
 
 
+def report(
+    output_dir,
+    stem,
+    summary,
+    records,
+    text,
+    *,
+    extra,
+    xlabel,
+    title,
+    labels,
+    log_x=False,
+):
+    """Writes `<stem>.md`, `<stem>.json`, `<stem>.png`; prints the table."""
+    write_results(output_dir, stem, summary, records, text, extra=extra)
+    plot(
+        summary,
+        os.path.join(output_dir, f"{stem}.png"),
+        xlabel,
+        "test accuracy (%)",
+        title,
+        labels=labels,
+        log_x=log_x,
+    )
+    print(text, flush=True)
+
+
 def plot(summary, path, xlabel, ylabel, title, labels=None, log_x=False):
     """Plots one line per row (mean, with ±std bands) over the columns."""
     import matplotlib

@@ -50,7 +50,6 @@ experiment; needs `tfds build cifar10 --data_dir=DIR`):
     --penalty_weight=0.01 --seeds=0,1,2
 """
 
-import os
 import sys
 import time
 
@@ -257,7 +256,7 @@ def run(output_dir):
         f"{FLAGS.model_width}) on {data.name} with Gaussian test noise, "
         f"mean ± std over seeds {seeds}; {elapsed:.0f} s."
     )
-    experiment.write_results(
+    experiment.report(
         output_dir,
         "robustness",
         summary,
@@ -269,16 +268,10 @@ def run(output_dir):
                 common_flags, sys.modules[__name__]
             ),
         },
-    )
-    experiment.plot(
-        summary,
-        os.path.join(output_dir, "robustness.png"),
-        "test noise sigma",
-        "test accuracy (%)",
-        f"Noise robustness on {data.name}",
+        xlabel="test noise sigma",
+        title=f"Noise robustness on {data.name}",
         labels=LABELS,
     )
-    print(header + "\n\n" + table, flush=True)
     summary["seconds"] = elapsed
     return summary
 

@@ -431,7 +431,7 @@ def run(output_dir):
         f"teacher {arch} ({FLAGS.teacher_weights}), mean ± std over seeds "
         f"{seeds}; {elapsed:.0f} s."
     )
-    experiment.write_results(
+    experiment.report(
         output_dir,
         "transfer",
         summary,
@@ -443,16 +443,10 @@ def run(output_dir):
                 common_flags, sys.modules[__name__]
             ),
         },
-    )
-    experiment.plot(
-        summary,
-        os.path.join(output_dir, "transfer.png"),
-        "samples per class",
-        "test accuracy (%)",
-        f"Transfer to {data.name}",
+        xlabel="samples per class",
+        title=f"Transfer to {data.name}",
         labels=LABELS,
     )
-    print(header + "\n\n" + table, flush=True)
     return summary
 
 
