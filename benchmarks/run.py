@@ -1,7 +1,7 @@
 r"""Step time and peak memory of every training-step variant.
 
 Command (default models: VGG-9 teacher, VGG-4 student, 32x32x3 inputs,
-100 classes, batch 64; about 25 minutes on 2 shared CPU cores):
+100 classes, batch 64; 11 to 20 minutes on 2 CPU cores):
 
     python benchmarks/run.py --output_dir=benchmarks/results
 
@@ -152,7 +152,8 @@ class KerasStep:
 def build_runners(setup, names):
     runners = {}
     errors = {}
-    for name in names:
+    for index, name in enumerate(names, start=1):
+        _progress(f"building {index}/{len(names)}: {name}")
         variant = variants_lib.VARIANTS[name]
         try:
             model, batch = variant.build(setup)
@@ -184,6 +185,11 @@ def torch_runners(setup):
     return steps, torch_reference.describe(threads)
 
 
+def _progress(message):
+    """One line of progress on stderr (the table goes to stdout)."""
+    print(f"[benchmark] {message}", file=sys.stderr, flush=True)
+
+
 def tf_threads():
     return tf.config.threading.get_intra_op_parallelism_threads() or (
         os.cpu_count()
@@ -195,6 +201,7 @@ def time_rounds(runners, fractions):
     names = list(runners)
     times = {name: [] for name in names}
     for round_index in range(FLAGS.repeats):
+        _progress(f"timing round {round_index + 1}/{FLAGS.repeats}")
         shift = round_index % max(len(names), 1)
         for name in names[shift:] + names[:shift]:
             steps = max(1, int(round(FLAGS.steps * fractions.get(name, 1))))
@@ -253,7 +260,8 @@ def measure_memory(names):
         f"--seed={FLAGS.seed}",
         f"--jit_compile={FLAGS.jit_compile}",
     ]
-    for name in names:
+    for index, name in enumerate(names, start=1):
+        _progress(f"memory {index}/{len(names)}: {name}")
         proc = subprocess.run(
             [sys.executable, script, f"--memory_probe={name}"] + passed,
             capture_output=True,
