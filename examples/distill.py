@@ -34,8 +34,8 @@ samples-per-class settings x 2 seeds x 5 methods = 30 students):
 
   python examples/distill.py
 
-It took 5 min 10 s (wall; 3 min 40 s of CPU) on 2 CPU cores shared with
-other jobs, teacher included (about 30 s less when the teacher is reused),
+It took 3 min 20 s (wall clock) on 2 CPU cores, teacher included (about
+30 s less when the teacher is reused),
 and printed (test accuracy %, mean ± std over seeds 0 and 1):
 
   | method \ samples/class | 1 | 5 | 20 |
