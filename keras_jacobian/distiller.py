@@ -11,6 +11,7 @@ from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
 from keras_jacobian.terms.base import StepContext
 from keras_jacobian.terms.conversion import convert_term
+from keras_jacobian.training import LossStepsMixin
 
 # Endpoint key of the task head's output in the student's endpoint model,
 # so that the task loss reads the same forward pass as the terms.
@@ -25,7 +26,7 @@ def _as_list(value):
 
 
 @keras.saving.register_keras_serializable(package="keras_jacobian")
-class Distiller(SeedStateMixin, keras.Model):
+class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
     """Trains a student network from a frozen teacher, Jacobians included.
 
     Each training step runs the teacher (frozen, in inference mode) and
@@ -423,64 +424,16 @@ class Distiller(SeedStateMixin, keras.Model):
             y_pred = sctx.outputs[TASK]
         else:
             y_pred = sctx.outputs[OUTPUT]
-        student_loss = self._student_loss(y, y_pred, sample_weight)
+        student_loss = self.supervised_loss(
+            y, y_pred, sample_weight, self.student_loss_weight_variable
+        )
         total = student_loss
         for w, value in zip(self.term_weights, term_values):
             total = total + w * value
-        return y_pred, student_loss, term_values, total
-
-    def _student_loss(self, y, y_pred, sample_weight):
-        replicas = distribute_utils.num_replicas()
-        loss = tf.zeros((), "float32")
-        if y is not None and self._compile_loss is not None:
-            # Keras' loss objects already divide by the replica count.
-            compiled = tf.cast(
-                self._compile_loss(y, y_pred, sample_weight), "float32"
-            )
-            loss = self.student_loss_weight_variable * compiled * replicas
-        for extra in self.losses:
-            loss = loss + tf.cast(tf.reduce_sum(extra), "float32")
-        return loss
-
-    def _update_trackers(self, student_loss, term_values, total, batch):
-        self.student_loss_tracker.update_state(
-            student_loss, sample_weight=batch
-        )
-        for tracker, value in zip(self.term_trackers, term_values):
-            tracker.update_state(value, sample_weight=batch)
-        self.total_loss_tracker.update_state(total, sample_weight=batch)
-        self._loss_tracker.update_state(total, sample_weight=batch)
-
-    def _metrics_result(self, x, y, y_pred, sample_weight):
-        if y is None:
-            return self.get_metrics_result()
-        return self.compute_metrics(x, y, y_pred, sample_weight)
-
-    # Steps.
-
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        variables = self.trainable_variables
-        with tf.GradientTape() as tape:
-            y_pred, student_loss, term_values, total = self._step_losses(
-                x, y, sample_weight, training=True
-            )
-            scaled = total / distribute_utils.num_replicas()
-            scaled = self.optimizer.scale_loss(scaled)
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
-        batch = tf.shape(tf.nest.flatten(x)[0])[0]
-        self._update_trackers(student_loss, term_values, total, batch)
-        return self._metrics_result(x, y, y_pred, sample_weight)
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_pred, student_loss, term_values, total = self._step_losses(
-            x, y, sample_weight, training=False
-        )
-        batch = tf.shape(tf.nest.flatten(x)[0])[0]
-        self._update_trackers(student_loss, term_values, total, batch)
-        return self._metrics_result(x, y, y_pred, sample_weight)
+        logged = [(self.student_loss_tracker, student_loss)]
+        logged += list(zip(self.term_trackers, term_values))
+        logged.append((self.total_loss_tracker, total))
+        return y_pred, logged, total
 
     # Configuration.
 

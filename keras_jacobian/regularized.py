@@ -8,12 +8,13 @@ from keras_jacobian import jacobians
 from keras_jacobian import validation
 from keras_jacobian.seed_state import SeedStateMixin
 from keras_jacobian.terms.jacobian import select_cotangents
+from keras_jacobian.training import LossStepsMixin
 
 TARGETS = ("random", "all")
 
 
 @keras.saving.register_keras_serializable(package="keras_jacobian")
-class JacobianRegularizedModel(SeedStateMixin, keras.Model):
+class JacobianRegularizedModel(SeedStateMixin, LossStepsMixin, keras.Model):
     """Trains a model with its compiled loss plus a Jacobian-norm penalty.
 
     The loss is `compiled_loss + weight * mean_batch ||J(x)||_F^2`, where
@@ -163,45 +164,13 @@ class JacobianRegularizedModel(SeedStateMixin, keras.Model):
         penalty = distribute_utils.reduce_per_example(
             per_example, sample_weight
         )
-        task = tf.zeros((), "float32")
-        if y is not None and self._compile_loss is not None:
-            task = (
-                tf.cast(self._compile_loss(y, logits, sample_weight), "float32")
-                * distribute_utils.num_replicas()
-            )
-        for extra in self.losses:
-            task = task + tf.cast(tf.reduce_sum(extra), "float32")
+        task = self.supervised_loss(y, logits, sample_weight)
         total = task + self.weight_variable * penalty
-        return logits, task, penalty, total
-
-    def _update(self, x, y, logits, task, penalty, total, sample_weight):
-        batch = tf.shape(x)[0]
-        self.task_loss_tracker.update_state(task, sample_weight=batch)
-        self.penalty_tracker.update_state(penalty, sample_weight=batch)
-        self._loss_tracker.update_state(total, sample_weight=batch)
-        if y is None:
-            return self.get_metrics_result()
-        return self.compute_metrics(x, y, logits, sample_weight)
-
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        variables = self.trainable_variables
-        with tf.GradientTape() as tape:
-            logits, task, penalty, total = self._step_losses(
-                x, y, sample_weight, training=True
-            )
-            scaled = total / distribute_utils.num_replicas()
-            scaled = self.optimizer.scale_loss(scaled)
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
-        return self._update(x, y, logits, task, penalty, total, sample_weight)
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        logits, task, penalty, total = self._step_losses(
-            x, y, sample_weight, training=False
-        )
-        return self._update(x, y, logits, task, penalty, total, sample_weight)
+        logged = [
+            (self.task_loss_tracker, task),
+            (self.penalty_tracker, penalty),
+        ]
+        return logits, logged, total
 
     def get_config(self):
         config = super().get_config()

@@ -1,0 +1,64 @@
+"""The training and evaluation steps shared by the library's models."""
+
+import keras
+import tensorflow as tf
+
+from keras_jacobian import distribute_utils
+
+
+class LossStepsMixin:
+    """`train_step` and `test_step` for models that compute their losses.
+
+    A subclass implements `_step_losses(x, y, sample_weight, training)`,
+    returning `(y_pred, logged, total)`: the predictions the compiled
+    metrics read, a list of `(metric, value)` pairs to log, and the total
+    loss of the replica's batch. The step divides the total by the number
+    of replicas once (gradients are summed across replicas), applies the
+    optimizer's loss scale, and logs the total as Keras' `loss`.
+    """
+
+    def supervised_loss(self, y, y_pred, sample_weight, weight=1.0):
+        """`weight` times the compiled loss, plus regularisation losses.
+
+        Both per replica: Keras' loss objects divide by the replica count,
+        which is undone here so that every part of the total is scaled in
+        one place, in `train_step`.
+        """
+        loss = tf.zeros((), "float32")
+        if y is not None and self._compile_loss is not None:
+            compiled = tf.cast(
+                self._compile_loss(y, y_pred, sample_weight), "float32"
+            )
+            loss = weight * compiled * distribute_utils.num_replicas()
+        for extra in self.losses:
+            loss = loss + tf.cast(tf.reduce_sum(extra), "float32")
+        return loss
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            y_pred, logged, total = self._step_losses(
+                x, y, sample_weight, training=True
+            )
+            scaled = total / distribute_utils.num_replicas()
+            scaled = self.optimizer.scale_loss(scaled)
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        return self._log(x, y, y_pred, sample_weight, logged, total)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred, logged, total = self._step_losses(
+            x, y, sample_weight, training=False
+        )
+        return self._log(x, y, y_pred, sample_weight, logged, total)
+
+    def _log(self, x, y, y_pred, sample_weight, logged, total):
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        for metric, value in logged:
+            metric.update_state(value, sample_weight=batch)
+        self._loss_tracker.update_state(total, sample_weight=batch)
+        if y is None:
+            return self.get_metrics_result()
+        return self.compute_metrics(x, y, y_pred, sample_weight)
