@@ -395,28 +395,25 @@ def run(output_dir):
                     flush=True,
                 )
     elapsed = time.time() - start
-    summary = experiment.summarize(records, "method", "samples_per_class")
-    table = experiment.markdown_table(
-        summary, "method", "samples/class", labels=LABELS
-    )
     header = (
         f"Test accuracy (%) of the {FLAGS.student_arch} student on "
         f"{data.name}, mean ± std over seeds {seeds}; teacher "
         f"({teacher_arch}) {teacher_acc:.2f}%; {elapsed:.0f} s."
     )
     config = experiment.flag_values(common_flags, sys.modules[__name__])
-    experiment.report(
+    summary = experiment.report(
         output_dir,
         "results",
-        summary,
         records,
-        header + "\n\n" + table,
+        header,
+        column_key="samples_per_class",
+        row_title="method",
+        column_title="samples/class",
         extra={
             "teacher_accuracy": teacher_acc,
             "seconds": elapsed,
             "flags": config,
         },
-        xlabel="samples per class",
         title=f"Distillation on {data.name}",
         labels=LABELS,
         log_x=True,

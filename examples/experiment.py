@@ -297,28 +297,40 @@ def write_results(output_dir, stem, summary, records, table, extra=None):
 def report(
     output_dir,
     stem,
-    summary,
     records,
-    text,
+    header,
     *,
+    column_key,
+    row_title,
+    column_title,
     extra,
-    xlabel,
     title,
     labels,
     log_x=False,
 ):
-    """Writes `<stem>.md`, `<stem>.json`, `<stem>.png`; prints the table."""
+    """Summarises the runs over seeds and reports them.
+
+    Writes `<stem>.md` and `<stem>.json` (the table with `header` above
+    it), plots `<stem>.png` and prints the table.
+
+    Returns:
+        The summary of `summarize(records, "method", column_key)`.
+    """
+    summary = summarize(records, "method", column_key)
+    table = markdown_table(summary, row_title, column_title, labels=labels)
+    text = header + "\n\n" + table
     write_results(output_dir, stem, summary, records, text, extra=extra)
     plot(
         summary,
         os.path.join(output_dir, f"{stem}.png"),
-        xlabel,
+        column_title,
         "test accuracy (%)",
         title,
         labels=labels,
         log_x=log_x,
     )
     print(text, flush=True)
+    return summary
 
 
 def plot(summary, path, xlabel, ylabel, title, labels=None, log_x=False):

@@ -247,28 +247,25 @@ def run(output_dir):
                 flush=True,
             )
     elapsed = time.time() - start
-    summary = experiment.summarize(records, "method", "sigma")
-    table = experiment.markdown_table(
-        summary, "regulariser", "test noise sigma", labels=LABELS
-    )
     header = (
         f"Test accuracy (%) of {FLAGS.model_arch} (width "
         f"{FLAGS.model_width}) on {data.name} with Gaussian test noise, "
         f"mean ± std over seeds {seeds}; {elapsed:.0f} s."
     )
-    experiment.report(
+    summary = experiment.report(
         output_dir,
         "robustness",
-        summary,
         records,
-        header + "\n\n" + table,
+        header,
+        column_key="sigma",
+        row_title="regulariser",
+        column_title="test noise sigma",
         extra={
             "seconds": elapsed,
             "flags": experiment.flag_values(
                 common_flags, sys.modules[__name__]
             ),
         },
-        xlabel="test noise sigma",
         title=f"Noise robustness on {data.name}",
         labels=LABELS,
     )

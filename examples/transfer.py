@@ -422,28 +422,25 @@ def run(output_dir):
                     flush=True,
                 )
     elapsed = time.time() - start
-    summary = experiment.summarize(records, "method", "samples_per_class")
-    table = experiment.markdown_table(
-        summary, "method", "samples/class", labels=LABELS
-    )
     header = (
         f"Test accuracy (%) of the VGG-9 student (task head) on {data.name}, "
         f"teacher {arch} ({FLAGS.teacher_weights}), mean ± std over seeds "
         f"{seeds}; {elapsed:.0f} s."
     )
-    experiment.report(
+    summary = experiment.report(
         output_dir,
         "transfer",
-        summary,
         records,
-        header + "\n\n" + table,
+        header,
+        column_key="samples_per_class",
+        row_title="method",
+        column_title="samples/class",
         extra={
             "seconds": elapsed,
             "flags": experiment.flag_values(
                 common_flags, sys.modules[__name__]
             ),
         },
-        xlabel="samples per class",
         title=f"Transfer to {data.name}",
         labels=LABELS,
     )
