@@ -9,6 +9,18 @@ HERE = pathlib.Path(__file__).parent
 VERSION = {}
 exec((HERE / "keras_jacobian" / "version.py").read_text(), VERSION)
 
+EXAMPLES = [
+    "absl-py>=2.5,<3",
+    "tensorflow-datasets>=4.9.10,<5",
+    "scikit-learn>=1.9,<2",
+    "matplotlib>=3.11,<4",
+]
+DOCS = [
+    "mkdocs>=1.6,<2",
+    "mkdocs-material>=9.5,<10",
+    "mkdocstrings[python]>=0.26,<1",
+]
+
 setup(
     name="keras_jacobian",
     version=VERSION["__version__"],
@@ -20,20 +32,24 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["keras_jacobian", "keras_jacobian.*"]),
-    python_requires=">=3.11,<3.14",
+    python_requires=">=3.11",
+    # Lower bounds: the versions tested. No upper bounds below the next
+    # major release (none of a newer minor release is known to break).
     install_requires=[
-        "tensorflow>=2.21,<2.22",
-        "keras>=3.15,<3.16",
-        "tensorflow-datasets>=4.9.10,<4.10",
-        "keras-tuner>=1.4.8,<1.5",
-        "tensorboard>=2.21,<2.22",
-        "absl-py>=2.5,<3",
-        "scikit-learn>=1.9,<2",
-        "matplotlib>=3.11,<4",
+        "tensorflow>=2.21,<3",
+        "keras>=3.15,<4",
+        "keras-tuner>=1.4.8,<2",
+        # keras-tuner imports tensorboard, which TensorFlow 2.21 no longer
+        # pulls in.
+        "tensorboard>=2.21,<3",
         "numpy>=2.4,<3",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6"],
+        # The example scripts and `keras_jacobian.experiments`.
+        "examples": EXAMPLES,
+        "docs": DOCS,
+        "test": ["pytest>=8", "ruff>=0.6"] + EXAMPLES + DOCS,
+        # The PyTorch reference of the benchmarks.
         "torch": ["torch==2.13.0"],
     },
     classifiers=[

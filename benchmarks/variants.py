@@ -17,8 +17,8 @@ import collections
 
 import keras
 
-from keras_jacobian import models
 from keras_jacobian.distiller import Distiller
+from keras_jacobian.experiments import models
 from keras_jacobian.regularized import JacobianRegularizedModel
 from keras_jacobian.terms.attention import AttentionJacobianMatching
 from keras_jacobian.terms.attention import AttentionTransfer
@@ -59,9 +59,9 @@ def build_models(kind, input_shape, num_classes):
     """The (teacher, student) pair named `kind`.
 
     `"vgg"`: the library's VGG-9 teacher and VGG-4 student
-    (`keras_jacobian.models`, width 64) without BatchNorm and dropout and
-    with a flattening head, layers the PyTorch reference rebuilds one to
-    one; `"tiny"`: the same at width 4, for tests.
+    (`keras_jacobian.experiments.models`, width 64) without BatchNorm and
+    dropout and with a flattening head, layers the PyTorch reference rebuilds
+    one to one; `"tiny"`: the same at width 4, for tests.
     """
     widths = {"vgg": 64, "tiny": 4}
     if kind not in widths:

@@ -10,9 +10,9 @@ import numpy as np
 import tensorflow as tf
 from absl import app
 
-from keras_jacobian import multi_worker
-from keras_jacobian.strategies import get_strategy  # noqa: F401
-from keras_jacobian.strategies import is_chief
+from keras_jacobian.distribute import multi_worker
+from keras_jacobian.distribute.strategies import get_strategy  # noqa: F401
+from keras_jacobian.distribute.strategies import is_chief
 
 
 def flag_values(*modules):
@@ -156,7 +156,7 @@ def train(
     """Trains a compiled model: `fit`, or the multi-worker loop.
 
     Keras' `fit` does not run under `MultiWorkerMirroredStrategy`; there
-    the same training step runs in `keras_jacobian.multi_worker.fit`,
+    the same training step runs in `keras_jacobian.distribute.multi_worker.fit`,
     which backs up on the chief only. Only the chief writes TensorBoard
     logs.
     """

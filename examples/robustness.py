@@ -60,8 +60,8 @@ from absl import app
 from absl import flags
 
 import keras_jacobian
-from keras_jacobian import data as data_lib
-from keras_jacobian import models
+from keras_jacobian.experiments import data as data_lib
+from keras_jacobian.experiments import models
 
 FLAGS = flags.FLAGS
 

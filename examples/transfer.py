@@ -72,9 +72,9 @@ from absl import app
 from absl import flags
 
 import keras_jacobian
-from keras_jacobian import data as data_lib
-from keras_jacobian import models
 from keras_jacobian import transfer as lwf
+from keras_jacobian.experiments import data as data_lib
+from keras_jacobian.experiments import models
 
 FLAGS = flags.FLAGS
 

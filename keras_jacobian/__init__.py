@@ -1,22 +1,63 @@
 """Knowledge transfer with Jacobian matching for Keras 3.
 
 Srinivas & Fleuret, "Knowledge Transfer with Jacobian Matching", ICML 2018.
+
+Where things are (every module holds one concern):
+
+The models you train
+- `distiller.py`: `Distiller`, a `keras.Model` whose training step runs the
+  frozen teacher and the student under nested tapes and adds the terms.
+- `regularized.py`: `JacobianRegularizedModel`, the teacher-free
+  Jacobian-norm penalty (robustness to input noise).
+- `steps.py`: the `train_step`/`test_step` both share: loss scaling for
+  `tf.distribute` replicas (done once), saving the random-draw state.
+
+The loss terms (`terms/`), one file per family
+- `terms/base.py`: `DistillationTerm`, the two-phase protocol (teacher
+  targets, then a per-example loss) and the `StepContext` terms read.
+- `terms/logits.py`: `LogitsDistillation` (KD with softmax and `T^2`, or
+  squared logits).
+- `terms/jacobian.py`: `JacobianMatching` (which rows, normalised or raw,
+  squared or alignment; whole-Jacobian estimators).
+- `terms/noise.py`: `NoiseDistillation` (matching under input noise).
+- `terms/features.py`: `FeatureDistillation` (intermediate activations).
+- `terms/attention.py`: `AttentionTransfer`, `AttentionJacobianMatching`.
+- `terms/conversion.py`: accepting `keras.distillation` terms.
+
+The operations the terms use
+- `jacobians.py`: where every input Jacobian is computed (rows by
+  reverse mode, projections, normalisation, resolution matching).
+- `attention_maps.py`: attention maps of feature maps, resizing them.
+- `endpoints.py`: reading intermediate layer outputs by name.
+- `validation.py`: argument and model checks shared by the constructors.
+
+Around training
+- `callbacks/`: `LossWeightScheduler`, `AttentionMapLogger`,
+  `JacobianSaliencyLogger`.
+- `inspection.py`: attention and saliency maps read from a `Distiller`.
+- `caching.py`: `cache_teacher` (the teacher's targets computed once).
+- `transfer.py`: Learning-without-Forgetting students and task models.
+- `tuning.py`: a keras-tuner `HyperModel` over the loss weights.
+- `distribute/`: strategies by name, `split_cpu`, `is_chief`, the
+  multi-worker training loop with backups, determinism.
+
+Apart from the core
+- `experiments/`: data sets, reference models and plots used by the example
+  scripts (needs the `examples` extra).
 """
 
-from keras_jacobian import attention
+from keras_jacobian import _moved
+from keras_jacobian import attention_maps
 from keras_jacobian import callbacks
-from keras_jacobian import data
-from keras_jacobian import models
-from keras_jacobian import multi_worker
-from keras_jacobian import plotting
+from keras_jacobian import distribute
 from keras_jacobian.caching import cache_teacher
 from keras_jacobian.caching import dataset_random_ops
-from keras_jacobian.determinism import enable_determinism
 from keras_jacobian.distiller import Distiller
+from keras_jacobian.distribute.determinism import enable_determinism
+from keras_jacobian.distribute.strategies import get_strategy
+from keras_jacobian.distribute.strategies import is_chief
+from keras_jacobian.distribute.strategies import split_cpu
 from keras_jacobian.regularized import JacobianRegularizedModel
-from keras_jacobian.strategies import get_strategy
-from keras_jacobian.strategies import is_chief
-from keras_jacobian.strategies import split_cpu
 from keras_jacobian.terms.attention import AttentionJacobianMatching
 from keras_jacobian.terms.attention import AttentionTransfer
 from keras_jacobian.terms.base import DistillationTerm
@@ -29,6 +70,23 @@ from keras_jacobian.transfer import extract_task_model
 from keras_jacobian.transfer import task_model
 from keras_jacobian.version import __version__
 
+_moved.install()
+
+# Module attributes of 0.1.0 that moved; `keras_jacobian.<name>` still
+# works for one release, with a DeprecationWarning.
+_MOVED_ATTRIBUTES = ("attention", "data", "models", "multi_worker", "plotting")
+
+
+def __getattr__(name):
+    import importlib
+
+    if name in _MOVED_ATTRIBUTES:
+        return importlib.import_module(f"keras_jacobian.{name}")
+    if name == "experiments":
+        return importlib.import_module("keras_jacobian.experiments")
+    raise AttributeError(f"module 'keras_jacobian' has no attribute {name!r}")
+
+
 __all__ = [
     "AttentionJacobianMatching",
     "AttentionTransfer",
@@ -39,20 +97,17 @@ __all__ = [
     "JacobianRegularizedModel",
     "LogitsDistillation",
     "NoiseDistillation",
-    "attention",
-    "enable_determinism",
-    "get_strategy",
-    "is_chief",
-    "multi_worker",
-    "split_cpu",
+    "__version__",
+    "attention_maps",
     "build_lwf_student",
     "cache_teacher",
-    "dataset_random_ops",
     "callbacks",
-    "data",
+    "dataset_random_ops",
+    "distribute",
+    "enable_determinism",
     "extract_task_model",
-    "models",
-    "plotting",
+    "get_strategy",
+    "is_chief",
+    "split_cpu",
     "task_model",
-    "__version__",
 ]

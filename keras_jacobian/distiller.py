@@ -3,15 +3,15 @@
 import keras
 import tensorflow as tf
 
-from keras_jacobian import distribute_utils
-from keras_jacobian import features
+from keras_jacobian import endpoints
+from keras_jacobian import steps
 from keras_jacobian import validation
-from keras_jacobian.seed_state import SeedStateMixin
+from keras_jacobian.steps import LossStepsMixin
+from keras_jacobian.steps import SeedStateMixin
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
 from keras_jacobian.terms.base import StepContext
 from keras_jacobian.terms.conversion import convert_term
-from keras_jacobian.training import LossStepsMixin
 
 # Endpoint key of the task head's output in the student's endpoint model,
 # so that the task loss reads the same forward pass as the terms.
@@ -167,11 +167,11 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
 
         teacher_endpoints = _ordered_union(t.teacher_endpoints for t in terms)
         student_endpoints = _ordered_union(t.student_endpoints for t in terms)
-        self.teacher_endpoints = features.endpoint_model(
+        self.teacher_endpoints = endpoints.endpoint_model(
             teacher, teacher_endpoints, "teacher"
         )
         self.student_task = self._task_model(student, distillation_output)
-        self.student_endpoints = features.endpoint_model(
+        self.student_endpoints = endpoints.endpoint_model(
             student,
             student_endpoints,
             "student",
@@ -273,7 +273,7 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
         if distillation_output is None:
             return None
         outputs = student.outputs
-        mimic = features.layer_output(student, distillation_output, "student")
+        mimic = endpoints.layer_output(student, distillation_output, "student")
         task = [o for o in outputs if o is not mimic]
         if len(outputs) != 2 or len(task) != 1:
             raise ValueError(
@@ -340,7 +340,7 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
         outputs = dict(self.student_endpoints(x, training=training))
         return outputs
 
-    def _context(self, forward, x, y, training, input_shape):
+    def _context(self, forward, x, y, input_shape):
         if self.needs_input_gradients:
             tape = tf.GradientTape(
                 persistent=True, watch_accessed_variables=False
@@ -356,7 +356,6 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
             outputs=outputs,
             tape=tape,
             labels=y,
-            training=training,
             seed=self.seed_generator,
             forward=forward,
             input_shape=input_shape,
@@ -373,7 +372,7 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
             A list with one dict of per-example tensors per term.
         """
         ctx = self._context(
-            self._teacher_forward, x, y, False, self.teacher_input_shape
+            self._teacher_forward, x, y, self.teacher_input_shape
         )
         return [term.teacher_targets(ctx) for term in self.distillation_losses]
 
@@ -391,13 +390,12 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
         tctx = None
         if cached is None:
             tctx = self._context(
-                self._teacher_forward, xt, y, False, self.teacher_input_shape
+                self._teacher_forward, xt, y, self.teacher_input_shape
             )
         sctx = self._context(
             lambda inputs: self._student_forward(inputs, training),
             xs,
             y,
-            training,
             self.student_input_shape,
         )
         batch = tf.shape(xs)[0]
@@ -418,7 +416,7 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
                 lambda: tf.zeros([batch], "float32"),
             )
             term_values.append(
-                distribute_utils.reduce_per_example(per_example, sample_weight)
+                steps.reduce_per_example(per_example, sample_weight)
             )
         if self.student_task is not None:
             y_pred = sctx.outputs[TASK]

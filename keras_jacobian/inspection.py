@@ -7,8 +7,8 @@ returns NumPy-convertible tensors; nothing is trained.
 
 import tensorflow as tf
 
-from keras_jacobian import attention
-from keras_jacobian import features
+from keras_jacobian import attention_maps
+from keras_jacobian import endpoints
 from keras_jacobian import jacobians
 from keras_jacobian.terms.attention import check_layer_pairs
 from keras_jacobian.terms.base import OUTPUT
@@ -52,16 +52,18 @@ class AttentionReader:
     def __init__(self, distiller, layer_pairs, p=2):
         self.layer_pairs = check_layer_pairs(layer_pairs, "AttentionReader")
         self.p = p
-        self.teacher = features.endpoint_model(
+        self.teacher = endpoints.endpoint_model(
             distiller.teacher, [t for t, _ in self.layer_pairs], "teacher"
         )
-        self.student = features.endpoint_model(
+        self.student = endpoints.endpoint_model(
             distiller.student, [s for _, s in self.layer_pairs], "student"
         )
         for model, index in ((self.teacher, 0), (self.student, 1)):
             for pair in self.layer_pairs:
                 shape = model.output[pair[index]].shape
-                attention.check_feature_rank(shape, f"Layer {pair[index]!r}")
+                attention_maps.check_feature_rank(
+                    shape, f"Layer {pair[index]!r}"
+                )
 
     def __call__(self, xs, xt):
         """Returns a list of `(teacher map, student map)`, each `(b, H, W)`.
@@ -72,8 +74,8 @@ class AttentionReader:
         s_out = self.student(xs, training=False)
         return [
             (
-                attention.spatial_attention_map(t_out[t], self.p),
-                attention.spatial_attention_map(s_out[s], self.p),
+                attention_maps.spatial_attention_map(t_out[t], self.p),
+                attention_maps.spatial_attention_map(s_out[s], self.p),
             )
             for t, s in self.layer_pairs
         ]

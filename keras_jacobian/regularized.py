@@ -3,12 +3,12 @@
 import keras
 import tensorflow as tf
 
-from keras_jacobian import distribute_utils
 from keras_jacobian import jacobians
+from keras_jacobian import steps
 from keras_jacobian import validation
-from keras_jacobian.seed_state import SeedStateMixin
+from keras_jacobian.steps import LossStepsMixin
+from keras_jacobian.steps import SeedStateMixin
 from keras_jacobian.terms.jacobian import select_cotangents
-from keras_jacobian.training import LossStepsMixin
 
 TARGETS = ("random", "all")
 
@@ -161,9 +161,7 @@ class JacobianRegularizedModel(SeedStateMixin, LossStepsMixin, keras.Model):
             lambda: self._penalty(tape, logits, x),
             lambda: tf.zeros([batch], "float32"),
         )
-        penalty = distribute_utils.reduce_per_example(
-            per_example, sample_weight
-        )
+        penalty = steps.reduce_per_example(per_example, sample_weight)
         task = self.supervised_loss(y, logits, sample_weight)
         total = task + self.weight_variable * penalty
         logged = [

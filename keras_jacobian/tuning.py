@@ -67,7 +67,8 @@ class DistillerHyperModel(kt.HyperModel):
 
     ```python
     hypermodel = keras_jacobian.tuning.DistillerHyperModel(
-        teacher, lambda: keras_jacobian.models.vgg4((8, 8, 1), 10, width=16)
+        teacher,
+        lambda: keras_jacobian.experiments.models.vgg4((8, 8, 1), 10, width=16),
     )
     tuner = keras_jacobian.tuning.build_tuner(
         "random", hypermodel, directory="/tmp/tune", max_trials=10
@@ -103,7 +104,8 @@ class DistillerHyperModel(kt.HyperModel):
             raise ValueError(
                 "Expected `student_builder` to be a callable returning a new "
                 f"student keras.Model. Received: {student_builder!r}. Pass "
-                "e.g. `lambda: keras_jacobian.models.vgg4(shape, classes)`."
+                "e.g. `lambda: keras_jacobian.experiments.models.vgg4(shape, "
+                "classes)`."
             )
         low, high = (float(v) for v in weight_range)
         if not 0 < low < high:

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import keras_jacobian as kj
-from keras_jacobian import attention
+from keras_jacobian import attention_maps
 from keras_jacobian.terms.attention import AttentionJacobianMatching
 from keras_jacobian.terms.attention import AttentionTransfer
 from keras_jacobian.terms.features import FeatureDistillation
@@ -60,9 +60,9 @@ def evaluate_terms(distiller, x):
 def test_attention_map_matches_numpy(p):
     rng = np.random.default_rng(0)
     features = rng.normal(size=(2, 4, 5, 3)).astype("float32")
-    spatial = attention.spatial_attention_map(features, p).numpy()
+    spatial = attention_maps.spatial_attention_map(features, p).numpy()
     np.testing.assert_allclose(spatial, np_map(features, p), rtol=1e-5)
-    flat = attention.attention_map(features, p).numpy()
+    flat = attention_maps.attention_map(features, p).numpy()
     np.testing.assert_allclose(
         flat, np_normalized(np_map(features, p)), rtol=1e-5
     )
@@ -72,7 +72,7 @@ def test_attention_map_of_zero_features_is_zero_with_finite_gradient():
     features = tf.zeros((2, 3, 3, 4))
     with tf.GradientTape() as tape:
         tape.watch(features)
-        flat = attention.attention_map(features)
+        flat = attention_maps.attention_map(features)
         total = tf.reduce_sum(flat)
     grad = tape.gradient(total, features)
     np.testing.assert_array_equal(flat.numpy(), 0.0)
@@ -93,7 +93,7 @@ def test_resize_maps_matches_area_resampling(source, target, repeat, block):
     fine = np.repeat(np.repeat(maps, repeat, axis=1), repeat, axis=2)
     h, w = target
     expected = fine.reshape(2, h, block, w, block).mean(axis=(2, 4))
-    got = attention.resize_maps(maps, target).numpy()
+    got = attention_maps.resize_maps(maps, target).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -101,7 +101,7 @@ def test_resize_features_matches_average_pooling():
     rng = np.random.default_rng(2)
     features = rng.normal(size=(2, 4, 4, 3)).astype("float32")
     expected = features.reshape(2, 2, 2, 2, 2, 3).mean(axis=(2, 4))
-    got = attention.resize_features(features, (2, 2)).numpy()
+    got = attention_maps.resize_features(features, (2, 2)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -112,7 +112,7 @@ def test_resize_has_second_derivatives():
         outer.watch(x)
         with tf.GradientTape() as inner:
             inner.watch(x)
-            y = tf.reduce_sum(attention.resize_maps(x, (2, 2)) ** 3)
+            y = tf.reduce_sum(attention_maps.resize_maps(x, (2, 2)) ** 3)
         g = inner.gradient(y, x)
         z = tf.reduce_sum(g)
     hessian_sum = outer.gradient(z, x)

@@ -14,9 +14,9 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import keras_jacobian as kj
 from keras_jacobian import callbacks
-from keras_jacobian import plotting
-from keras_jacobian.callbacks.chief import is_chief
-from keras_jacobian.callbacks.chief import is_chief_task
+from keras_jacobian.distribute.strategies import is_chief
+from keras_jacobian.distribute.strategies import is_chief_task
+from keras_jacobian.experiments import plotting
 from keras_jacobian.terms.attention import AttentionTransfer
 
 
@@ -272,3 +272,38 @@ def test_save_transfer_grid(tmp_path):
     # 3 rows; columns: input, teacher and student attention of the one
     # pair taken from the AttentionTransfer term, two saliency maps.
     assert image.shape[:2] == (480, 800)
+
+
+def test_save_transfer_grid_leaves_the_matplotlib_backend_alone(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    # A fresh process, as in a notebook: the backend chosen before the call
+    # must be the backend after it (no `matplotlib.use`).
+    code = textwrap.dedent(
+        f"""
+        import matplotlib
+        matplotlib.use("svg")
+        import keras
+        from keras_jacobian.experiments import plotting
+        import keras_jacobian as kj
+        import numpy as np
+        def net(name):
+            x = keras.Input((6, 6, 1))
+            h = keras.layers.Conv2D(2, 3, padding="same", name="conv")(x)
+            y = keras.layers.Dense(3)(keras.layers.Flatten()(h))
+            return keras.Model(x, y, name=name)
+        d = kj.Distiller(net("t"), net("s"), kj.AttentionTransfer(
+            [("conv", "conv")]))
+        plotting.save_transfer_grid(
+            {str(tmp_path / "g.png")!r}, d, np.zeros((2, 6, 6, 1), "float32"))
+        print("BACKEND", matplotlib.get_backend())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "BACKEND svg" in out.stdout
+    assert (tmp_path / "g.png").exists()

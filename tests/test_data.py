@@ -1,4 +1,4 @@
-"""Tests of keras_jacobian.data."""
+"""Tests of keras_jacobian.experiments.data."""
 
 import pathlib
 
@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from keras_jacobian import data
+from keras_jacobian.experiments import data
 
 # ---------------------------------------------------------------------------
 # stratified_subsample / stratified_split
@@ -429,3 +429,13 @@ def test_dataset_pipeline_with_noisy_test_images():
     np.testing.assert_array_equal(y, ds.test_labels)
     with pytest.raises(ValueError, match="validation"):
         ds.pipeline("val")
+
+
+def test_image_folder_corrupt_file_is_named(tmp_path):
+    root = _write_folder(tmp_path / "scenes")
+    broken = root / "train" / "dog" / "dog_broken.png"
+    broken.write_bytes(b"this is not an image")
+    with pytest.raises(ValueError, match="dog_broken.png") as info:
+        data.load_dataset(root, image_size=8, samples_per_class=4, seed=0)
+    message = str(info.value)
+    assert "train" in message and "JPEG" in message

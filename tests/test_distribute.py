@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "distributed_jobs"))
 
 import cluster  # noqa: E402
 
-from keras_jacobian import determinism  # noqa: E402
-from keras_jacobian import strategies  # noqa: E402
+from keras_jacobian.distribute import determinism  # noqa: E402
+from keras_jacobian.distribute import strategies  # noqa: E402
 
 # Weights move by ~0.3 in these runs; 2 replicas must match one device to
 # this bound (measured: ~1e-7, float32 round-off of the all-reduce).

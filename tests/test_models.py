@@ -1,11 +1,11 @@
-"""Tests of keras_jacobian.models."""
+"""Tests of keras_jacobian.experiments.models."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_jacobian import models
+from keras_jacobian.experiments import models
 
 SMALL = {
     "vgg9": {"width": 8},

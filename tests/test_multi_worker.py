@@ -1,6 +1,6 @@
-"""`keras_jacobian.multi_worker.fit`: the same training as `Model.fit`, and
-two real worker processes on loopback with `TF_CONFIG`, killed and
-resumed.
+"""`keras_jacobian.distribute.multi_worker.fit`: the same training as
+`Model.fit`, and two real worker processes on loopback with `TF_CONFIG`,
+killed and resumed.
 
 Cost: about 75 s on 2 CPU cores (three two-worker jobs).
 """
@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "distributed_jobs"))
 import cluster  # noqa: E402
 import tiny_models  # noqa: E402
 
-from keras_jacobian import multi_worker  # noqa: E402
 from keras_jacobian.distiller import Distiller  # noqa: E402
+from keras_jacobian.distribute import multi_worker  # noqa: E402
 from keras_jacobian.terms.jacobian import JacobianMatching  # noqa: E402
 from keras_jacobian.terms.logits import LogitsDistillation  # noqa: E402
 

@@ -3,9 +3,9 @@
 import keras
 import tensorflow as tf
 
-from keras_jacobian import attention
+from keras_jacobian import attention_maps
 from keras_jacobian import inspection
-from keras_jacobian.callbacks.chief import is_chief
+from keras_jacobian.distribute.strategies import is_chief
 
 
 def _check_every(every_n_epochs, max_images):
@@ -73,7 +73,7 @@ class AttentionMapLogger(keras.callbacks.Callback):
         )
 
     def on_train_begin(self, logs=None):
-        if self.writer is None and is_chief(self.model):
+        if self.writer is None and is_chief(self.model.distribute_strategy):
             self.writer = tf.summary.create_file_writer(self.log_dir)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -87,12 +87,12 @@ class AttentionMapLogger(keras.callbacks.Callback):
             ):
                 tf.summary.image(
                     f"attention/{t_name}/teacher",
-                    attention.map_to_image(t_map),
+                    attention_maps.map_to_image(t_map),
                     max_outputs=self.max_images,
                 )
                 tf.summary.image(
                     f"attention/{s_name}/student",
-                    attention.map_to_image(s_map),
+                    attention_maps.map_to_image(s_map),
                     max_outputs=self.max_images,
                 )
         self.writer.flush()

@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_jacobian import attention
+from keras_jacobian import attention_maps
 from keras_jacobian import inspection
 from keras_jacobian.callbacks.attention_map_logger import _check_every
-from keras_jacobian.callbacks.chief import is_chief
+from keras_jacobian.distribute.strategies import is_chief
 
 
 class JacobianSaliencyLogger(keras.callbacks.Callback):
@@ -73,7 +73,7 @@ class JacobianSaliencyLogger(keras.callbacks.Callback):
         self.writer = None
 
     def on_train_begin(self, logs=None):
-        if self.writer is None and is_chief(self.model):
+        if self.writer is None and is_chief(self.model.distribute_strategy):
             self.writer = tf.summary.create_file_writer(self.log_dir)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -92,7 +92,7 @@ class JacobianSaliencyLogger(keras.callbacks.Callback):
             for role, rows in (("teacher", t_rows), ("student", s_rows)):
                 tf.summary.image(
                     f"saliency/{role}",
-                    attention.map_to_image(inspection.saliency_map(rows)),
+                    attention_maps.map_to_image(inspection.saliency_map(rows)),
                     max_outputs=self.max_images,
                 )
             tf.summary.scalar("saliency/jacobian_cosine", mean_cosine)

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from keras_jacobian import attention
+from keras_jacobian import attention_maps
 from keras_jacobian import jacobians
 from keras_jacobian.terms.base import DistillationTerm
 
@@ -66,8 +66,8 @@ class _AttentionTerm(DistillationTerm):
             t = tuple(teacher_shapes[t_name])
             s = tuple(student_shapes[s_name])
             where = f"{type(self).__name__} pair ({t_name!r}, {s_name!r})"
-            attention.check_feature_rank(t, f"{where}, teacher")
-            attention.check_feature_rank(s, f"{where}, student")
+            attention_maps.check_feature_rank(t, f"{where}, teacher")
+            attention_maps.check_feature_rank(s, f"{where}, student")
             if len(t) != len(s) or len(t) > 4:
                 raise ValueError(
                     f"{where}: teacher and student feature maps must have "
@@ -80,8 +80,8 @@ class _AttentionTerm(DistillationTerm):
     def _teacher_map(self, ctx, i):
         """The teacher's spatial map of pair `i`, at the student's size."""
         features = ctx.outputs[self.layer_pairs[i][0]]
-        maps = attention.spatial_attention_map(features, self.p)
-        return attention.resize_maps(maps, self._student_sizes[i])
+        maps = attention_maps.spatial_attention_map(features, self.p)
+        return attention_maps.resize_maps(maps, self._student_sizes[i])
 
     def get_config(self):
         config = super().get_config()
@@ -125,7 +125,7 @@ class AttentionTransfer(_AttentionTerm):
     def teacher_targets(self, ctx):
         return {
             f"map_{i}": tf.stop_gradient(
-                attention.normalize_maps(self._teacher_map(ctx, i))
+                attention_maps.normalize_maps(self._teacher_map(ctx, i))
             )
             for i in range(len(self.layer_pairs))
         }
@@ -133,7 +133,7 @@ class AttentionTransfer(_AttentionTerm):
     def per_example_loss(self, targets, ctx):
         total = 0.0
         for i, (_, s_name) in enumerate(self.layer_pairs):
-            student = attention.attention_map(ctx.outputs[s_name], self.p)
+            student = attention_maps.attention_map(ctx.outputs[s_name], self.p)
             diff = targets[f"map_{i}"] - student
             total = total + tf.reduce_sum(tf.square(diff), axis=-1)
         return total
@@ -206,7 +206,7 @@ class AttentionJacobianMatching(_AttentionTerm):
         targets = {}
         for i in range(len(self.layer_pairs)):
             with ctx.tape:
-                flat = attention.flatten_maps(self._teacher_map(ctx, i))
+                flat = attention_maps.flatten_maps(self._teacher_map(ctx, i))
             positions = tf.argmax(
                 tf.stop_gradient(flat), axis=-1, output_type="int32"
             )
@@ -219,10 +219,10 @@ class AttentionJacobianMatching(_AttentionTerm):
         total = 0.0
         for i, (_, s_name) in enumerate(self.layer_pairs):
             with ctx.tape:
-                maps = attention.spatial_attention_map(
+                maps = attention_maps.spatial_attention_map(
                     ctx.outputs[s_name], self.p
                 )
-                flat = attention.flatten_maps(maps)
+                flat = attention_maps.flatten_maps(maps)
             student = self._rows(ctx, flat, targets[f"positions_{i}"])
             teacher = jacobians.match_spatial_size(
                 targets[f"rows_{i}"], ctx.input_shape

@@ -37,7 +37,6 @@ class StepContext:
         tape: a persistent `tf.GradientTape` that watched `inputs`, or
             `None` when no term asked for input gradients.
         labels: the batch's labels, or `None`.
-        training: whether this is a training step.
         seed: a `keras.random.SeedGenerator` for terms that draw noise.
         forward: a function `forward(inputs) -> outputs dict` that runs the
             same network again on other inputs (used by noise terms only).
@@ -50,7 +49,6 @@ class StepContext:
         outputs,
         tape,
         labels,
-        training,
         seed,
         forward,
         input_shape,
@@ -59,7 +57,6 @@ class StepContext:
         self.outputs = outputs
         self.tape = tape
         self.labels = labels
-        self.training = training
         self.seed = seed
         self.forward = forward
         self.input_shape = input_shape
@@ -146,11 +143,6 @@ class DistillationTerm:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
-
-
-def class_count(shape):
-    """The size of the last axis of a logits shape, or None."""
-    return None if shape is None else shape[-1]
 
 
 def labels_to_indices(labels, num_classes):

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from keras_jacobian import attention
+from keras_jacobian import attention_maps
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
 
@@ -201,7 +201,9 @@ class FeatureDistillation(DistillationTerm):
     def teacher_targets(self, ctx):
         features = tf.cast(ctx.outputs[self.teacher_layer], "float32")
         if self._spatial_size is not None:
-            features = attention.resize_features(features, self._spatial_size)
+            features = attention_maps.resize_features(
+                features, self._spatial_size
+            )
         return {"features": features}
 
     def per_example_loss(self, targets, ctx):

@@ -10,7 +10,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from keras_jacobian.determinism import enable_determinism  # noqa: E402
+from keras_jacobian.distribute.determinism import enable_determinism  # noqa: E402
 
 enable_determinism(int(sys.argv[1]))
 

@@ -9,7 +9,8 @@ one JSON line per step to `--log`: epoch, step, optimizer iterations,
 seed state, term weight, loss.
 
     --loop keras         Model.fit + keras.callbacks.BackupAndRestore
-    --loop multi_worker  keras_jacobian.multi_worker.fit (any strategy)
+    --loop multi_worker  keras_jacobian.distribute.multi_worker.fit (any
+                         strategy)
 
 At the end the chief writes `results.json` and `student.weights.h5` into
 `--output_dir`; every worker writes its student weights to `--weights_out`.
@@ -36,7 +37,7 @@ parser.add_argument("--log", required=True)
 parser.add_argument("--weights_out", default=None)
 args = parser.parse_args()
 
-from keras_jacobian import strategies  # noqa: E402
+from keras_jacobian.distribute import strategies  # noqa: E402
 
 strategy = strategies.get_strategy(args.strategy)
 
@@ -45,8 +46,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tiny_models  # noqa: E402
 
-from keras_jacobian import multi_worker  # noqa: E402
 from keras_jacobian.distiller import Distiller  # noqa: E402
+from keras_jacobian.distribute import multi_worker  # noqa: E402
 from keras_jacobian.terms.jacobian import JacobianMatching  # noqa: E402
 from keras_jacobian.terms.logits import LogitsDistillation  # noqa: E402
 

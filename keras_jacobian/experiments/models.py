@@ -6,7 +6,7 @@ from twice-differentiable layers (Conv2D, BatchNormalization, ReLU,
 MaxPooling2D, global pooling, Dense, Dropout, Add), so that Jacobian
 matching can backpropagate through input gradients. They contain no
 resizing layer: resize images in the input pipeline (see
-`keras_jacobian.data.make_pipeline`).
+`keras_jacobian.experiments.data.make_pipeline`).
 
 Layers are named so that intermediate feature maps can be taken by name,
 e.g. for attention transfer:

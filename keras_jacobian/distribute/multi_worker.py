@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_jacobian import strategies
+from keras_jacobian.distribute import strategies
 
 METADATA = "training_metadata.json"
 
@@ -187,7 +187,7 @@ def fit(
     with strategy.scope():
         distiller = keras_jacobian.Distiller(teacher, student, terms)
         distiller.compile(optimizer="adam", loss=loss)
-    keras_jacobian.multi_worker.fit(
+    keras_jacobian.distribute.multi_worker.fit(
         distiller, dataset.batch(64, drop_remainder=True), epochs=10,
         backup_dir="/shared/backup", save_freq=100,
     )

@@ -1,9 +1,55 @@
-"""The training and evaluation steps shared by the library's models."""
+"""The training and evaluation steps shared by the library's models.
+
+`LossStepsMixin` holds `train_step` and `test_step`: a model computes its
+losses, the step scales them once for `tf.distribute` replicas and applies
+the optimizer. `SeedStateMixin` saves the state of the model's random draws
+with its weights, so a resumed run continues the same random sequence.
+"""
 
 import keras
 import tensorflow as tf
 
-from keras_jacobian import distribute_utils
+
+def num_replicas():
+    """Replicas that each compute a part of the global batch."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def reduce_per_example(values, sample_weight=None):
+    """Mean over the replica's batch of per-example values, float32.
+
+    With `sample_weight`, the weighted sum divided by the batch size, as
+    Keras' `"sum_over_batch_size"` reduction does.
+    """
+    values = tf.cast(values, "float32")
+    if sample_weight is not None:
+        weights = tf.cast(tf.reshape(sample_weight, [-1]), "float32")
+        values = values * weights
+    return tf.reduce_mean(values)
+
+
+SEED_STATE = "seed_generator_state"
+
+
+class SeedStateMixin:
+    """Adds `self.seed_generator`'s state to the model's own variables.
+
+    Keras leaves a `SeedGenerator`'s state out of weights files, so a run
+    resumed from a backup would repeat its random draws (projections,
+    noise). Weights files without the entry still load.
+    """
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store[SEED_STATE] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        super().load_own_variables(
+            {key: store[key] for key in keys if key != SEED_STATE}
+        )
+        if SEED_STATE in keys:
+            self.seed_generator.state.assign(store[SEED_STATE])
 
 
 class LossStepsMixin:
@@ -29,7 +75,7 @@ class LossStepsMixin:
             compiled = tf.cast(
                 self._compile_loss(y, y_pred, sample_weight), "float32"
             )
-            loss = weight * compiled * distribute_utils.num_replicas()
+            loss = weight * compiled * num_replicas()
         for extra in self.losses:
             loss = loss + tf.cast(tf.reduce_sum(extra), "float32")
         return loss
@@ -41,7 +87,7 @@ class LossStepsMixin:
             y_pred, logged, total = self._step_losses(
                 x, y, sample_weight, training=True
             )
-            scaled = total / distribute_utils.num_replicas()
+            scaled = total / num_replicas()
             scaled = self.optimizer.scale_loss(scaled)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)

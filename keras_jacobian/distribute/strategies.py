@@ -9,7 +9,7 @@ Example scripts expose `--strategy` with the names in `STRATEGIES`:
   devices (e.g. the logical CPU devices made by `split_cpu`).
 - `"multi_worker"`: `MultiWorkerMirroredStrategy` configured by the
   `TF_CONFIG` environment variable (train it with
-  `keras_jacobian.multi_worker.fit`).
+  `keras_jacobian.distribute.multi_worker.fit`).
 - `"tpu"`: `TPUStrategy` through a `TPUClusterResolver`.
 
 Every distributed strategy trains the same model as one device with the
@@ -185,18 +185,33 @@ def is_chief(strategy=None):
         A Python bool.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy
-    ):
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
-    task_type, task_id = resolver.task_type, resolver.task_id
+    return is_chief_task(getattr(strategy, "cluster_resolver", None))
+
+
+def is_chief_task(cluster_resolver):
+    """True for the chief, or worker 0 of a cluster without a chief.
+
+    A missing resolver or task type (one process) counts as chief.
+
+    Args:
+        cluster_resolver: a `tf.distribute.cluster_resolver` or `None`.
+
+    Returns:
+        A Python bool.
+    """
+    task_type = getattr(cluster_resolver, "task_type", None)
     if task_type is None:
         return True
     if task_type == "chief":
         return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return task_type == "worker" and task_id == 0 and not has_chief
+    cluster = cluster_resolver.cluster_spec().as_dict()
+    return (
+        task_type == "worker"
+        and cluster_resolver.task_id == 0
+        and "chief" not in cluster
+    )
 
 
 def split_cpu(n):

@@ -62,15 +62,12 @@ def save_transfer_grid(
     Example:
 
     ```python
-    keras_jacobian.plotting.save_transfer_grid(
+    keras_jacobian.experiments.plotting.save_transfer_grid(
         "grid.png", distiller, x_val[:4], [("t_conv1", "s_conv1")]
     )
     ```
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure
 
     if target not in inspection.SALIENCY_TARGETS:
         raise ValueError(
@@ -99,12 +96,10 @@ def save_transfer_grid(
         ("student saliency", np.asarray(inspection.saliency_map(s_rows)), cmap)
     )
     rows = int(xs.shape[0])
-    figure, axes = plt.subplots(
-        rows,
-        len(columns),
-        figsize=(1.6 * len(columns), 1.6 * rows),
-        squeeze=False,
-    )
+    # A bare Figure draws with its own canvas: pyplot's global state and
+    # the user's backend (inline plots in notebooks) are left alone.
+    figure = Figure(figsize=(1.6 * len(columns), 1.6 * rows))
+    axes = figure.subplots(rows, len(columns), squeeze=False)
     for j, (title, images, colours) in enumerate(columns):
         for i in range(rows):
             axis = axes[i, j]
@@ -118,5 +113,4 @@ def save_transfer_grid(
                 axis.set_title(title, fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
