@@ -132,6 +132,7 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
                     f"`{role}` must be a keras.Model. Received: "
                     f"{role}={model!r}"
                 )
+        validation.check_strategy_scope(student, "student", "Distiller")
         terms = [convert_term(t) for t in _as_list(distillation_losses)]
         if not terms:
             raise ValueError(
@@ -466,6 +467,13 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        # The teacher is frozen: the optimizer it was trained with (saved
+        # with it when it was compiled) has nothing to train here, and
+        # compiling it would build that optimizer without variables, so
+        # Keras would skip loading its saved state with a warning.
+        teacher = dict(config["teacher"])
+        teacher.pop("compile_config", None)
+        config["teacher"] = teacher
         for key in ("teacher", "student"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         config["distillation_losses"] = [

@@ -74,6 +74,9 @@ class JacobianRegularizedModel(SeedStateMixin, LossStepsMixin, keras.Model):
             raise ValueError(
                 f"`model` must be a keras.Model. Received: model={model!r}"
             )
+        validation.check_strategy_scope(
+            model, "model", "JacobianRegularizedModel"
+        )
         if not isinstance(weight, (int, float)) or weight < 0:
             raise ValueError(
                 f"`weight` must be a number >= 0. Received: weight={weight!r}"

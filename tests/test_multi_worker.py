@@ -33,7 +33,6 @@ def _distiller():
         teacher,
         student,
         [LogitsDistillation(), JacobianMatching("label")],
-        check_differentiable=False,
     )
     distiller.compile(
         optimizer=keras.optimizers.SGD(0.05),
@@ -81,6 +80,8 @@ def test_loop_argument_errors():
         multi_worker.fit(model, dataset.repeat(), epochs=1)
     with pytest.raises(ValueError, match="save_freq"):
         multi_worker.Backup("/tmp/unused", save_freq=0)
+    with pytest.raises(ValueError, match="max_to_keep"):
+        multi_worker.Backup("/tmp/unused", max_to_keep=0)
 
 
 def _job(directory, worker, sleep):
@@ -187,12 +188,13 @@ def test_killed_worker_job_resumes(reference_run, tmp_path):
     cluster.kill(workers[1])  # a worker dies; the job is restarted
     cluster.kill(workers[0])
     assert not os.path.exists(tmp_path / "output")
-    with open(tmp_path / "backup" / "training_metadata.json") as f:
-        backup = json.load(f)
-    # Only the chief's backup is in backup_dir.
-    assert sorted(os.listdir(tmp_path / "backup")) == sorted(
-        [backup["weights"], "training_metadata.json"]
-    )
+    epoch, step = multi_worker.Backup.position(str(tmp_path / "backup"))
+    backup = {"epoch": epoch, "step": step}
+    # Only the chief's backup is in backup_dir: CheckpointManager's files.
+    files = os.listdir(tmp_path / "backup")
+    assert "checkpoint" in files
+    assert all(f == "checkpoint" or f.startswith("ckpt-") for f in files)
+    assert len([f for f in files if f.endswith(".index")]) <= 2  # kept
     killed_run = cluster.runs(cluster.read_log(chief_log))[0]
     saved = [
         r
