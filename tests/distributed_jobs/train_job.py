@@ -13,6 +13,8 @@ seed state, term weight, loss.
     --loop keras_plain   Model.fit + keras.callbacks.BackupAndRestore
     --loop safe          Model.fit + keras_jacobian.callbacks.BackupAndRestore
     --loop multi_worker  keras_jacobian.multi_worker.fit (any strategy)
+    --loop fit           Model.fit, no backup (fails under multi_worker in
+                         Keras 3.15)
 
 `--save_sleep S` holds every backup open for S seconds while its weights
 file is being written (after the Distiller's own variables, with an
@@ -152,6 +154,10 @@ if args.loop in ("keras", "keras_plain", "safe"):
         )
     history = distiller.fit(
         dataset, epochs=args.epochs, callbacks=[backup, progress], verbose=0
+    )
+elif args.loop == "fit":
+    history = distiller.fit(
+        dataset, epochs=args.epochs, callbacks=[progress], verbose=0
     )
 else:
     history = multi_worker.fit(
