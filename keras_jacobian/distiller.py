@@ -88,7 +88,10 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
         seed: seed of the random draws of the terms (projections, noise).
         check_differentiable: run both networks once at construction to
             check that input gradients exist (twice for the student) when a
-            term needs them; turn off to save time on very large models.
+            term needs them (on every replica inside `strategy.scope()`);
+            turn off to save time on very large models. Build the student
+            inside the same `strategy.scope()` as the `Distiller` (the
+            teacher may come from anywhere).
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:

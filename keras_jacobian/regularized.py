@@ -43,7 +43,9 @@ class JacobianRegularizedModel(SeedStateMixin, LossStepsMixin, keras.Model):
         num_projections: random vectors per example for `"random"`.
         seed: seed for the random projections.
         check_differentiable: check at construction that the model's input
-            gradient is differentiable with respect to its kernels.
+            gradient is differentiable with respect to its kernels (on
+            every replica inside `strategy.scope()`; build `model` inside
+            the same scope).
         **kwargs: passed to `keras.Model`.
 
     Example:
