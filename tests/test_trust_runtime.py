@@ -236,6 +236,10 @@ def test_backup_callback_writes_through_its_atomic_save(tmp_path, monkeypatch):
     backup = kj.callbacks.BackupAndRestore(
         str(tmp_path / "backup"), save_freq=1, delete_checkpoint=False
     )
+    # Left by a save that a kill cut short; the next save removes it.
+    os.makedirs(tmp_path / "backup")
+    stale = tmp_path / "backup" / ".latest.0123456789ab.tmp.weights.h5"
+    stale.write_bytes(b"partial")
     model.fit(x_data, y_data, batch_size=8, callbacks=[backup], verbose=0)
     assert replaced.count("training_metadata.json") == 2  # 2 steps
     assert "latest.weights.h5" in replaced

@@ -74,3 +74,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 f.write(metadata)
 
         replace_atomically(self._training_metadata_path, write)
+        # Temporary files of saves cut short by a kill.
+        for name in os.listdir(self.backup_dir):
+            if name.startswith(".") and ".tmp" in name:
+                os.remove(os.path.join(self.backup_dir, name))
