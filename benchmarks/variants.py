@@ -112,7 +112,6 @@ class Setup:
             terms,
             distillation_loss_weights=weights,
             seed=0,
-            check_differentiable=False,
         )
         return self.compile(model, jit_compile)
 
@@ -183,9 +182,7 @@ def _plain(setup):
 
 @register_variant("regularized_random1", baseline=PLAIN)
 def _regularized(setup):
-    model = JacobianRegularizedModel(
-        setup.fresh_student(), weight=0.01, seed=0, check_differentiable=False
-    )
+    model = JacobianRegularizedModel(setup.fresh_student(), weight=0.01, seed=0)
     return setup.compile(model), setup.batch
 
 

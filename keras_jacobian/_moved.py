@@ -17,7 +17,7 @@ MOVED = {
     "keras_jacobian.attention": "keras_jacobian.attention_maps",
     "keras_jacobian.features": "keras_jacobian.endpoints",
     "keras_jacobian.training": "keras_jacobian.steps",
-    "keras_jacobian.seed_state": "keras_jacobian.steps",
+    "keras_jacobian.seed_state": "keras_jacobian.saving",
     "keras_jacobian.distribute_utils": "keras_jacobian.steps",
     "keras_jacobian.strategies": "keras_jacobian.distribute.strategies",
     "keras_jacobian.multi_worker": "keras_jacobian.distribute.multi_worker",

@@ -6,8 +6,8 @@ import tensorflow as tf
 from keras_jacobian import endpoints
 from keras_jacobian import steps
 from keras_jacobian import validation
+from keras_jacobian.saving import SavingMixin
 from keras_jacobian.steps import LossStepsMixin
-from keras_jacobian.steps import SeedStateMixin
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
 from keras_jacobian.terms.base import StepContext
@@ -26,7 +26,7 @@ def _as_list(value):
 
 
 @keras.saving.register_keras_serializable(package="keras_jacobian")
-class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
+class Distiller(SavingMixin, LossStepsMixin, keras.Model):
     """Trains a student network from a frozen teacher, Jacobians included.
 
     Each training step runs the teacher (frozen, in inference mode) and
@@ -88,7 +88,10 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
         seed: seed of the random draws of the terms (projections, noise).
         check_differentiable: run both networks once at construction to
             check that input gradients exist (twice for the student) when a
-            term needs them; turn off to save time on very large models.
+            term needs them (on every replica inside `strategy.scope()`);
+            turn off to save time on very large models. Build the student
+            inside the same `strategy.scope()` as the `Distiller` (the
+            teacher may come from anywhere).
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -132,6 +135,7 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
                     f"`{role}` must be a keras.Model. Received: "
                     f"{role}={model!r}"
                 )
+        validation.check_strategy_scope(student, "student", "Distiller")
         terms = [convert_term(t) for t in _as_list(distillation_losses)]
         if not terms:
             raise ValueError(
@@ -464,6 +468,13 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        # The teacher is frozen: the optimizer it was trained with (saved
+        # with it when it was compiled) has nothing to train here, and
+        # compiling it would build that optimizer without variables, so
+        # Keras would skip loading its saved state with a warning.
+        teacher = dict(config["teacher"])
+        teacher.pop("compile_config", None)
+        config["teacher"] = teacher
         for key in ("teacher", "student"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         config["distillation_losses"] = [

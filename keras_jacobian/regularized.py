@@ -6,15 +6,15 @@ import tensorflow as tf
 from keras_jacobian import jacobians
 from keras_jacobian import steps
 from keras_jacobian import validation
+from keras_jacobian.saving import SavingMixin
 from keras_jacobian.steps import LossStepsMixin
-from keras_jacobian.steps import SeedStateMixin
 from keras_jacobian.terms.jacobian import select_cotangents
 
 TARGETS = ("random", "all")
 
 
 @keras.saving.register_keras_serializable(package="keras_jacobian")
-class JacobianRegularizedModel(SeedStateMixin, LossStepsMixin, keras.Model):
+class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
     """Trains a model with its compiled loss plus a Jacobian-norm penalty.
 
     The loss is `compiled_loss + weight * mean_batch ||J(x)||_F^2`, where
@@ -43,7 +43,9 @@ class JacobianRegularizedModel(SeedStateMixin, LossStepsMixin, keras.Model):
         num_projections: random vectors per example for `"random"`.
         seed: seed for the random projections.
         check_differentiable: check at construction that the model's input
-            gradient is differentiable with respect to its kernels.
+            gradient is differentiable with respect to its kernels (on
+            every replica inside `strategy.scope()`; build `model` inside
+            the same scope).
         **kwargs: passed to `keras.Model`.
 
     Example:
@@ -74,6 +76,9 @@ class JacobianRegularizedModel(SeedStateMixin, LossStepsMixin, keras.Model):
             raise ValueError(
                 f"`model` must be a keras.Model. Received: model={model!r}"
             )
+        validation.check_strategy_scope(
+            model, "model", "JacobianRegularizedModel"
+        )
         if not isinstance(weight, (int, float)) or weight < 0:
             raise ValueError(
                 f"`weight` must be a number >= 0. Received: weight={weight!r}"

@@ -2,8 +2,7 @@
 
 `LossStepsMixin` holds `train_step` and `test_step`: a model computes its
 losses, the step scales them once for `tf.distribute` replicas and applies
-the optimizer. `SeedStateMixin` saves the state of the model's random draws
-with its weights, so a resumed run continues the same random sequence.
+the optimizer. (Saving lives in `saving.py`.)
 """
 
 import keras
@@ -26,30 +25,6 @@ def reduce_per_example(values, sample_weight=None):
         weights = tf.cast(tf.reshape(sample_weight, [-1]), "float32")
         values = values * weights
     return tf.reduce_mean(values)
-
-
-SEED_STATE = "seed_generator_state"
-
-
-class SeedStateMixin:
-    """Adds `self.seed_generator`'s state to the model's own variables.
-
-    Keras leaves a `SeedGenerator`'s state out of weights files, so a run
-    resumed from a backup would repeat its random draws (projections,
-    noise). Weights files without the entry still load.
-    """
-
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        store[SEED_STATE] = self.seed_generator.state
-
-    def load_own_variables(self, store):
-        keys = list(store.keys())
-        super().load_own_variables(
-            {key: store[key] for key in keys if key != SEED_STATE}
-        )
-        if SEED_STATE in keys:
-            self.seed_generator.state.assign(store[SEED_STATE])
 
 
 class LossStepsMixin:

@@ -51,7 +51,8 @@ def check_float_input(dtype, role):
 def probe_input_gradients(model, input_shape, role, second_order):
     """Checks that a model has an input gradient, twice if needed.
 
-    Runs the model once, eagerly, on a batch of two random inputs.
+    Runs the model once, eagerly, on a batch of two random inputs (on
+    every replica when called inside `strategy.scope()`).
 
     Args:
         model: a callable Keras model with a single output tensor.
@@ -62,7 +63,30 @@ def probe_input_gradients(model, input_shape, role, second_order):
             backprop), as a Jacobian term that trains the model needs.
     """
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(2,) + tuple(input_shape)), "float32")
+    x = rng.normal(size=(2,) + tuple(input_shape)).astype("float32")
+    in_replica_context(
+        lambda: _probe(model, tf.constant(x), role, second_order)
+    )
+
+
+def in_replica_context(fn):
+    """Runs `fn()` where a model's variables can be differentiated.
+
+    Under `strategy.scope()` a model's variables are distributed, and a
+    `tf.GradientTape` cannot watch them in the cross-replica context
+    ("DistributedVariable.handle is not available outside the replica
+    context"). There `fn` runs on every replica with `strategy.run`;
+    elsewhere it simply runs. Exceptions raised by `fn` propagate.
+    """
+    if tf.distribute.has_strategy() and (
+        tf.distribute.in_cross_replica_context()
+    ):
+        tf.distribute.get_strategy().run(fn)
+        return
+    fn()
+
+
+def _probe(model, x, role, second_order):
     kernels = [v for v in model.trainable_variables if "kernel" in v.path]
     try:
         with tf.GradientTape() as outer:
@@ -112,6 +136,49 @@ def probe_input_gradients(model, input_shape, role, second_order):
             "the gradient of its input Jacobian does not reach the kernels "
             f"{dead}, so a Jacobian term would not train them.{hint}"
         )
+
+
+def check_strategy_scope(model, role, owner):
+    """Raises unless `model`'s variables belong to the current strategy.
+
+    A model trained by `owner` (a `Distiller` or a
+    `JacobianRegularizedModel`) must have been built under the same
+    `tf.distribute` strategy as `owner`: otherwise Keras fails later, in
+    `compile` or `fit`, with a message about `colocate_vars_with` or
+    `MirroredVariable` indices.
+
+    Args:
+        model: the Keras model whose weights `owner` trains.
+        role: `"student"` or `"model"`, for messages.
+        owner: the class name of the model being built, for messages.
+    """
+    strategy = tf.distribute.get_strategy()
+    foreign = [
+        v.path
+        for v in model.variables
+        if not strategy.extended.variable_created_in_scope(v.value)
+    ]
+    if not foreign:
+        return
+    if tf.distribute.has_strategy():
+        where = (
+            f"`{owner}` is built inside the scope of "
+            f"{type(strategy).__name__}, but the {role}'s weights were "
+            "created outside it"
+        )
+    else:
+        where = (
+            f"`{owner}` is built outside any `strategy.scope()`, but the "
+            f"{role}'s weights were created inside one"
+        )
+    shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    raise ValueError(
+        f"The {role} model {model.name!r} and the `{owner}` must be "
+        f"built under the same tf.distribute strategy: {where} "
+        f"(e.g. {shown}). Build (or load) the {role} and create the "
+        f"`{owner}` inside the same `with strategy.scope():` block, then "
+        "call `compile` there too."
+    )
 
 
 def _all_layers(model):

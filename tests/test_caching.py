@@ -34,9 +34,7 @@ def _data(n=12):
 
 
 def _distiller(terms):
-    distiller = Distiller(
-        _net(4, 1), _net(3, 2), terms, check_differentiable=False
-    )
+    distiller = Distiller(_net(4, 1), _net(3, 2), terms)
     distiller.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

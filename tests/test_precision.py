@@ -47,9 +47,7 @@ def _distiller(policy_name, weights=None):
     if weights is not None:
         teacher.set_weights(weights[0])
         student.set_weights(weights[1])
-    distiller = Distiller(
-        teacher, student, _terms(), check_differentiable=False
-    )
+    distiller = Distiller(teacher, student, _terms())
     distiller.compile(
         optimizer=keras.optimizers.SGD(0.05),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -140,7 +138,6 @@ def _model(kind):
             weight=0.1,
             target=kind.split("_")[1],
             seed=3,
-            check_differentiable=False,
         )
     terms = DETERMINISTIC_TERMS if kind == "deterministic" else RANDOM_TERMS
     return Distiller(
@@ -148,7 +145,6 @@ def _model(kind):
         student,
         [t() for t in terms],
         seed=3,
-        check_differentiable=False,
     )
 
 

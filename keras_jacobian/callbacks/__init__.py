@@ -1,6 +1,8 @@
-"""Callbacks for distillation: TensorBoard images and loss-weight schedules."""
+"""Callbacks for distillation: TensorBoard images, loss-weight schedules
+and a backup that survives a kill."""
 
 from keras_jacobian.callbacks.attention_map_logger import AttentionMapLogger
+from keras_jacobian.callbacks.backup import BackupAndRestore
 from keras_jacobian.callbacks.jacobian_saliency_logger import (
     JacobianSaliencyLogger,
 )
@@ -11,6 +13,7 @@ from keras_jacobian.callbacks.loss_weight_scheduler import warmup
 
 __all__ = [
     "AttentionMapLogger",
+    "BackupAndRestore",
     "JacobianSaliencyLogger",
     "LossWeightScheduler",
     "ramp",

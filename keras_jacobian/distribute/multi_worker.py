@@ -22,8 +22,6 @@ path serves every scale; under a single-process strategy `Model.fit`
 works as well.
 """
 
-import json
-import os
 import shutil
 import tempfile
 
@@ -32,8 +30,6 @@ import numpy as np
 import tensorflow as tf
 
 from keras_jacobian.distribute import strategies
-
-METADATA = "training_metadata.json"
 
 
 def _log_value(value):
@@ -45,18 +41,22 @@ class Backup:
     """Backs up a model during training and restores it after a failure.
 
     The same idea as `keras.callbacks.BackupAndRestore`, made safe for
-    several workers and for a process killed at any instant:
+    several workers and for a process killed at any instant, on
+    `tf.train.CheckpointManager`:
 
-    - every worker saves (`model.save_weights`), since saving may read
-      variables that all workers must read together; only the chief writes
-      into `backup_dir`, the other workers write into a temporary directory
-      that is deleted straight away;
-    - the weights go to a new file, then a JSON file naming it and the
-      position (epoch, step within the epoch) is replaced atomically, so a
-      kill leaves the previous backup intact;
-    - the restored state is everything `save_weights` stores: the model's
-      weights, the optimizer's variables (iterations, moments, loss
-      scale), the `Distiller`'s term weights and seed generator state.
+    - the checkpoint holds the model's variables (for a `Distiller`: the
+      student, term layers, term weights, the student-loss weight and the
+      seed generator's state), the optimizer's variables (iterations,
+      moments, loss scale) and the position (epoch, step within the
+      epoch);
+    - `CheckpointManager` writes a new numbered checkpoint, then replaces
+      its `checkpoint` index file atomically and deletes the older ones
+      (`max_to_keep`), so a kill at any instant leaves the previous backup
+      intact and named;
+    - every worker saves, since saving reads variables that all workers
+      must read together; only the chief writes into `backup_dir`, the
+      other workers write into a temporary directory that is deleted
+      straight away.
 
     `backup_dir` must be a directory that every worker can read (a shared
     file system or a bucket) when the workers run on different machines.
@@ -65,9 +65,12 @@ class Backup:
         backup_dir: where the chief keeps the backup.
         save_freq: `"epoch"` or a number of steps between backups.
         strategy: the model's `tf.distribute.Strategy`.
+        max_to_keep: number of checkpoints kept in `backup_dir`.
     """
 
-    def __init__(self, backup_dir, save_freq="epoch", strategy=None):
+    def __init__(
+        self, backup_dir, save_freq="epoch", strategy=None, max_to_keep=2
+    ):
         if not backup_dir:
             raise ValueError(
                 "`backup_dir` must be a directory path. Received: "
@@ -80,22 +83,55 @@ class Backup:
                 "`save_freq` must be 'epoch' or an integer >= 1 (steps). "
                 f"Received: save_freq={save_freq!r}"
             )
+        if not isinstance(max_to_keep, int) or max_to_keep < 1:
+            raise ValueError(
+                "`max_to_keep` must be an integer >= 1. Received: "
+                f"max_to_keep={max_to_keep!r}"
+            )
         self.backup_dir = backup_dir
         self.save_freq = save_freq
+        self.max_to_keep = max_to_keep
         self.chief = strategies.is_chief(strategy)
         self._count = 0
+        self._checkpoint = None
+        self._manager = None
+        # The position, saved with the variables; created here, outside
+        # any strategy scope (`fit` builds the `Backup` there).
+        self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._step = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def _checkpoint_of(self, model):
+        """The `tf.train.Checkpoint` of the model, built once."""
+        if self._checkpoint is None:
+            variables, seen = [], set()
+            optimizer = model.optimizer.variables if model.optimizer else []
+            for v in list(model.variables) + list(optimizer):
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    variables.append(v)
+            self._checkpoint = tf.train.Checkpoint(
+                epoch=self._epoch,
+                step=self._step,
+                **{f"v{i}": v.value for i, v in enumerate(variables)},
+            )
+        return self._checkpoint
 
     def restore(self, model):
         """Loads the last backup into `model`; returns (epoch, step)."""
-        path = os.path.join(self.backup_dir, METADATA)
-        if not os.path.exists(path):
+        latest = tf.train.latest_checkpoint(self.backup_dir)
+        if latest is None:
             return 0, 0
-        with open(path) as f:
-            metadata = json.load(f)
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        model.load_weights(os.path.join(self.backup_dir, metadata["weights"]))
-        return metadata["epoch"], metadata["step"]
+        checkpoint = self._checkpoint_of(model)
+        try:
+            checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as error:
+            raise ValueError(
+                f"The backup {latest!r} does not match this model: it was "
+                f"written by another model or another version of it "
+                f"({error}). Resume with the same model, or pass another "
+                "`backup_dir`."
+            ) from None
+        return int(self._epoch.numpy()), int(self._step.numpy())
 
     def after_step(self, model, epoch, step):
         """Saves after `step` (0-based) when `save_freq` steps have run."""
@@ -110,29 +146,43 @@ class Backup:
 
     def _save(self, model, epoch, step):
         self._count = 0
-        name = f"weights-{epoch}-{step}.weights.h5"
+        checkpoint = self._checkpoint_of(model)
+        self._epoch.assign(epoch)
+        self._step.assign(step)
         if not self.chief:
             scratch = tempfile.mkdtemp(prefix="keras_jacobian_backup_")
             try:
-                model.save_weights(os.path.join(scratch, name))
+                tf.train.CheckpointManager(
+                    checkpoint, scratch, max_to_keep=1
+                ).save()
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             return
-        os.makedirs(self.backup_dir, exist_ok=True)
-        model.save_weights(os.path.join(self.backup_dir, name))
-        metadata = {"epoch": epoch, "step": step, "weights": name}
-        staging = os.path.join(self.backup_dir, METADATA + ".tmp")
-        with open(staging, "w") as f:
-            json.dump(metadata, f)
-        os.replace(staging, os.path.join(self.backup_dir, METADATA))
-        for old in os.listdir(self.backup_dir):
-            if old.startswith("weights-") and old != name:
-                os.remove(os.path.join(self.backup_dir, old))
+        if self._manager is None:
+            self._manager = tf.train.CheckpointManager(
+                checkpoint, self.backup_dir, max_to_keep=self.max_to_keep
+            )
+        self._manager.save()
 
     def delete(self):
         """Removes the backup once training has finished (chief only)."""
         if self.chief:
             shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+    @staticmethod
+    def position(backup_dir):
+        """The (epoch, step) of the last backup in `backup_dir`, or None."""
+        latest = tf.train.latest_checkpoint(backup_dir)
+        if latest is None:
+            return None
+        return tuple(
+            int(
+                tf.train.load_variable(
+                    latest, f"{k}/.ATTRIBUTES/VARIABLE_VALUE"
+                )
+            )
+            for k in ("epoch", "step")
+        )
 
 
 def fit(

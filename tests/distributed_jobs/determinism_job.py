@@ -34,7 +34,6 @@ distiller = Distiller(
         JacobianMatching("random", num_projections=2),
         NoiseDistillation(0.1),
     ],
-    check_differentiable=False,
 )
 distiller.compile(
     optimizer="adam",

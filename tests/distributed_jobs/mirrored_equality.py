@@ -41,7 +41,6 @@ def distiller_case(target):
                 JacobianMatching(target=target, normalize=False, name="raw"),
             ],
             distillation_loss_weights=[1.0, 0.5, 0.5],
-            check_differentiable=False,
         )
         return model, student
 
@@ -58,7 +57,6 @@ def batch_norm_case(sync):
             teacher,
             student,
             [LogitsDistillation("kl"), JacobianMatching("teacher_top1")],
-            check_differentiable=False,
         )
         return model, student
 
@@ -67,9 +65,7 @@ def batch_norm_case(sync):
 
 def regularized_case():
     _, student = tiny_models.pair()
-    model = JacobianRegularizedModel(
-        student, weight=0.1, target="all", check_differentiable=False
-    )
+    model = JacobianRegularizedModel(student, weight=0.1, target="all")
     return model, student
 
 

@@ -9,8 +9,18 @@ one JSON line per step to `--log`: epoch, step, optimizer iterations,
 seed state, term weight, loss.
 
     --loop keras         Model.fit + keras.callbacks.BackupAndRestore
+                         (double_checkpoint=True)
+    --loop keras_plain   Model.fit + keras.callbacks.BackupAndRestore
+    --loop safe          Model.fit + keras_jacobian.callbacks.BackupAndRestore
     --loop multi_worker  keras_jacobian.distribute.multi_worker.fit (any
                          strategy)
+    --loop fit           Model.fit, no backup (fails under multi_worker in
+                         Keras 3.15)
+
+`--save_sleep S` holds every backup open for S seconds while its weights
+file is being written (after the Distiller's own variables, with an
+`in_save` record in the log), so that a test can kill the job during a
+save.
 
 At the end the chief writes `results.json` and `student.weights.h5` into
 `--output_dir`; every worker writes its student weights to `--weights_out`.
@@ -31,6 +41,7 @@ parser.add_argument("--steps", type=int, default=6)
 parser.add_argument("--batch", type=int, default=8)
 parser.add_argument("--save_freq", type=int, default=2)
 parser.add_argument("--sleep", type=float, default=0.0)
+parser.add_argument("--save_sleep", type=float, default=0.0)
 parser.add_argument("--backup_dir", required=True)
 parser.add_argument("--output_dir", required=True)
 parser.add_argument("--log", required=True)
@@ -104,7 +115,6 @@ with strategy.scope():
             JacobianMatching(target="random", num_projections=2),
         ],
         seed=7,
-        check_differentiable=False,
     )
     distiller.compile(
         optimizer=keras.optimizers.Adam(0.01),
@@ -122,12 +132,33 @@ options.experimental_distribute.auto_shard_policy = (
 dataset = dataset.with_options(options)
 progress = Progress(distiller)
 
-if args.loop == "keras":
-    backup = keras.callbacks.BackupAndRestore(
-        args.backup_dir, save_freq=args.save_freq, double_checkpoint=True
-    )
+if args.save_sleep:
+    save_own_variables = Distiller.save_own_variables
+
+    def slow_save_own_variables(self, store):
+        save_own_variables(self, store)
+        progress._write(event="in_save")
+        time.sleep(args.save_sleep)
+
+    Distiller.save_own_variables = slow_save_own_variables
+
+if args.loop in ("keras", "keras_plain", "safe"):
+    if args.loop == "safe":
+        from keras_jacobian.callbacks import BackupAndRestore
+
+        backup = BackupAndRestore(args.backup_dir, save_freq=args.save_freq)
+    else:
+        backup = keras.callbacks.BackupAndRestore(
+            args.backup_dir,
+            save_freq=args.save_freq,
+            double_checkpoint=args.loop == "keras",
+        )
     history = distiller.fit(
         dataset, epochs=args.epochs, callbacks=[backup, progress], verbose=0
+    )
+elif args.loop == "fit":
+    history = distiller.fit(
+        dataset, epochs=args.epochs, callbacks=[progress], verbose=0
     )
 else:
     history = multi_worker.fit(
