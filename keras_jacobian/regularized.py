@@ -74,10 +74,7 @@ class JacobianRegularizedModel(SeedStateMixin, LossStepsMixin, keras.Model):
             raise ValueError(
                 f"`model` must be a keras.Model. Received: model={model!r}"
             )
-        if not isinstance(weight, (int, float)) or weight < 0:
-            raise ValueError(
-                f"`weight` must be a number >= 0. Received: weight={weight!r}"
-            )
+        weight = validation.check_number(weight, "weight")
         if target not in TARGETS:
             raise ValueError(
                 f"`target` must be one of {TARGETS}. Received: "

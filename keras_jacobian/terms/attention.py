@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from keras_jacobian import attention
 from keras_jacobian import jacobians
+from keras_jacobian import validation
 from keras_jacobian.terms.base import DistillationTerm
 
 
@@ -38,9 +39,8 @@ def check_layer_pairs(layer_pairs, where):
 
 
 def _check_p(p):
-    if not isinstance(p, (int, float)) or isinstance(p, bool) or p <= 0:
-        raise ValueError(f"`p` must be a positive number. Received: p={p!r}")
-    return p
+    p = validation.check_number(p, "p", strict=True)
+    return int(p) if p.is_integer() else p
 
 
 class _AttentionTerm(DistillationTerm):
