@@ -148,8 +148,11 @@ def check_number(value, name, minimum=0.0, strict=False, context=""):
     Raises:
         ValueError: saying what was expected and what was received.
     """
-    bound = f"{'>' if strict else '>='} {minimum:g}"
-    expected = f"`{name}` must be a finite number {bound}"
+    if strict and minimum == 0:
+        expected = f"`{name}` must be a positive finite number"
+    else:
+        bound = f"{'>' if strict else '>='} {minimum:g}"
+        expected = f"`{name}` must be a finite number {bound}"
     number = None
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         number = float(value)
