@@ -200,47 +200,58 @@ def labels_to_indices(labels, num_classes, batch_size=None):
                 f"{expected} Received labels of shape {tuple(shape)}."
             )
         indices = tf.cast(tf.reshape(labels, [-1]), "int32")
-    checks = [
-        (
-            (indices >= 0) & (indices < num_classes),
-            f"target='label' needs class indices in [0, {num_classes}): "
-            f"the distillation output has {num_classes} classes. Fix the "
-            "labels (e.g. shift labels numbered from 1, drop "
-            "'unlabelled' markers such as -1), or pick "
-            "target='teacher_top1', which needs no labels.",
-            lambda: tf.boolean_mask(
-                indices, (indices < 0) | (indices >= num_classes)
-            ),
-            "Received labels",
-        )
-    ]
+    in_range = (indices >= 0) & (indices < num_classes)
+    range_message = (
+        f"target='label' needs class indices in [0, {num_classes}): the "
+        f"distillation output has {num_classes} classes. Fix the labels "
+        "(e.g. shift labels numbered from 1, drop 'unlabelled' markers "
+        "such as -1), or pick target='teacher_top1', which needs no labels."
+    )
+    count_message = f"{expected} The number of labels differs from the batch"
     if isinstance(batch_size, int) and indices.shape[0] not in (
         None,
         batch_size,
     ):
         raise ValueError(
-            f"{expected} Received {indices.shape[0]} labels for a batch of "
+            f"{count_message}. Received {indices.shape[0]} labels for "
             f"{batch_size} examples."
         )
+    if tf.executing_eagerly():
+        bad = tf.boolean_mask(indices, ~in_range).numpy().tolist()
+        if bad:
+            raise ValueError(
+                f"{range_message} Received labels: {sorted(set(bad))[:10]}"
+            )
+        count = int(tf.shape(indices)[0])
+        if batch_size is not None and count != int(batch_size):
+            raise ValueError(
+                f"{count_message}. Received {count} labels for "
+                f"{int(batch_size)} examples."
+            )
+        return indices
+    checks = [
+        tf.debugging.Assert(
+            tf.reduce_all(in_range),
+            [
+                range_message,
+                "Received labels from (min, max):",
+                tf.reduce_min(indices),
+                tf.reduce_max(indices),
+            ],
+        )
+    ]
     if batch_size is not None:
         count = tf.shape(indices)[0]
         checks.append(
-            (
+            tf.debugging.Assert(
                 tf.equal(count, batch_size),
-                f"{expected} The number of labels differs from the batch size.",
-                lambda: tf.stack([count, batch_size]),
-                "Received (labels, examples)",
+                [
+                    count_message,
+                    "Received (labels, examples):",
+                    count,
+                    batch_size,
+                ],
             )
         )
-    for ok, message, received, label in checks:
-        if tf.executing_eagerly():
-            if not bool(tf.reduce_all(ok)):
-                values = received().numpy().tolist()[:10]
-                raise ValueError(f"{message} {label}: {values}")
-        else:
-            check = tf.debugging.Assert(
-                tf.reduce_all(ok), [message, label + ":", received()], 10
-            )
-            with tf.control_dependencies([check]):
-                indices = tf.identity(indices)
-    return indices
+    with tf.control_dependencies(checks):
+        return tf.identity(indices)
