@@ -145,9 +145,7 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
                     f"`{role}` must be a keras.Model. Received: "
                     f"{role}={model!r}"
                 )
-        terms = [
-            _own_copy(convert_term(t)) for t in _as_list(distillation_losses)
-        ]
+        terms = [convert_term(t).copy() for t in _as_list(distillation_losses)]
         if not terms:
             raise ValueError(
                 "`distillation_losses` must hold at least one term. For "
@@ -157,7 +155,7 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
         student_loss_weight = validation.check_number(
             student_loss_weight, "student_loss_weight"
         )
-        self._check_label_terms(terms, distillation_output)
+        validation.check_label_terms(terms, distillation_output)
         validation.check_own_weights(teacher, student)
         teacher.trainable = False
         self.teacher = teacher
@@ -243,6 +241,8 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
     def _check_weights(terms, weights):
         if weights is None:
             return [1.0] * len(terms)
+        if getattr(weights, "ndim", None) == 1:
+            weights = list(weights)  # a 1-D NumPy array of weights
         weights = _as_list(weights)
         if len(weights) != len(terms):
             raise ValueError(
@@ -265,22 +265,6 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
                 term.name = f"{term.name}_{seen[term.name]}"
             else:
                 seen[term.name] = 0
-
-    @staticmethod
-    def _check_label_terms(terms, distillation_output):
-        if distillation_output is None:
-            return
-        readers = [t for t in terms if t.reads_labels]
-        if readers:
-            raise ValueError(
-                f"{readers[0]!r} reads the labels as classes of the "
-                "distillation output, but with "
-                f"distillation_output={distillation_output!r} the labels "
-                "are those of the student's task head, not classes of the "
-                "teacher (its source task). Use target='teacher_top1' "
-                "(or 'top_k', 'all', 'random'), which picks rows from the "
-                "teacher's own outputs."
-            )
 
     @staticmethod
     def _check_input_shapes(teacher_shape, student_shape):
@@ -519,21 +503,6 @@ class Distiller(SeedStateMixin, LossStepsMixin, keras.Model):
             for t in config["distillation_losses"]
         ]
         return cls(**config)
-
-
-def _own_copy(term):
-    """A new, unbuilt term with `term`'s configuration."""
-    try:
-        copy = type(term).from_config(term.get_config())
-    except (TypeError, ValueError) as error:
-        raise ValueError(
-            "The Distiller builds its own copy of each term from "
-            "`get_config()`, so that one term object can serve several "
-            f"distillers, but {type(term).__name__}.from_config("
-            f"term.get_config()) failed: {error}. Make `get_config` return "
-            "every argument of the term's `__init__`."
-        ) from error
-    return copy
 
 
 def _ordered_union(groups):

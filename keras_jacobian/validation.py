@@ -219,3 +219,25 @@ def check_own_weights(teacher, student):
             "freezes these weights in the student too, so they would not "
             "train." + fix
         )
+
+
+def check_label_terms(terms, distillation_output):
+    """Refuses terms that read labels as teacher classes under LwF.
+
+    With `distillation_output` the labels belong to the student's task
+    head, while a term such as `JacobianMatching(target="label")` would
+    use them as classes of the teacher's (source) outputs.
+    """
+    if distillation_output is None:
+        return
+    readers = [t for t in terms if t.reads_labels]
+    if readers:
+        raise ValueError(
+            f"{readers[0]!r} reads the labels as classes of the "
+            "distillation output, but with "
+            f"distillation_output={distillation_output!r} the labels are "
+            "those of the student's task head, not classes of the "
+            "teacher (its source task). Use target='teacher_top1' (or "
+            "'top_k', 'all', 'random'), which picks rows from the "
+            "teacher's own outputs."
+        )

@@ -488,6 +488,19 @@ def test_numpy_weights_are_stored_as_floats():
     assert type(term.get_config()["temperature"]) is float
 
 
+def test_weights_as_a_numpy_vector():
+    distiller = build_with(
+        distillation_losses=[kj.LogitsDistillation(), kj.JacobianMatching()],
+        distillation_loss_weights=np.array([0.5, 2.0], "float32"),
+    )
+    assert distiller.get_config()["distillation_loss_weights"] == [0.5, 2.0]
+    with pytest.raises(ValueError, match=r"weights\[1\].*shape \(2,\)"):
+        build_with(
+            distillation_losses=[kj.LogitsDistillation()] * 2,
+            distillation_loss_weights=[1.0, np.ones(2)],
+        )
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
 def test_scheduler_refuses_bad_values_with_epoch(bad):
     distiller = build_with()

@@ -162,7 +162,10 @@ class AttentionJacobianMatching(_AttentionTerm):
        compared. The losses are summed over the pairs.
 
     When the networks see different resolutions the teacher's row is
-    resized to the student's input size (as in `JacobianMatching`).
+    resized to the student's input size and scaled by the area ratio (as
+    in `JacobianMatching`, see `jacobians.match_spatial_size`): a student
+    that is the teacher behind a nearest-neighbour upsampling has the
+    teacher's raw rows.
 
     Each row is one vector-Jacobian product, taken from the tape that
     watched the input while the network ran (the map is recomputed inside

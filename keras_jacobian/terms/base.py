@@ -141,6 +141,24 @@ class DistillationTerm:
         """Returns the loss of each example, a float32 tensor `(batch,)`."""
         raise NotImplementedError
 
+    def copy(self):
+        """A new, unbuilt term with this term's configuration.
+
+        A `Distiller` trains its own copy of each term, so that one term
+        object can serve several distillers. Subclasses whose `__init__`
+        takes arguments must return them all from `get_config`.
+        """
+        try:
+            return type(self).from_config(self.get_config())
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                "A Distiller builds its own copy of each term from "
+                "`get_config()`, so that one term object can serve several "
+                f"distillers, but {type(self).__name__}.from_config("
+                f"term.get_config()) failed: {error}. Make `get_config` "
+                "return every argument of the term's `__init__`."
+            ) from error
+
     def get_config(self):
         return {"name": self.name}
 

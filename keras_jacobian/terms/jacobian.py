@@ -77,7 +77,9 @@ class JacobianMatching(DistillationTerm):
     `v` for teacher and student:
 
     - `"teacher_top1"` (default): the teacher's top class, per example.
-    - `"label"`: the true class (needs labels).
+    - `"label"`: the true class (needs labels: indices in
+      `[0, classes)` or one-hot rows; others are an error). Not with a
+      `Distiller`'s `distillation_output`, whose labels are the task's.
     - `"top_k"`: the teacher's `k` top classes.
     - `"all"`: every class (the full Jacobian; `classes` backward passes,
       vectorised).
@@ -116,6 +118,12 @@ class JacobianMatching(DistillationTerm):
     unit-normalised first and the loss is the mean over the selected
     classes of `||t - s||^2 / 2`, which is `1 - cos` for non-zero rows:
     the direction is kept and magnitudes dropped.
+
+    Networks at different resolutions (inputs given as
+    `{"student": x_s, "teacher": x_t}`): the teacher's rows are resized to
+    the student's input by area weights and multiplied by the area ratio,
+    since a student pixel that stands for several teacher pixels gets the
+    sum of their derivatives (`jacobians.match_spatial_size`).
 
     Cost: the teacher's rows take one input-gradient pass per row (without
     recording the teacher's weights); the student's take a second-order
