@@ -159,6 +159,17 @@ def test_label_target_is_refused_with_distillation_output():
             [kj.JacobianMatching(target="label")],
             distillation_output="source",
         )
+    distiller = kj.Distiller(
+        tiny.conv_net(seed=0),
+        student,
+        [kj.JacobianMatching()],
+        distillation_output="source",
+    )
+    x = tiny.images(2)
+    with pytest.raises(ValueError, match="task head"):
+        inspection.input_saliency(
+            distiller, x, x, target="label", labels=np.array([0, 1])
+        )
 
 
 # Teacher and student at different resolutions.
