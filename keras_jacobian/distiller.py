@@ -51,7 +51,15 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
     Weights are `keras.Variable`s (`distiller.term_weights`,
     `distiller.student_loss_weight_variable`): callbacks may change them
     between steps without retracing. A term whose weight is 0 is skipped
-    at run time (`tf.cond`), so it costs nothing.
+    at run time (`tf.cond`), so it costs nothing; so is the compiled loss
+    while `student_loss_weight` is 0.
+
+    The distiller trains its own copies of the terms, made from their
+    configurations (`get_config`): one term object may be passed to
+    several distillers, each of which builds and trains its own copy (its
+    adapter, for example). The copies are `distiller.distillation_losses`;
+    a repeated name gets a suffix there (`"logits_distillation_1"`), not
+    in the objects passed in.
 
     `fit` and `evaluate` log `loss` (the total), `student_loss`, one
     `"<term name>_loss"` per term, `total_loss` and the compiled metrics on
@@ -74,7 +82,12 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             (`trainable=False`) and always called with `training=False`.
         student: a Keras model returning logits (or, with
             `distillation_output`, a task output and a head that mimics the
-            teacher).
+            teacher), with weights of its own: the teacher is frozen, so a
+            student that is the teacher or shares its trainable layers is
+            refused (start it from the teacher with
+            `keras.models.clone_model` and `set_weights`). A subclassed
+            model (built) is accepted when no term reads an intermediate
+            layer.
         distillation_losses: a term or a list of terms
             (`LogitsDistillation`, `JacobianMatching`, `NoiseDistillation`,
             ...). Keras' own `keras.distillation.LogitsDistillation` with a
@@ -136,28 +149,26 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
                     f"{role}={model!r}"
                 )
         validation.check_strategy_scope(student, "student", "Distiller")
-        terms = [convert_term(t) for t in _as_list(distillation_losses)]
+        terms = [convert_term(t).copy() for t in _as_list(distillation_losses)]
         if not terms:
             raise ValueError(
                 "`distillation_losses` must hold at least one term. For "
                 "training on labels alone, train the student directly."
             )
         weights = self._check_weights(terms, distillation_loss_weights)
-        if not isinstance(student_loss_weight, (int, float)) or (
-            student_loss_weight < 0
-        ):
-            raise ValueError(
-                "`student_loss_weight` must be a number >= 0. Received: "
-                f"student_loss_weight={student_loss_weight!r}"
-            )
+        student_loss_weight = validation.check_number(
+            student_loss_weight, "student_loss_weight"
+        )
+        validation.check_label_terms(terms, distillation_output)
+        validation.check_own_weights(teacher, student)
         teacher.trainable = False
         self.teacher = teacher
         self.student = student
+        self._unique_term_names(terms)
         self.distillation_losses = terms
         self.distillation_output = distillation_output
         self.seed = seed
         self.check_differentiable = check_differentiable
-        self._unique_term_names(terms)
 
         teacher_shape, teacher_dtype = validation.input_spec(teacher, "teacher")
         student_shape, student_dtype = validation.input_spec(student, "student")
@@ -234,6 +245,8 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
     def _check_weights(terms, weights):
         if weights is None:
             return [1.0] * len(terms)
+        if getattr(weights, "ndim", None) == 1:
+            weights = list(weights)  # a 1-D NumPy array of weights
         weights = _as_list(weights)
         if len(weights) != len(terms):
             raise ValueError(
@@ -241,16 +254,14 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
                 f"Received {len(weights)} weights for {len(terms)} terms "
                 f"({[t.name for t in terms]})."
             )
-        for w in weights:
-            if not isinstance(w, (int, float)) or w < 0:
-                raise ValueError(
-                    "Each distillation loss weight must be a number >= 0. "
-                    f"Received: {weights}"
-                )
-        return [float(w) for w in weights]
+        return [
+            validation.check_number(w, f"distillation_loss_weights[{i}]")
+            for i, w in enumerate(weights)
+        ]
 
     @staticmethod
     def _unique_term_names(terms):
+        """Renames repeated names; the terms are the distiller's copies."""
         seen = {}
         for term in terms:
             if term.name in seen:
@@ -291,13 +302,13 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
     def teacher_endpoints_output(self):
         """A model returning the teacher's distillation output only."""
         return keras.Model(
-            self.teacher.inputs, self.teacher_endpoints.output[OUTPUT]
+            self.teacher_endpoints.inputs, self.teacher_endpoints.output[OUTPUT]
         )
 
     def student_endpoints_output(self):
         """A model returning the student's distillation output only."""
         return keras.Model(
-            self.student.inputs, self.student_endpoints.output[OUTPUT]
+            self.student_endpoints.inputs, self.student_endpoints.output[OUTPUT]
         )
 
     # Forward passes.
@@ -380,12 +391,24 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         )
         return [term.teacher_targets(ctx) for term in self.distillation_losses]
 
-    def cache_teacher(self, data, batch_size=None, shuffle=False, seed=None):
+    def cache_teacher(
+        self,
+        data,
+        batch_size=None,
+        shuffle=False,
+        seed=None,
+        check_random=True,
+    ):
         """Precomputes the teacher's targets; see `caching.cache_teacher`."""
         from keras_jacobian import caching
 
         return caching.cache_teacher(
-            self, data, batch_size=batch_size, shuffle=shuffle, seed=seed
+            self,
+            data,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            check_random=check_random,
         )
 
     def _step_losses(self, x, y, sample_weight, training):
@@ -426,9 +449,16 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             y_pred = sctx.outputs[TASK]
         else:
             y_pred = sctx.outputs[OUTPUT]
-        student_loss = self.supervised_loss(
-            y, y_pred, sample_weight, self.student_loss_weight_variable
-        )
+        weight = self.student_loss_weight_variable
+        if y is None or self._compile_loss is None:
+            student_loss = self.supervised_loss(y, y_pred, sample_weight)
+        else:
+            # At weight 0 the compiled loss is not computed at all.
+            student_loss = tf.cond(
+                weight > 0.0,
+                lambda: self.supervised_loss(y, y_pred, sample_weight, weight),
+                lambda: self.supervised_loss(None, y_pred, sample_weight),
+            )
         total = student_loss
         for w, value in zip(self.term_weights, term_values):
             total = total + w * value

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_jacobian import validation
 from keras_jacobian.terms.base import OUTPUT
 
 
@@ -10,13 +11,15 @@ def layer_names(model):
     return [layer.name for layer in model.layers]
 
 
-def _symbolic_outputs(model, role):
+def _has_symbolic_outputs(model):
     try:
-        inputs = model.inputs
-        outputs = model.outputs
+        return bool(model.inputs) and bool(model.outputs)
     except (AttributeError, ValueError):
-        inputs = outputs = None
-    if not inputs or not outputs:
+        return False
+
+
+def _symbolic_outputs(model, role):
+    if not _has_symbolic_outputs(model):
         raise ValueError(
             f"The {role} model {model.name!r} ({type(model).__name__}) has "
             "no symbolic inputs and outputs, so its intermediate layers "
@@ -26,7 +29,7 @@ def _symbolic_outputs(model, role):
             "intermediate tensors, or rebuild it functionally. Available "
             f"layer names: {layer_names(model)}"
         )
-    return inputs, outputs
+    return model.inputs, model.outputs
 
 
 def layer_output(model, name, role):
@@ -67,8 +70,17 @@ def endpoint_model(
 
     Returns:
         A `keras.Model` sharing `model`'s layers and weights, whose call
-        returns `{endpoint: tensor}`.
+        returns `{endpoint: tensor}`. For a subclassed model (no symbolic
+        outputs) only `"output"` can be read: the result then calls the
+        whole model once.
     """
+    if (
+        set(endpoints) <= {OUTPUT}
+        and output_layer is None
+        and not extra_outputs
+        and not _has_symbolic_outputs(model)
+    ):
+        return _output_model(model, role)
     inputs, outputs = _symbolic_outputs(model, role)
     tensors = {}
     for name in endpoints:
@@ -93,3 +105,16 @@ def output_tensor(model, role, output_layer=None):
             "layer name as `distillation_output`."
         )
     return outputs[0]
+
+
+def _output_model(model, role):
+    """`{"output": model(x)}` for a built model without symbolic outputs."""
+    shape, dtype = validation.input_spec(model, role)
+    inputs = keras.Input(shape, dtype=dtype)
+    output = model(inputs)
+    if not isinstance(output, keras.KerasTensor):
+        raise ValueError(
+            f"The {role} model {model.name!r} returns "
+            f"{type(output).__name__}; expected one tensor (the logits)."
+        )
+    return keras.Model(inputs, {OUTPUT: output}, name=f"{model.name}_endpoints")

@@ -10,9 +10,10 @@ import tensorflow as tf
 from keras_jacobian import attention_maps
 from keras_jacobian import endpoints
 from keras_jacobian import jacobians
+from keras_jacobian import validation
 from keras_jacobian.terms.attention import check_layer_pairs
 from keras_jacobian.terms.base import OUTPUT
-from keras_jacobian.terms.base import labels_to_indices
+from keras_jacobian.terms.jacobian import select_cotangents
 
 SALIENCY_TARGETS = ("teacher_top1", "label")
 
@@ -51,7 +52,7 @@ class AttentionReader:
 
     def __init__(self, distiller, layer_pairs, p=2):
         self.layer_pairs = check_layer_pairs(layer_pairs, "AttentionReader")
-        self.p = p
+        self.p = validation.check_number(p, "p", strict=True)
         self.teacher = endpoints.endpoint_model(
             distiller.teacher, [t for t, _ in self.layer_pairs], "teacher"
         )
@@ -85,7 +86,9 @@ def input_saliency(distiller, xs, xt, target="teacher_top1", labels=None):
     """Input-gradient rows of teacher and student for one class each.
 
     The class is the teacher's top-1 prediction (or the label), the same
-    for both networks, as in `JacobianMatching`.
+    for both networks, selected by the code `JacobianMatching` uses
+    (`select_cotangents`) and computed by the same `jacobians.vjp_rows`,
+    float16 scaling included: the rows are the term's rows.
 
     Args:
         distiller: a `Distiller` (its distillation outputs are compared).
@@ -99,32 +102,33 @@ def input_saliency(distiller, xs, xt, target="teacher_top1", labels=None):
         each network's input, and the per-example cosine similarity of
         the two rows (the teacher's resized to the student's input size).
     """
+    if target not in SALIENCY_TARGETS:
+        raise ValueError(
+            f"`target` must be one of {SALIENCY_TARGETS}. Received: "
+            f"target={target!r}"
+        )
+    if target == "label" and distiller.distillation_output is not None:
+        raise ValueError(
+            "target='label' picks the labelled class of the distillation "
+            "output, but this distiller's labels belong to the student's "
+            "task head (`distillation_output`). Use target='teacher_top1'."
+        )
     xs = tf.convert_to_tensor(xs, "float32")
     xt = tf.convert_to_tensor(xt, "float32")
-    with tf.GradientTape() as tape:
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(xt)
         t_logits = distiller.teacher_endpoints(xt, training=False)[OUTPUT]
-        if target == "label":
-            indices = labels_to_indices(labels, t_logits.shape[-1])
-        else:
-            indices = tf.argmax(t_logits, axis=-1, output_type="int32")
-        one_hot = tf.one_hot(indices, t_logits.shape[-1])
-        picked = tf.reduce_sum(t_logits * one_hot, axis=-1)
-    t_rows = tape.gradient(picked, xt)
-    with tf.GradientTape() as tape:
+    cotangents = select_cotangents(target, t_logits, labels, None, 1, None)
+    t_rows = jacobians.vjp_rows(tape, t_logits, xt, cotangents)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(xs)
         s_logits = distiller.student_endpoints(xs, training=False)[OUTPUT]
-        picked = tf.reduce_sum(
-            s_logits * tf.one_hot(indices, s_logits.shape[-1]), axis=-1
-        )
-    s_rows = tape.gradient(picked, xs)
-    resized = jacobians.match_spatial_size(
-        t_rows[:, None], tuple(s_rows.shape[1:])
-    )
+    s_rows = jacobians.vjp_rows(tape, s_logits, xs, cotangents)
+    resized = jacobians.match_spatial_size(t_rows, tuple(s_rows.shape[2:]))
     t = jacobians.normalize_rows(jacobians.flatten_rows(resized))[:, 0]
-    s = jacobians.normalize_rows(jacobians.flatten_rows(s_rows[:, None]))
-    cosine = tf.reduce_sum(t * s[:, 0], axis=-1)
-    return t_rows, s_rows, cosine
+    s = jacobians.normalize_rows(jacobians.flatten_rows(s_rows))[:, 0]
+    cosine = tf.reduce_sum(t * s, axis=-1)
+    return t_rows[:, 0], s_rows[:, 0], cosine
 
 
 def saliency_map(rows):

@@ -133,12 +133,30 @@ def unit_vectors(shape, seed, dtype="float32"):
 
 
 def match_spatial_size(rows, target_shape):
-    """Resizes Jacobian rows `(batch, rows, H, W, C)` to `target_shape`.
+    """Maps the teacher's Jacobian rows `(batch, rows, H, W, C)` to
+    `target_shape`, the student's input grid.
 
     Used when teacher and student see the same images at different
-    resolutions. Only the teacher's rows, which are constants for the
-    student's update, are resized, so no derivative of a resize is ever
-    needed; the result is a constant (`stop_gradient`).
+    resolutions. A row is a derivative with respect to input pixels, so
+    by the chain rule a student pixel that stands for several teacher
+    pixels gets the SUM of their derivatives, not their mean: the rows
+    are resized by area averaging and multiplied by the area ratio
+    `(H * W) / (h * w)`.
+
+    The result is the exact input-Jacobian row of `teacher(B(x_s))`, where
+    `B` takes an image on the student's grid to the teacher's grid, each
+    teacher pixel being the mean of the student pixels it overlaps,
+    weighted by overlap: for integer factors `B` is nearest-neighbour
+    upsampling (a larger teacher) or average pooling (a smaller teacher),
+    so a student that is exactly the teacher behind such a resampling has
+    the teacher's rows. For non-integer ratios `B` is the area-weighted
+    resampling just described, an approximation of other resizes
+    (bilinear, antialiased); the scale keeps the rows' magnitude right.
+    The normalised forms of the terms do not depend on the scale.
+
+    Only the teacher's rows, which are constants for the student's
+    update, are resized, so no derivative of a resize is ever needed;
+    the result is a constant (`stop_gradient`).
     """
     if rows.shape[2:] == tuple(target_shape):
         return rows
@@ -156,4 +174,7 @@ def match_spatial_size(rows, target_shape):
     images = tf.stop_gradient(
         tf.image.resize(images, (height, width), method="area")
     )
+    source_height, source_width = rows.shape[2], rows.shape[3]
+    ratio = (source_height * source_width) / (height * width)
+    images = tf.cast(images, "float32") * ratio
     return tf.reshape(images, [shape[0], shape[1], height, width, channels])

@@ -79,10 +79,7 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
         validation.check_strategy_scope(
             model, "model", "JacobianRegularizedModel"
         )
-        if not isinstance(weight, (int, float)) or weight < 0:
-            raise ValueError(
-                f"`weight` must be a number >= 0. Received: weight={weight!r}"
-            )
+        weight = validation.check_number(weight, "weight")
         if target not in TARGETS:
             raise ValueError(
                 f"`target` must be one of {TARGETS}. Received: "

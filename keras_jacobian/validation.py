@@ -1,5 +1,8 @@
 """Checks run once at construction, so that bad input fails early."""
 
+import math
+import numbers
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -187,3 +190,121 @@ def _all_layers(model):
         found.append(layer)
         found.extend(_all_layers(layer))
     return found
+
+
+def check_number(value, name, minimum=0.0, strict=False, context=""):
+    """Checks a weight, temperature or scale and returns it as a float.
+
+    Accepts Python and NumPy real scalars and 0-d arrays or tensors
+    (`0.5`, `np.float32(0.5)`, `np.int64(2)`, `np.array(0.5)`); refuses
+    booleans, arrays of any other shape, NaN, infinities (which would
+    turn the student's weights into NaN) and values below `minimum` (or
+    equal to it when `strict`).
+
+    Args:
+        value: the value to check.
+        name: the argument's name, for the message.
+        minimum: the smallest value allowed.
+        strict: whether `minimum` itself is refused.
+        context: text appended to the message, e.g. where the value came
+            from.
+
+    Returns:
+        The value as a Python `float`.
+
+    Raises:
+        ValueError: saying what was expected and what was received.
+    """
+    if strict and minimum == 0:
+        expected = f"`{name}` must be a positive finite number"
+    else:
+        bound = f"{'>' if strict else '>='} {minimum:g}"
+        expected = f"`{name}` must be a finite number {bound}"
+    number = None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+    elif not isinstance(value, (bool, str, bytes)) and value is not None:
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError):
+            array = None
+        if array is not None and array.dtype.kind in "iuf":
+            if array.shape != ():
+                raise ValueError(
+                    f"{expected}: one number (a Python or NumPy scalar, or "
+                    "a 0-d array), not an array. Received an array of "
+                    f"shape {array.shape}: {name}={value!r}{context}."
+                )
+            number = float(array)
+    if number is None:
+        raise ValueError(f"{expected}. Received: {name}={value!r}{context}.")
+    if not math.isfinite(number):
+        raise ValueError(
+            f"{expected}. Received: {name}={value!r}{context}. NaN and "
+            "infinite values make the loss and then the student's weights "
+            "NaN."
+        )
+    if number < minimum or (strict and number == minimum):
+        raise ValueError(f"{expected}. Received: {name}={value!r}{context}.")
+    return number
+
+
+def check_own_weights(teacher, student):
+    """Raises when the student shares weights that would then not train.
+
+    The `Distiller` freezes the teacher (`trainable = False`), which
+    freezes every layer the student shares with it: a student that is the
+    teacher, or reuses its trainable layers, would train nothing (or only
+    part of itself) without any error.
+
+    Args:
+        teacher: the teacher model, before it is frozen.
+        student: the student model.
+    """
+    fix = (
+        " The student needs its own weights: start it from the teacher "
+        "with `student = keras.models.clone_model(teacher)` and "
+        "`student.set_weights(teacher.get_weights())`, or build it anew."
+    )
+    if student is teacher:
+        raise ValueError(
+            "The student is the teacher model itself. The Distiller "
+            "freezes the teacher, so nothing would train." + fix
+        )
+    teacher_ids = {id(v) for v in teacher.weights}
+    trainable_ids = {id(v) for v in student.trainable_variables}
+    shared = [v for v in student.weights if id(v) in teacher_ids]
+    if not shared:
+        return
+    shared_trainable = [v.path for v in shared if id(v) in trainable_ids]
+    own_trainable = trainable_ids - teacher_ids
+    if shared_trainable or not own_trainable:
+        paths = shared_trainable or [v.path for v in shared]
+        raise ValueError(
+            f"The student shares {len(paths)} weights with the teacher "
+            f"(e.g. {paths[:3]}). The Distiller freezes the teacher, which "
+            "freezes these weights in the student too, so they would not "
+            "train." + fix
+        )
+
+
+def check_label_terms(terms, distillation_output):
+    """Refuses terms that read labels as teacher classes under LwF.
+
+    With `distillation_output` the labels belong to the student's task
+    head, while a term such as `JacobianMatching(target="label")` would
+    use them as classes of the teacher's (source) outputs.
+    """
+    if distillation_output is None:
+        return
+    readers = [t for t in terms if t.reads_labels]
+    if readers:
+        raise ValueError(
+            f"{readers[0]!r} reads the labels as classes of the "
+            "distillation output, but with "
+            f"distillation_output={distillation_output!r} the labels are "
+            "those of the student's task head, not classes of the "
+            "teacher (its source task). Use target='teacher_top1' (or "
+            "'top_k', 'all', 'random'), which picks rows from the "
+            "teacher's own outputs."
+        )

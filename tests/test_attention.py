@@ -305,7 +305,7 @@ def test_keras_round_trip_with_every_term(tmp_path):
     assert loaded.distillation_losses[3].adapter_layer is not None
     np.testing.assert_array_equal(
         loaded.distillation_losses[3].adapter_layer.kernel.numpy(),
-        terms[3].adapter_layer.kernel.numpy(),
+        distiller.distillation_losses[3].adapter_layer.kernel.numpy(),
     )
     np.testing.assert_allclose(
         [float(w.numpy()) for w in loaded.term_weights],

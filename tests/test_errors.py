@@ -136,8 +136,12 @@ def test_subclassed_model_is_reported():
 
     net = Net()
     net(np.zeros((1, 8, 8, 1), "float32"))
+    # Output terms work on a subclassed model; intermediate layers do not.
+    kj.Distiller(tiny.conv_net(), net, [kj.LogitsDistillation()])
     with pytest.raises(ValueError, match="Functional model"):
-        kj.Distiller(tiny.conv_net(), net, [kj.LogitsDistillation()])
+        kj.Distiller(
+            tiny.conv_net(), net, [kj.FeatureDistillation("conv1", "dense")]
+        )
 
 
 def test_not_a_term():

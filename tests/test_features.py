@@ -69,6 +69,7 @@ def test_conv_adapter_value(loss):
     distiller = kj.Distiller(teacher, student, [term])
     x = batch()
     got = term_losses(distiller, x)["feature_distillation_loss"]
+    term = distiller.distillation_losses[0]
     kernel, bias = [w.numpy() for w in term.adapter_layer.weights]
     assert kernel.shape == (1, 1, 3, 5)
     mapped = features_of(student, "sc2", x) @ kernel[0, 0] + bias
@@ -85,6 +86,7 @@ def test_dense_adapter_on_feature_vectors():
     distiller = kj.Distiller(teacher, student, [term])
     x = batch()
     got = term_losses(distiller, x)["feature_distillation_loss"]
+    term = distiller.distillation_losses[0]
     kernel, bias = [w.numpy() for w in term.adapter_layer.weights]
     mapped = features_of(student, "spool", x) @ kernel + bias
     expected = np.mean((features_of(teacher, "tpool", x) - mapped) ** 2)
@@ -120,7 +122,8 @@ def test_keras_applications_teacher():
     t_feat = features_of(teacher, layer, x)
     s_feat = features_of(student, "sc1", x)
     assert t_feat.shape == (2, 16, 16, 16) and s_feat.shape == (2, 16, 16, 4)
-    kernel, bias = [w.numpy() for w in terms[0].adapter_layer.weights]
+    adapter = distiller.distillation_losses[0].adapter_layer
+    kernel, bias = [w.numpy() for w in adapter.weights]
     mapped = s_feat @ kernel[0, 0] + bias
     np.testing.assert_allclose(
         got["feature_distillation_loss"],

@@ -262,8 +262,10 @@ class JacobianMatchingTest(parameterized.TestCase):
         js, ps = prob_jacobians(self.student)
         top1 = np.argmax(self.logits, axis=-1)
         b = np.arange(len(self.x))
-        inner = np.sum(jt[b, top1] * js[b, top1], axis=-1)
-        expected = np.mean(-inner / np.maximum(ps[b, top1], 1e-4))
+        # The proposition's -(grad p_T . grad p_S) / p_S, completed to a
+        # square so that it is bounded below.
+        squared = np.sum((jt[b, top1] - js[b, top1]) ** 2, axis=-1) / 2
+        expected = np.mean(squared / np.maximum(ps[b, top1], 1e-4))
         np.testing.assert_allclose(self.value(term), expected, rtol=1e-4)
 
     def test_alignment_normalised_is_one_minus_cosine(self):

@@ -1,9 +1,10 @@
 """Changes the weight of a distillation term (or the student loss) by epoch."""
 
 import bisect
-import numbers
 
 import keras
+
+from keras_jacobian import validation
 
 
 def warmup(weight, epochs=1, delay=0):
@@ -89,7 +90,9 @@ class LossWeightScheduler(keras.callbacks.Callback):
         term: the term's name, its index in `distillation_losses`, or
             `"student"` for the compiled (supervised) loss.
         schedule: a function `epoch -> weight >= 0`, e.g. `warmup(1.0, 5)`,
-            `ramp(0.0, 1.0, 2, 10)`, `step([5], [0.0, 1.0])`.
+            `ramp(0.0, 1.0, 2, 10)`, `step([5], [0.0, 1.0])`. A value that
+            is not a finite number >= 0 (NaN, inf, an array) stops
+            training with a `ValueError` naming the epoch.
         verbose: 1 prints each change.
 
     Example:
@@ -151,13 +154,15 @@ class LossWeightScheduler(keras.callbacks.Callback):
         return model.term_weights[index], f"{names[index]}_weight"
 
     def on_epoch_begin(self, epoch, logs=None):
-        weight = self.schedule(epoch)
-        if not isinstance(weight, numbers.Real) or weight < 0:
-            raise ValueError(
-                "The schedule must return a number >= 0. Received "
-                f"{weight!r} at epoch {epoch}."
-            )
-        self.variable.assign(float(weight))
+        weight = validation.check_number(
+            self.schedule(epoch),
+            self.log_key,
+            context=(
+                f", the schedule's value at epoch {epoch} (0-based). "
+                "The schedule must return a finite number >= 0"
+            ),
+        )
+        self.variable.assign(weight)
         if self.verbose:
             print(f"\nEpoch {epoch + 1}: {self.log_key} = {weight:.4g}")
 

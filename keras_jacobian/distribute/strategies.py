@@ -174,9 +174,11 @@ def _tpu_strategy(tpu):
 def is_chief(strategy=None):
     """Whether this process should write checkpoints, logs and results.
 
-    True for every single-process strategy. Under a multi-worker strategy,
-    true for the worker with `task_type` `"chief"`, or for worker 0 when
-    the cluster has no chief (TensorFlow's convention).
+    True for the worker with `task_type` `"chief"`, or for worker 0 when
+    the cluster has no chief (TensorFlow's convention), and for every
+    single-process strategy. Callbacks pass their model's
+    `distribute_strategy`: outside a strategy scope, the current strategy
+    is the default one, which knows no cluster.
 
     Args:
         strategy: a `tf.distribute.Strategy`; default the current one.
@@ -185,8 +187,6 @@ def is_chief(strategy=None):
         A Python bool.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return True
     return is_chief_task(getattr(strategy, "cluster_resolver", None))
 
 

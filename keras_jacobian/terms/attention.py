@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from keras_jacobian import attention_maps
 from keras_jacobian import jacobians
+from keras_jacobian import validation
 from keras_jacobian.terms.base import DistillationTerm
 
 
@@ -38,9 +39,8 @@ def check_layer_pairs(layer_pairs, where):
 
 
 def _check_p(p):
-    if not isinstance(p, (int, float)) or isinstance(p, bool) or p <= 0:
-        raise ValueError(f"`p` must be a positive number. Received: p={p!r}")
-    return p
+    p = validation.check_number(p, "p", strict=True)
+    return int(p) if p.is_integer() else p
 
 
 class _AttentionTerm(DistillationTerm):
@@ -162,7 +162,10 @@ class AttentionJacobianMatching(_AttentionTerm):
        compared. The losses are summed over the pairs.
 
     When the networks see different resolutions the teacher's row is
-    resized to the student's input size (as in `JacobianMatching`).
+    resized to the student's input size and scaled by the area ratio (as
+    in `JacobianMatching`, see `jacobians.match_spatial_size`): a student
+    that is the teacher behind a nearest-neighbour upsampling has the
+    teacher's raw rows.
 
     Each row is one vector-Jacobian product, taken from the tape that
     watched the input while the network ran (the map is recomputed inside

@@ -85,6 +85,10 @@ class DistillationTerm:
             or the student, so the step must watch the input.
         cacheable: the teacher targets depend on the example only (not on
             random draws), so they may be computed once and reused.
+        reads_labels: the term reads the batch's labels as classes of the
+            distillation output (`JacobianMatching(target="label")`), so
+            it cannot serve a student whose labels belong to another head
+            (`distillation_output`).
 
     Args:
         name: the term's name; its metric is logged as `f"{name}_loss"`.
@@ -93,6 +97,7 @@ class DistillationTerm:
 
     needs_input_gradients = False
     cacheable = True
+    reads_labels = False
 
     def __init__(self, name=None):
         if name is not None and not isinstance(name, str):
@@ -133,6 +138,24 @@ class DistillationTerm:
         """Returns the loss of each example, a float32 tensor `(batch,)`."""
         raise NotImplementedError
 
+    def copy(self):
+        """A new, unbuilt term with this term's configuration.
+
+        A `Distiller` trains its own copy of each term, so that one term
+        object can serve several distillers. Subclasses whose `__init__`
+        takes arguments must return them all from `get_config`.
+        """
+        try:
+            return type(self).from_config(self.get_config())
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                "A Distiller builds its own copy of each term from "
+                "`get_config()`, so that one term object can serve several "
+                f"distillers, but {type(self).__name__}.from_config("
+                f"term.get_config()) failed: {error}. Make `get_config` "
+                "return every argument of the term's `__init__`."
+            ) from error
+
     def get_config(self):
         return {"name": self.name}
 
@@ -145,18 +168,100 @@ class DistillationTerm:
         return f"{type(self).__name__}({args})"
 
 
-def labels_to_indices(labels, num_classes):
-    """Turns sparse or one-hot labels into int32 class indices `(batch,)`."""
+def labels_to_indices(labels, num_classes, batch_size=None):
+    """Turns sparse or one-hot labels into int32 class indices `(batch,)`.
+
+    Labels must be class indices in `[0, num_classes)`, of shape `(batch,)`
+    or `(batch, 1)`, or one-hot rows of shape `(batch, num_classes)`. A
+    wrong shape is a `ValueError` when the shape is known (at trace time);
+    a label out of range, or a number of labels other than `batch_size`,
+    is a `ValueError` when run eagerly and an `InvalidArgumentError` with
+    the same message inside a compiled step.
+
+    Args:
+        labels: the batch's labels.
+        num_classes: the number of classes of the output they index.
+        batch_size: the number of examples (an int or a scalar tensor), to
+            check that there is one label per example.
+
+    Returns:
+        An int32 tensor `(batch,)`.
+    """
     if labels is None:
         raise ValueError(
             "This term needs labels (target='label'), but the data has "
             "none. Pass `(x, y)` to `fit`, or pick target='teacher_top1'."
         )
     labels = tf.convert_to_tensor(labels)
-    if (
-        labels.shape.rank == 2
-        and labels.shape[-1] == num_classes
-        and (num_classes > 1)
+    shape = labels.shape
+    expected = (
+        "target='label' reads one label per example: class indices of "
+        "shape (batch,) or (batch, 1), or one-hot rows of shape "
+        f"(batch, {num_classes})."
+    )
+    one_hot = shape.rank == 2 and shape[-1] == num_classes and num_classes > 1
+    if one_hot:
+        indices = tf.argmax(labels, axis=-1, output_type="int32")
+    else:
+        if shape.rank is not None and not (
+            shape.rank == 1 or (shape.rank == 2 and shape[-1] in (1, None))
+        ):
+            raise ValueError(
+                f"{expected} Received labels of shape {tuple(shape)}."
+            )
+        indices = tf.cast(tf.reshape(labels, [-1]), "int32")
+    in_range = (indices >= 0) & (indices < num_classes)
+    range_message = (
+        f"target='label' needs class indices in [0, {num_classes}): the "
+        f"distillation output has {num_classes} classes. Fix the labels "
+        "(e.g. shift labels numbered from 1, drop 'unlabelled' markers "
+        "such as -1), or pick target='teacher_top1', which needs no labels."
+    )
+    count_message = f"{expected} The number of labels differs from the batch"
+    if isinstance(batch_size, int) and indices.shape[0] not in (
+        None,
+        batch_size,
     ):
-        return tf.argmax(labels, axis=-1, output_type="int32")
-    return tf.cast(tf.reshape(labels, [-1]), "int32")
+        raise ValueError(
+            f"{count_message}. Received {indices.shape[0]} labels for "
+            f"{batch_size} examples."
+        )
+    if tf.executing_eagerly():
+        bad = tf.boolean_mask(indices, ~in_range).numpy().tolist()
+        if bad:
+            raise ValueError(
+                f"{range_message} Received labels: {sorted(set(bad))[:10]}"
+            )
+        count = int(tf.shape(indices)[0])
+        if batch_size is not None and count != int(batch_size):
+            raise ValueError(
+                f"{count_message}. Received {count} labels for "
+                f"{int(batch_size)} examples."
+            )
+        return indices
+    checks = [
+        tf.debugging.Assert(
+            tf.reduce_all(in_range),
+            [
+                range_message,
+                "Received labels from (min, max):",
+                tf.reduce_min(indices),
+                tf.reduce_max(indices),
+            ],
+        )
+    ]
+    if batch_size is not None:
+        count = tf.shape(indices)[0]
+        checks.append(
+            tf.debugging.Assert(
+                tf.equal(count, batch_size),
+                [
+                    count_message,
+                    "Received (labels, examples):",
+                    count,
+                    batch_size,
+                ],
+            )
+        )
+    with tf.control_dependencies(checks):
+        return tf.identity(indices)

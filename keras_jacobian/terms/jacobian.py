@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_jacobian import jacobians
+from keras_jacobian import validation
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
 from keras_jacobian.terms.base import labels_to_indices
@@ -36,7 +37,10 @@ def select_cotangents(target, logits, labels, k, num_projections, seed):
     if target == "teacher_top1":
         indices = tf.argmax(logits, axis=-1, output_type="int32")[:, None]
     elif target == "label":
-        indices = labels_to_indices(labels, num_classes)[:, None]
+        examples = logits.shape[0]
+        if examples is None:
+            examples = batch
+        indices = labels_to_indices(labels, num_classes, examples)[:, None]
     elif target == "top_k":
         indices = tf.math.top_k(tf.cast(logits, "float32"), k=k).indices
     elif target == "all":
@@ -73,7 +77,9 @@ class JacobianMatching(DistillationTerm):
     `v` for teacher and student:
 
     - `"teacher_top1"` (default): the teacher's top class, per example.
-    - `"label"`: the true class (needs labels).
+    - `"label"`: the true class (needs labels: indices in
+      `[0, classes)` or one-hot rows; others are an error). Not with a
+      `Distiller`'s `distillation_output`, whose labels are the task's.
     - `"top_k"`: the teacher's `k` top classes.
     - `"all"`: every class (the full Jacobian; `classes` backward passes,
       vectorised).
@@ -94,14 +100,30 @@ class JacobianMatching(DistillationTerm):
     which makes it an unbiased estimate of the same Frobenius norm
     (`E[v v^T] = I / classes` on the unit sphere).
 
-    With `loss="alignment"` the term is the one the paper's cross-entropy
-    proposition adds under noise: rows of the Jacobians of the softmax
-    probabilities `p = softmax(z / temperature)` and the per-example loss
-    `-sum_c (grad p_T,c . grad p_S,c) / p_S,c` over the selected classes
-    `c`, with `p_S,c` floored at 1e-4. Minimising it aligns the
-    probability gradients. With `normalize=True` the rows are
-    unit-normalised first and the loss is the mean of `1 - cos` over the
-    selected classes, which keeps the direction and drops magnitudes.
+    With `loss="alignment"` the term is built on the one the paper's
+    cross-entropy proposition adds under noise,
+    `-sum_c (grad p_T,c . grad p_S,c) / p_S,c`, with rows of the Jacobians
+    of the softmax probabilities `p = softmax(z / temperature)`. That
+    inner product alone is unbounded below (scaling the student's rows up
+    lowers it without end), so the term completes it to a square: the
+    per-example loss is
+
+        sum_c w_c * ||grad p_T,c - grad p_S,c||^2 / 2,  w_c = 1 / p_S,c
+
+    over the selected classes `c`, with the student's probability `p_S,c`
+    floored at 1e-4 (and differentiated: the weight is part of the loss).
+    Its cross term is exactly the proposition's; the squared norms make it
+    bounded below by 0 and minimised, with zero gradient, by a student
+    whose rows equal the teacher's. With `normalize=True` the rows are
+    unit-normalised first and the loss is the mean over the selected
+    classes of `||t - s||^2 / 2`, which is `1 - cos` for non-zero rows:
+    the direction is kept and magnitudes dropped.
+
+    Networks at different resolutions (inputs given as
+    `{"student": x_s, "teacher": x_t}`): the teacher's rows are resized to
+    the student's input by area weights and multiplied by the area ratio,
+    since a student pixel that stands for several teacher pixels gets the
+    sum of their derivatives (`jacobians.match_spatial_size`).
 
     Cost: the teacher's rows take one input-gradient pass per row (without
     recording the teacher's weights); the student's take a second-order
@@ -179,11 +201,9 @@ class JacobianMatching(DistillationTerm):
                 "class-indexed target ('teacher_top1', 'label', 'top_k', "
                 "'all') with loss='alignment'."
             )
-        if not isinstance(temperature, (int, float)) or temperature <= 0:
-            raise ValueError(
-                "`temperature` must be a positive number. Received: "
-                f"temperature={temperature!r}"
-            )
+        temperature = validation.check_number(
+            temperature, "temperature", strict=True
+        )
         self.target = target
         self.k = k
         self.num_projections = num_projections
@@ -194,6 +214,10 @@ class JacobianMatching(DistillationTerm):
     @property
     def cacheable(self):
         return self.target != "random"
+
+    @property
+    def reads_labels(self):
+        return self.target == "label"
 
     def build(self, teacher_shapes, student_shapes):
         t, s = teacher_shapes[OUTPUT], student_shapes[OUTPUT]
@@ -260,15 +284,19 @@ class JacobianMatching(DistillationTerm):
         return total
 
     def _alignment(self, t, s, cotangents, student_logits):
-        inner = tf.reduce_sum(t * s, axis=-1)
+        # Half squared distances: with unit rows, 1 - cos; without, the
+        # proposition's cross term -t.s completed to a square, so that the
+        # teacher is the minimum (zero loss, zero gradient) even where
+        # rows are too small to be normalised.
+        halves = tf.reduce_sum(tf.square(t - s), axis=-1) / 2.0
         if self.normalize:
-            return tf.reduce_mean(1.0 - inner, axis=-1)
+            return tf.reduce_mean(halves, axis=-1)
         p = tf.nn.softmax(
             tf.cast(student_logits, "float32") / self.temperature, axis=-1
         )
         p_selected = tf.reduce_sum(cotangents * p[:, None, :], axis=-1)
         weights = 1.0 / tf.maximum(p_selected, PROBABILITY_FLOOR)
-        return -tf.reduce_sum(inner * weights, axis=-1)
+        return tf.reduce_sum(weights * halves, axis=-1)
 
     def get_config(self):
         config = super().get_config()

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from keras_jacobian import validation
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
 
@@ -72,13 +73,10 @@ class LogitsDistillation(DistillationTerm):
             raise ValueError(
                 f"`loss` must be one of {LOSSES}. Received: loss={loss!r}"
             )
-        if not isinstance(temperature, (int, float)) or temperature <= 0:
-            raise ValueError(
-                "`temperature` must be a positive number. Received: "
-                f"temperature={temperature!r}"
-            )
         self.loss = loss
-        self.temperature = float(temperature)
+        self.temperature = validation.check_number(
+            temperature, "temperature", strict=True
+        )
 
     def build(self, teacher_shapes, student_shapes):
         t, s = teacher_shapes[OUTPUT], student_shapes[OUTPUT]

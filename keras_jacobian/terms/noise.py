@@ -4,6 +4,7 @@ double backprop."""
 import keras
 import tensorflow as tf
 
+from keras_jacobian import validation
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
 from keras_jacobian.terms.logits import squared_logit_error
@@ -34,11 +35,7 @@ class NoiseDistillation(DistillationTerm):
 
     def __init__(self, stddev, num_samples=1, name=None):
         super().__init__(name=name)
-        if not isinstance(stddev, (int, float)) or stddev <= 0:
-            raise ValueError(
-                "`stddev` must be a positive number. Received: "
-                f"stddev={stddev!r}"
-            )
+        stddev = validation.check_number(stddev, "stddev", strict=True)
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(
                 "`num_samples` must be an integer >= 1. Received: "
