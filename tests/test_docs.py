@@ -97,6 +97,7 @@ def run_page(page):
     blocks = python_blocks(page.read_text())
     namespace = {"__name__": "__main__"}
     start = time.perf_counter()
+    cpu_start = time.process_time()
     timings = []
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="docs_test_") as workdir:
@@ -122,6 +123,7 @@ def run_page(page):
         "ok": True,
         "blocks": len(blocks),
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
         "block_seconds": [[line, round(t, 2)] for line, t in timings],
     }
 
