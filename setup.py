@@ -16,9 +16,9 @@ EXAMPLES = [
     "matplotlib>=3.11,<4",
 ]
 DOCS = [
-    "mkdocs>=1.6,<2",
-    "mkdocs-material>=9.5,<10",
-    "mkdocstrings[python]>=0.26,<1",
+    "mkdocs>=1.6.1,<2",
+    "mkdocs-material>=9.8.2,<10",
+    "mkdocstrings[python]>=1.0.8,<2",
 ]
 
 setup(

@@ -8,7 +8,7 @@ A small conv pair (teacher 16-32 filters, student 8-16 filters, 16x16x3
 inputs, batch 32). For each term, prints the first-step time (tracing and
 compiling) and the median time of the following steps, without and with
 XLA, and their ratio XLA / no-XLA. Results on this machine are in
-docs/distributed.md.
+docs/performance.md (section XLA).
 """
 
 import os
