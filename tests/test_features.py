@@ -166,7 +166,7 @@ def test_from_keras_feature_distillation_matches_keras_value():
     distiller = kj.Distiller(teacher, student, [keras_term])
     converted = distiller.distillation_losses[0]
     assert isinstance(converted, FeatureDistillation)
-    assert (converted.teacher_layer, converted.student_layer) == (
+    assert (converted.teacher_layer_name, converted.student_layer_name) == (
         "tc2",
         "sc2",
     )
@@ -183,7 +183,7 @@ def test_from_keras_defaults_and_refusals():
     term = FeatureDistillation.from_keras(
         keras.distillation.FeatureDistillation(loss="mae")
     )
-    assert (term.teacher_layer, term.student_layer, term.loss) == (
+    assert (term.teacher_layer_name, term.student_layer_name, term.loss) == (
         "output",
         "output",
         "mae",
@@ -230,19 +230,22 @@ def test_subclassed_model_is_refused_with_a_fix():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"teacher_layer": "tc1", "student_layer": "spool"}, "same rank"),
+        (
+            {"teacher_layer_name": "tc1", "student_layer_name": "spool"},
+            "same rank",
+        ),
         (
             {
-                "teacher_layer": "tpool",
-                "student_layer": "spool",
+                "teacher_layer_name": "tpool",
+                "student_layer_name": "spool",
                 "adapter": "conv",
             },
             "adapter='dense'",
         ),
         (
             {
-                "teacher_layer": "tc1",
-                "student_layer": "sc1",
+                "teacher_layer_name": "tc1",
+                "student_layer_name": "sc1",
                 "adapter": "dense",
             },
             "adapter='conv'",
@@ -258,10 +261,14 @@ def test_shape_errors(kwargs, match):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"teacher_layer": "", "student_layer": "s"},
-        {"teacher_layer": "t", "student_layer": 3},
-        {"teacher_layer": "t", "student_layer": "s", "adapter": "linear"},
-        {"teacher_layer": "t", "student_layer": "s", "loss": "huber"},
+        {"teacher_layer_name": "", "student_layer_name": "s"},
+        {"teacher_layer_name": "t", "student_layer_name": 3},
+        {
+            "teacher_layer_name": "t",
+            "student_layer_name": "s",
+            "adapter": "linear",
+        },
+        {"teacher_layer_name": "t", "student_layer_name": "s", "loss": "huber"},
     ],
 )
 def test_argument_errors(kwargs):
@@ -275,3 +282,31 @@ def test_config_round_trip():
         keras.saving.serialize_keras_object(term)
     )
     assert restored.get_config() == term.get_config()
+
+
+def test_layer_names_follow_keras_distillation():
+    term = kj.FeatureDistillation(
+        teacher_layer_name="tc1", student_layer_name="sc1"
+    )
+    assert (term.teacher_layer_name, term.student_layer_name) == ("tc1", "sc1")
+    # None names the output, as in keras.distillation.FeatureDistillation.
+    default = kj.FeatureDistillation()
+    assert default.teacher_endpoints == ("output",)
+    assert default.student_endpoints == ("output",)
+    config = term.get_config()
+    assert config["teacher_layer_name"] == "tc1"
+    assert "teacher_layer" not in config
+
+
+def test_former_layer_arguments_still_work_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="teacher_layer_name"):
+        term = kj.FeatureDistillation(teacher_layer="tc1", student_layer="sc1")
+    assert (term.teacher_layer_name, term.student_layer_name) == ("tc1", "sc1")
+    # A 0.1.0 config (saved `.keras` files) still loads.
+    with pytest.warns(DeprecationWarning):
+        restored = kj.FeatureDistillation.from_config(
+            {"name": "f", "teacher_layer": "tc1", "student_layer": "sc1"}
+        )
+    assert restored.teacher_layer_name == "tc1"
+    with pytest.raises(ValueError, match="only"):
+        kj.FeatureDistillation(teacher_layer_name="a", teacher_layer="b")

@@ -1,5 +1,7 @@
 """Every term's value against an independent NumPy or plain-tape result."""
 
+import types
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -284,3 +286,25 @@ class JacobianMatchingTest(parameterized.TestCase):
         s = np_normalize(rows(self.student)[b, top1])
         expected = np.mean(1.0 - np.sum(t * s, axis=-1))
         np.testing.assert_allclose(self.value(term), expected, rtol=1e-4)
+
+
+def test_logits_distillation_accepts_keras_loss_names():
+    t = np.array([[2.0, -1.0, 0.5]], "float32")
+    s = np.array([[0.1, 0.3, -0.2]], "float32")
+    temperature = 3.0
+
+    def softmax(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    p, q = softmax(t / temperature), softmax(s / temperature)
+    kd = temperature**2 * np.sum(p * (np.log(p) - np.log(q)))
+    for name, expected in [
+        ("kl_divergence", kd),
+        ("mean_squared_error", np.sum((t - s) ** 2)),
+    ]:
+        term = kj.LogitsDistillation(loss=name, temperature=temperature)
+        assert term.loss in ("kl", "mse")
+        ctx = types.SimpleNamespace(outputs={"output": tf.constant(s)})
+        value = term.per_example_loss({"logits": tf.constant(t)}, ctx)
+        np.testing.assert_allclose(value.numpy(), [expected], rtol=1e-5)

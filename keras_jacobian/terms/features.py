@@ -1,5 +1,7 @@
 """Matching intermediate feature maps, with an optional learnable adapter."""
 
+import warnings
+
 import keras
 import tensorflow as tf
 
@@ -19,6 +21,25 @@ _KERAS_LOSS_NAMES = {
 }
 
 
+def _renamed(kwargs, old, new, value):
+    """Reads the 0.1.0 argument `old` (renamed `new`), with a warning."""
+    if old not in kwargs:
+        return value
+    if value is not None:
+        raise ValueError(
+            f"Pass `{new}` only (`{old}` is its former name). Received "
+            f"both: {new}={value!r}, {old}={kwargs[old]!r}."
+        )
+    warnings.warn(
+        f"FeatureDistillation's `{old}` is now `{new}`, as in "
+        "keras.distillation.FeatureDistillation; the old name will be "
+        "removed in 0.3.0.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return kwargs.pop(old)
+
+
 def _check_layer_name(value, argument):
     if not isinstance(value, str) or not value:
         raise ValueError(
@@ -32,8 +53,9 @@ def _check_layer_name(value, argument):
 class FeatureDistillation(DistillationTerm):
     """Matches a student feature map to a teacher feature map.
 
-    The features are the outputs of the layers named `teacher_layer` and
-    `student_layer` (`"output"` names a network's distillation output),
+    The features are the outputs of the layers named `teacher_layer_name`
+    and `student_layer_name` (`"output"` or `None` names a network's
+    distillation output, as in `keras.distillation.FeatureDistillation`),
     read from the same forward pass as every other term (FitNets, Romero
     et al. 2015; "activation matching" of intermediate layers in Srinivas
     & Fleuret 2018). The per-example loss is the mean over feature values
@@ -54,8 +76,10 @@ class FeatureDistillation(DistillationTerm):
     is resized to the student's by area weights.
 
     Args:
-        teacher_layer: name of the teacher's layer, or `"output"`.
-        student_layer: name of the student's layer, or `"output"`.
+        teacher_layer_name: name of the teacher's layer, or `"output"`
+            (or `None`) for its output.
+        student_layer_name: name of the student's layer, or `"output"`
+            (or `None`) for its output.
         adapter: `None` (channel counts must agree), `"conv"`, `"dense"`
             or `"auto"`.
         loss: `"mse"` or `"mae"`.
@@ -65,7 +89,9 @@ class FeatureDistillation(DistillationTerm):
 
     ```python
     term = keras_jacobian.FeatureDistillation(
-        teacher_layer="block2_conv", student_layer="conv2", adapter="conv"
+        teacher_layer_name="block2_conv",
+        student_layer_name="conv2",
+        adapter="conv",
     )
     distiller = keras_jacobian.Distiller(teacher, student, [term])
     ```
@@ -73,15 +99,31 @@ class FeatureDistillation(DistillationTerm):
 
     def __init__(
         self,
-        teacher_layer,
-        student_layer,
+        teacher_layer_name=None,
+        student_layer_name=None,
         adapter=None,
         loss="mse",
         name=None,
+        **kwargs,
     ):
         super().__init__(name=name)
-        _check_layer_name(teacher_layer, "teacher_layer")
-        _check_layer_name(student_layer, "student_layer")
+        teacher_layer_name = _renamed(
+            kwargs, "teacher_layer", "teacher_layer_name", teacher_layer_name
+        )
+        student_layer_name = _renamed(
+            kwargs, "student_layer", "student_layer_name", student_layer_name
+        )
+        if kwargs:
+            raise ValueError(
+                "Unexpected arguments to FeatureDistillation: "
+                f"{sorted(kwargs)}."
+            )
+        if teacher_layer_name is None:
+            teacher_layer_name = OUTPUT
+        if student_layer_name is None:
+            student_layer_name = OUTPUT
+        _check_layer_name(teacher_layer_name, "teacher_layer_name")
+        _check_layer_name(student_layer_name, "student_layer_name")
         if adapter not in ADAPTERS:
             raise ValueError(
                 f"`adapter` must be one of {ADAPTERS}. Received: "
@@ -91,8 +133,8 @@ class FeatureDistillation(DistillationTerm):
             raise ValueError(
                 f"`loss` must be one of {LOSSES}. Received: loss={loss!r}"
             )
-        self.teacher_layer = teacher_layer
-        self.student_layer = student_layer
+        self.teacher_layer_name = teacher_layer_name
+        self.student_layer_name = student_layer_name
         self.adapter = adapter
         self.loss = loss
         self.adapter_layer = None
@@ -125,29 +167,30 @@ class FeatureDistillation(DistillationTerm):
                 ". For other comparisons write a DistillationTerm."
             )
         return cls(
-            teacher_layer=term.teacher_layer_name or OUTPUT,
-            student_layer=term.student_layer_name or OUTPUT,
+            teacher_layer_name=term.teacher_layer_name,
+            student_layer_name=term.student_layer_name,
             loss=_KERAS_LOSS_NAMES[key],
         )
 
     @property
     def teacher_endpoints(self):
-        return (self.teacher_layer,)
+        return (self.teacher_layer_name,)
 
     @property
     def student_endpoints(self):
-        return (self.student_layer,)
+        return (self.student_layer_name,)
 
     @property
     def layers(self):
         return [] if self.adapter_layer is None else [self.adapter_layer]
 
     def build(self, teacher_shapes, student_shapes):
-        t = tuple(teacher_shapes[self.teacher_layer])
-        s = tuple(student_shapes[self.student_layer])
+        t = tuple(teacher_shapes[self.teacher_layer_name])
+        s = tuple(student_shapes[self.student_layer_name])
         where = (
-            f"FeatureDistillation(teacher_layer={self.teacher_layer!r}, "
-            f"student_layer={self.student_layer!r})"
+            "FeatureDistillation("
+            f"teacher_layer_name={self.teacher_layer_name!r}, "
+            f"student_layer_name={self.student_layer_name!r})"
         )
         if len(t) != len(s):
             raise ValueError(
@@ -199,7 +242,7 @@ class FeatureDistillation(DistillationTerm):
         self.adapter_layer = layer
 
     def teacher_targets(self, ctx):
-        features = tf.cast(ctx.outputs[self.teacher_layer], "float32")
+        features = tf.cast(ctx.outputs[self.teacher_layer_name], "float32")
         if self._spatial_size is not None:
             features = attention_maps.resize_features(
                 features, self._spatial_size
@@ -207,7 +250,7 @@ class FeatureDistillation(DistillationTerm):
         return {"features": features}
 
     def per_example_loss(self, targets, ctx):
-        student = ctx.outputs[self.student_layer]
+        student = ctx.outputs[self.student_layer_name]
         if self.adapter_layer is not None:
             student = self.adapter_layer(student)
         diff = targets["features"] - tf.cast(student, "float32")
@@ -220,8 +263,8 @@ class FeatureDistillation(DistillationTerm):
         config = super().get_config()
         config.update(
             {
-                "teacher_layer": self.teacher_layer,
-                "student_layer": self.student_layer,
+                "teacher_layer_name": self.teacher_layer_name,
+                "student_layer_name": self.student_layer_name,
                 "adapter": self.adapter,
                 "loss": self.loss,
             }

@@ -8,6 +8,9 @@ from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
 
 LOSSES = ("kl", "mse")
+# keras.losses names of the same losses: here they keep their full meaning
+# (the KL form with the softmax at temperature T and the T^2 factor).
+LOSS_ALIASES = {"kl_divergence": "kl", "mean_squared_error": "mse"}
 
 
 def kd_loss(teacher_logits, student_logits, temperature):
@@ -54,7 +57,9 @@ class LogitsDistillation(DistillationTerm):
     Both are averaged over the batch by the `Distiller`.
 
     Args:
-        loss: `"kl"` (default) or `"mse"`.
+        loss: `"kl"` (default) or `"mse"`; Keras' names
+            `"kl_divergence"` and `"mean_squared_error"` mean the same
+            (with the softmax and `T^2`, unlike Keras' string form).
         temperature: softening temperature for `"kl"`; ignored by `"mse"`.
         name: metric name prefix, default `"logits_distillation"`.
 
@@ -69,9 +74,11 @@ class LogitsDistillation(DistillationTerm):
 
     def __init__(self, loss="kl", temperature=4.0, name=None):
         super().__init__(name=name)
+        loss = LOSS_ALIASES.get(loss, loss)
         if loss not in LOSSES:
             raise ValueError(
-                f"`loss` must be one of {LOSSES}. Received: loss={loss!r}"
+                f"`loss` must be one of {LOSSES} (or the Keras names "
+                f"{tuple(LOSS_ALIASES)}). Received: loss={loss!r}"
             )
         self.loss = loss
         self.temperature = validation.check_number(
