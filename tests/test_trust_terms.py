@@ -699,7 +699,6 @@ def test_saliency_rows_are_the_terms_rows(policy, target):
         lambda inputs: distiller._student_forward(inputs, False),
         x,
         y,
-        False,
         distiller.student_input_shape,
     )
     s_rows = sctx.rows(OUTPUT, targets["cotangents"])[:, 0]
