@@ -93,8 +93,40 @@ from keras_jacobian import models
 
 FLAGS = flags.FLAGS
 
+flags.DEFINE_bool(
+    "teacher_augment",
+    True,
+    "Random crops of the teacher's training images (the teacher is trained "
+    "on every training image, with Adam 3e-3 and a cosine schedule; "
+    "--augment only concerns the students).",
+)
+flags.DEFINE_bool(
+    "student_batch_norm",
+    None,
+    "BatchNormalization in the student (default: off with few images). "
+    "In training mode it couples the examples of a batch, so that one "
+    "image's input gradient depends on the others.",
+)
+flags.DEFINE_enum(
+    "evaluate_on",
+    "test",
+    ["test", "validation"],
+    "Where the students are evaluated. 'validation' holds out "
+    "--validation_fraction of each class of the training images (teacher "
+    "and students never train on it) and reports accuracy on it: choose "
+    "settings there, never on the test set.",
+)
+
 PAPER_METHODS = ("ce", "act_ce", "act_jac_ce", "act", "act_jac")
-DEFAULT_SAMPLES_PER_CLASS = ("1", "5", "20")
+# The paper's comparisons, (method, baseline): Jacobians on top of
+# activation matching with and without cross-entropy, and distillation
+# against cross-entropy alone.
+COMPARISONS = (("act_jac_ce", "act_ce"), ("act_jac", "act"), ("act_ce", "ce"))
+DEFAULT_SAMPLES_PER_CLASS = ("1", "5")
+DEFAULT_AUGMENT = False
+DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_LR_SCHEDULE = "constant"
+TEACHER_LEARNING_RATE = 3e-3
 DEFAULT_TEACHER_ARCH = "vgg9"
 DEFAULT_OUTPUT_DIR = "/tmp/keras_jacobian/distill"
 PARTS = ("act", "jac", "ce")
@@ -175,6 +207,16 @@ def check_flags():
     return methods, spcs, seeds, teacher_arch
 
 
+def augment():
+    """Whether the students' training images are augmented."""
+    return common_flags.value("augment", DEFAULT_AUGMENT)
+
+
+def learning_rate():
+    """The students' Adam learning rate."""
+    return common_flags.value("learning_rate", DEFAULT_LEARNING_RATE)
+
+
 def load_data(validation_fraction=0.0):
     """Loads the full training set, with errors that say what to do."""
     try:
@@ -192,8 +234,10 @@ def load_data(validation_fraction=0.0):
         raise app.UsageError(f"--dataset={FLAGS.dataset}: {error}") from error
 
 
-def pipeline(data, images, labels, training, seed=0):
+def pipeline(data, images, labels, training, seed=0, augment_images=None):
     """A pipeline normalised with the full training set's statistics."""
+    if augment_images is None:
+        augment_images = augment()
     return data_lib.make_pipeline(
         images,
         labels,
@@ -201,7 +245,7 @@ def pipeline(data, images, labels, training, seed=0):
         if training
         else experiment.eval_batch_size(FLAGS.batch_size),
         training=training,
-        augment=FLAGS.augment and training,
+        augment=augment_images and training,
         flip=FLAGS.flip,
         crop_padding=max(1, data.input_shape[0] // 8),
         mean=data.mean,
@@ -210,19 +254,43 @@ def pipeline(data, images, labels, training, seed=0):
     )
 
 
-def build_model(arch, width, data, name, dropout=None):
-    kwargs = {"width": width, "name": name}
+DEFAULT_STUDENT_BATCH_NORM = False
+
+
+def build_model(
+    arch, width, data, name, dropout=None, batch_norm=True, input_shape=None
+):
+    kwargs = {"width": width, "name": name, "batch_norm": batch_norm}
     if dropout is not None:
         kwargs["dropout"] = dropout
     if arch == "resnet":
         kwargs.update(depth=10)
-    return models.MODELS[arch](data.input_shape, data.num_classes, **kwargs)
+    return models.MODELS[arch](
+        input_shape or data.input_shape, data.num_classes, **kwargs
+    )
 
 
-def fit(model, train_images, train_labels, data, epochs, run_name, seed):
-    """Trains a compiled model on a (repeated) training subset."""
+def fit(
+    model,
+    train_images,
+    train_labels,
+    data,
+    epochs,
+    run_name,
+    seed,
+    *,
+    teacher=False,
+):
+    """Trains a compiled model (student, or the teacher) on a subset."""
     ds = experiment.repeat_for_fit(
-        pipeline(data, train_images, train_labels, True, seed)
+        pipeline(
+            data,
+            train_images,
+            train_labels,
+            True,
+            seed,
+            augment_images=FLAGS.teacher_augment if teacher else None,
+        )
     )
     steps = experiment.steps_per_epoch(
         len(train_labels), FLAGS.batch_size, FLAGS.min_steps_per_epoch
@@ -233,21 +301,27 @@ def fit(model, train_images, train_labels, data, epochs, run_name, seed):
         epochs=epochs,
         steps_per_epoch=steps,
         run_name=run_name,
-        learning_rate=FLAGS.learning_rate,
-        schedule=FLAGS.lr_schedule,
+        learning_rate=TEACHER_LEARNING_RATE if teacher else learning_rate(),
+        schedule=(
+            "cosine"
+            if teacher
+            else common_flags.value("lr_schedule", DEFAULT_LR_SCHEDULE)
+        ),
         tensorboard_dir=FLAGS.tensorboard_dir,
         backup_dir=FLAGS.backup_dir,
         verbose=FLAGS.verbose,
     )
 
 
-def teacher_path(output_dir):
-    return FLAGS.teacher_path or os.path.join(output_dir, "teacher.keras")
+def teacher_path(output_dir, data):
+    """The teacher file (its own name when validation images are held out)."""
+    name = "teacher.keras" if data.val_labels is None else "teacher_val.keras"
+    return FLAGS.teacher_path or os.path.join(output_dir, name)
 
 
 def get_teacher(data, strategy, arch, output_dir):
     """Loads the teacher from its .keras file, or trains and saves it."""
-    path = teacher_path(output_dir)
+    path = teacher_path(output_dir, data)
     test_ds = pipeline(data, data.test_images, data.test_labels, False)
     if os.path.exists(path):
         with strategy.scope():
@@ -266,7 +340,7 @@ def get_teacher(data, strategy, arch, output_dir):
         with strategy.scope():
             teacher = build_model(arch, FLAGS.teacher_width, data, "teacher")
             teacher.compile(
-                optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+                optimizer=keras.optimizers.Adam(TEACHER_LEARNING_RATE),
                 loss=keras.losses.SparseCategoricalCrossentropy(
                     from_logits=True
                 ),
@@ -279,11 +353,19 @@ def get_teacher(data, strategy, arch, output_dir):
             FLAGS.teacher_epochs,
             "teacher",
             FLAGS.seed,
+            teacher=True,
         )
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         teacher.save(path)
         logging.info("Saved the teacher to %s.", path)
     return teacher, experiment.accuracy(teacher, test_ds)
+
+
+def evaluation_split(data):
+    """(images, labels, name) of the split the students are evaluated on."""
+    if FLAGS.evaluate_on == "validation":
+        return data.val_images, data.val_labels, "validation"
+    return data.test_images, data.test_labels, "test"
 
 
 def make_terms():
@@ -300,12 +382,23 @@ def make_terms():
     ]
 
 
+def build_student(data, name="student"):
+    """The student network of `--student_arch`."""
+    return build_model(
+        FLAGS.student_arch,
+        FLAGS.student_width,
+        data,
+        name,
+        batch_norm=common_flags.value(
+            "student_batch_norm", DEFAULT_STUDENT_BATCH_NORM
+        ),
+    )
+
+
 def build_distiller(teacher, data, strategy):
     """One Distiller for every method: methods only change its weights."""
     with strategy.scope():
-        student = build_model(
-            FLAGS.student_arch, FLAGS.student_width, data, "student"
-        )
+        student = build_student(data, "student")
         distiller = keras_jacobian.Distiller(
             teacher,
             student,
@@ -315,7 +408,7 @@ def build_distiller(teacher, data, strategy):
             seed=FLAGS.seed,
         )
         distiller.compile(
-            optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+            optimizer=keras.optimizers.Adam(learning_rate()),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
         # Built before fit, as keras.callbacks.BackupAndRestore requires.
@@ -325,7 +418,7 @@ def build_distiller(teacher, data, strategy):
 
 def initial_student_weights(data, seed):
     keras.utils.set_random_seed(seed)
-    model = build_model(FLAGS.student_arch, FLAGS.student_width, data, "init")
+    model = build_student(data, "init")
     return model.get_weights()
 
 
@@ -345,18 +438,33 @@ def subset(data, spc, seed):
 def run(output_dir):
     """Runs the experiment; returns the summary dict."""
     methods, spcs, seeds, teacher_arch = check_flags()
+    if not 0 < FLAGS.validation_fraction < 1:
+        raise app.UsageError(
+            "Expected --validation_fraction in (0, 1), e.g. 0.2. Received: "
+            f"{FLAGS.validation_fraction}."
+        )
     start = time.time()
     strategy = experiment.get_strategy(FLAGS.strategy)
-    data = load_data()
+    data = load_data(
+        FLAGS.validation_fraction if FLAGS.evaluate_on == "validation" else 0
+    )
     subsets = {
         (spc, seed): subset(data, spc, seed) for spc in spcs for seed in seeds
     }
     teacher, teacher_acc = get_teacher(data, strategy, teacher_arch, output_dir)
-    print(f"Teacher test accuracy: {teacher_acc:.2f}%", flush=True)
+    eval_images, eval_labels, split = evaluation_split(data)
+    eval_ds = pipeline(data, eval_images, eval_labels, False)
+    if split != "test":
+        teacher_acc = experiment.accuracy(teacher, eval_ds)
+    print(
+        f"Teacher {split} accuracy: {teacher_acc:.2f}% "
+        f"({time.time() - start:.0f} s)",
+        flush=True,
+    )
     distiller = build_distiller(teacher, data, strategy)
-    test_ds = pipeline(data, data.test_images, data.test_labels, False)
     inits = {seed: initial_student_weights(data, seed) for seed in seeds}
     records = []
+    progress = experiment.Progress(len(spcs) * len(seeds) * len(methods))
     for spc in spcs:
         for seed in seeds:
             images, labels = subsets[spc, seed]
@@ -379,25 +487,27 @@ def run(output_dir):
                     run_name,
                     seed,
                 )
-                acc = experiment.accuracy(distiller.student, test_ds)
+                acc = experiment.accuracy(distiller.student, eval_ds)
+                seconds = time.time() - t0
                 records.append(
                     {
                         "method": method,
                         "samples_per_class": experiment.spc_label(spc),
                         "seed": seed,
                         "accuracy": acc,
-                        "seconds": time.time() - t0,
+                        "seconds": seconds,
                     }
                 )
-                print(
-                    f"{run_name}: test accuracy {acc:.2f}% "
-                    f"({time.time() - t0:.1f}s)",
-                    flush=True,
+                progress.run_done(
+                    f"{LABELS.get(method, method)}, "
+                    f"{experiment.spc_label(spc)}/class, seed {seed}: "
+                    f"{split} accuracy {acc:.2f}% ({seconds:.1f} s)"
                 )
     elapsed = time.time() - start
     header = (
-        f"Test accuracy (%) of the {FLAGS.student_arch} student on "
-        f"{data.name}, mean ± std over seeds {seeds}; teacher "
+        f"{split.capitalize()} accuracy (%) of the {FLAGS.student_arch} "
+        f"student on {data.name} ({len(seeds)} seeds: {seeds}; "
+        f"augmentation {'on' if augment() else 'off'}); teacher "
         f"({teacher_arch}) {teacher_acc:.2f}%; {elapsed:.0f} s."
     )
     config = experiment.flag_values(common_flags, sys.modules[__name__])
@@ -411,12 +521,14 @@ def run(output_dir):
         column_title="samples/class",
         extra={
             "teacher_accuracy": teacher_acc,
+            "evaluated_on": split,
             "seconds": elapsed,
             "flags": config,
         },
         title=f"Distillation on {data.name}",
         labels=LABELS,
         log_x=True,
+        comparisons=COMPARISONS,
     )
     summary["teacher_accuracy"] = teacher_acc
     summary["seconds"] = elapsed

@@ -72,6 +72,15 @@ LABELS = {
     "dropout": "dropout",
     "jacobian": "Jacobian-norm penalty",
 }
+# Paired comparisons (method, baseline), seed by seed.
+COMPARISONS = (
+    ("jacobian", "none"),
+    ("jacobian", "l2"),
+    ("jacobian", "dropout"),
+)
+DEFAULT_LEARNING_RATE = 3e-3
+DEFAULT_LR_SCHEDULE = "cosine"
+DEFAULT_AUGMENT = True
 DEFAULT_OUTPUT_DIR = "/tmp/keras_jacobian/robustness"
 
 flags.DEFINE_list(
@@ -162,7 +171,9 @@ def build(method, data, strategy):
             seed=FLAGS.seed,
         )
         robust.compile(
-            optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+            optimizer=keras.optimizers.Adam(
+                common_flags.value("learning_rate", DEFAULT_LEARNING_RATE)
+            ),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
     return robust
@@ -183,6 +194,7 @@ def run(output_dir):
         for s in sigmas
     }
     records = []
+    progress = experiment.Progress(len(seeds) * len(methods))
     for seed in seeds:
         if spc is None:
             images, labels = data.train_images, data.train_labels
@@ -201,7 +213,7 @@ def run(output_dir):
             labels,
             FLAGS.batch_size,
             training=True,
-            augment=FLAGS.augment,
+            augment=common_flags.value("augment", DEFAULT_AUGMENT),
             flip=FLAGS.flip,
             crop_padding=max(1, data.input_shape[0] // 8),
             mean=data.mean,
@@ -222,8 +234,10 @@ def run(output_dir):
                 epochs=FLAGS.epochs,
                 steps_per_epoch=steps,
                 run_name=run_name,
-                learning_rate=FLAGS.learning_rate,
-                schedule=FLAGS.lr_schedule,
+                learning_rate=common_flags.value(
+                    "learning_rate", DEFAULT_LEARNING_RATE
+                ),
+                schedule=common_flags.value("lr_schedule", DEFAULT_LR_SCHEDULE),
                 tensorboard_dir=FLAGS.tensorboard_dir,
                 backup_dir=FLAGS.backup_dir,
                 verbose=FLAGS.verbose,
@@ -240,17 +254,16 @@ def run(output_dir):
                         "accuracy": acc,
                     }
                 )
-            print(
-                f"{run_name}: "
+            progress.run_done(
+                f"{LABELS[method]}, seed {seed}: test accuracy at sigma "
                 + ", ".join(f"{s:g}: {a:.1f}%" for s, a in zip(sigmas, accs))
-                + f" ({time.time() - t0:.1f}s)",
-                flush=True,
+                + f" ({time.time() - t0:.1f} s)"
             )
     elapsed = time.time() - start
     header = (
         f"Test accuracy (%) of {FLAGS.model_arch} (width "
         f"{FLAGS.model_width}) on {data.name} with Gaussian test noise, "
-        f"mean ± std over seeds {seeds}; {elapsed:.0f} s."
+        f"{len(seeds)} seeds: {seeds}; {elapsed:.0f} s."
     )
     summary = experiment.report(
         output_dir,
@@ -268,6 +281,7 @@ def run(output_dir):
         },
         title=f"Noise robustness on {data.name}",
         labels=LABELS,
+        comparisons=COMPARISONS,
     )
     summary["seconds"] = elapsed
     return summary

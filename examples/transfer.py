@@ -79,6 +79,22 @@ from keras_jacobian import transfer as lwf
 FLAGS = flags.FLAGS
 
 METHODS = ("none", "lwf", "lwf_jac", "lwf_at", "lwf_at_jac")
+# Paired comparisons (method, baseline), seed by seed.
+COMPARISONS = (
+    ("lwf", "none"),
+    ("lwf_jac", "lwf"),
+    ("lwf_at", "lwf"),
+    ("lwf_at_jac", "lwf_at"),
+)
+PREPROCESSING = (
+    "unit",
+    "standardize",
+    "symmetric",
+    "centered255",
+    "application",
+)
+DEFAULT_SOURCE_CLASSES = ("0", "1", "2", "3", "4")
+PRETRAINED_PAIRS = [("block1_out", "block1_out")]
 LABELS = {
     "none": "no transfer",
     "lwf": "LwF",
@@ -86,6 +102,11 @@ LABELS = {
     "lwf_at": "LwF + attention",
     "lwf_at_jac": "LwF + attention + Jacobians",
 }
+DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_LR_SCHEDULE = "constant"
+DEFAULT_AUGMENT = False
+DEFAULT_SAMPLES_PER_CLASS = ("5",)
+TEACHER_LEARNING_RATE = 3e-3
 DEFAULT_OUTPUT_DIR = "/tmp/keras_jacobian/transfer"
 DEFAULT_TEACHER_ARCH = "mobilenet_v2"
 APPLICATIONS = {
@@ -118,12 +139,43 @@ METHOD_TERMS = {
 
 flags.DEFINE_string(
     "teacher_weights",
-    "imagenet",
-    "'imagenet' (downloaded; needs network), a local .h5/.keras file, or "
-    "'none' (random weights, for smoke tests).",
+    "pretrain",
+    "'pretrain' (train a VGG-9 on --source_classes of --dataset, offline, "
+    "saved to <output_dir>/teacher.keras and reused), 'imagenet' "
+    "(downloaded; needs network), a local .h5/.keras file, or 'none' "
+    "(random weights, for smoke tests).",
 )
-flags.DEFINE_integer("teacher_image_size", 224, "Teacher input size.")
-flags.DEFINE_integer("student_image_size", 64, "Student input size.")
+flags.DEFINE_list(
+    "source_classes",
+    None,
+    "Class ids of --dataset that form the source task; the other classes "
+    "form the target task, relabelled 0..k-1 (default: 0,1,2,3,4 with "
+    "--teacher_weights=pretrain, else none: every class is a target "
+    "class). Pass them with a saved teacher trained on those classes.",
+)
+flags.DEFINE_enum(
+    "teacher_preprocessing",
+    "auto",
+    list(("auto",) + tuple(PREPROCESSING)),
+    "How the teacher's inputs are made from images in [0, 1]: 'unit' "
+    "(unchanged), 'standardize' (per-channel mean and std of the target "
+    "training images), 'symmetric' (2x - 1), 'centered255' (255x - 127.5), "
+    "'application' (keras.applications' preprocess_input of "
+    "--teacher_arch). 'auto': 'application' for keras.applications "
+    "teachers, 'unit' for a pretrained one (trained on [0, 1] images); a "
+    "saved teacher file needs an explicit value.",
+)
+flags.DEFINE_integer(
+    "teacher_image_size",
+    None,
+    "Teacher input size (default: the input size of a saved or pretrained "
+    "teacher, else 224).",
+)
+flags.DEFINE_integer(
+    "student_image_size",
+    None,
+    "Student input size (default: the size of the data set's images).",
+)
 flags.DEFINE_integer(
     "teacher_classes", 1000, "Source classes of the teacher (its output)."
 )
@@ -147,13 +199,13 @@ def check_flags():
         FLAGS.methods or list(METHODS), METHODS, "methods"
     )
     spcs = experiment.parse_samples_per_class(
-        FLAGS.samples_per_class or ["5", "all"]
+        FLAGS.samples_per_class or DEFAULT_SAMPLES_PER_CLASS
     )
     seeds = experiment.parse_ints(FLAGS.seeds, "seeds", minimum=0)
     arch = FLAGS.teacher_arch or DEFAULT_TEACHER_ARCH
     weights = FLAGS.teacher_weights
-    is_file = weights not in ("imagenet", "none")
-    if not is_file and arch not in APPLICATIONS:
+    is_file = weights not in ("imagenet", "none", "pretrain")
+    if weights in ("imagenet", "none") and arch not in APPLICATIONS:
         raise app.UsageError(
             f"Expected --teacher_arch in {sorted(APPLICATIONS)}. Received: "
             f"{arch!r}. Or pass a whole saved model as --teacher_weights."
@@ -161,16 +213,48 @@ def check_flags():
     if is_file and not os.path.exists(weights):
         raise SystemExit(
             f"ERROR: --teacher_weights={weights} does not exist. Pass a "
-            ".h5/.keras file of the teacher, 'imagenet' to download the "
+            ".h5/.keras file of the teacher, 'pretrain' to pretrain one on "
+            "--source_classes (offline), 'imagenet' to download the "
             "ImageNet weights (needs network access), or 'none' for random "
             "weights."
+        )
+    if (
+        weights.endswith(".keras")
+        and is_file
+        and FLAGS.teacher_preprocessing == "auto"
+    ):
+        raise app.UsageError(
+            f"Expected --teacher_preprocessing with the saved teacher "
+            f"{weights}: how were its training images scaled? Pass 'unit' "
+            "for images in [0, 1], 'standardize' for per-channel "
+            "standardised images, 'symmetric' for [-1, 1], 'centered255' "
+            "for 255x - 127.5 or 'application' for keras.applications' "
+            f"preprocessing. Choices: {list(PREPROCESSING)}."
         )
     pairs = parse_pairs(arch)
     return methods, spcs, seeds, arch, pairs
 
 
+def source_classes():
+    """The source-task class ids (empty: every class is a target class)."""
+    values = FLAGS.source_classes
+    if values is None:
+        values = (
+            DEFAULT_SOURCE_CLASSES
+            if FLAGS.teacher_weights == "pretrain"
+            else ()
+        )
+    return (
+        experiment.parse_ints(values, "source_classes", minimum=0)
+        if (values)
+        else []
+    )
+
+
 def parse_pairs(arch):
     if FLAGS.attention_pairs is None:
+        if FLAGS.teacher_weights == "pretrain":
+            return list(PRETRAINED_PAIRS)
         return APPLICATIONS.get(arch, (None, None, []))[2]
     pairs = []
     for item in FLAGS.attention_pairs:
@@ -185,15 +269,140 @@ def parse_pairs(arch):
     return pairs
 
 
+def _subset_classes(data, classes, name):
+    """An ImageDataset of the given classes of `data`, relabelled 0..k-1."""
+    lookup = {c: i for i, c in enumerate(classes)}
+
+    def select(images, labels):
+        keep = np.isin(labels, classes)
+        relabelled = np.array(
+            [lookup[int(c)] for c in labels[keep]], dtype="int32"
+        )
+        return images[keep], relabelled
+
+    train = select(data.train_images, data.train_labels)
+    test = select(data.test_images, data.test_labels)
+    return data_lib.ImageDataset(
+        name=name,
+        train_images=train[0],
+        train_labels=train[1],
+        test_images=test[0],
+        test_labels=test[1],
+        num_classes=len(classes),
+        class_names=tuple(data.class_names[c] for c in classes),
+    )
+
+
+def split_tasks(data):
+    """(source, target) data sets; source is `None` without source classes."""
+    classes = source_classes()
+    if not classes:
+        return None, data
+    unknown = [c for c in classes if c >= data.num_classes]
+    target = [c for c in range(data.num_classes) if c not in classes]
+    if unknown or not target:
+        raise app.UsageError(
+            f"Expected --source_classes among 0..{data.num_classes - 1}, "
+            f"leaving at least one target class. Received: {classes}."
+        )
+    label = ",".join(map(str, classes))
+    source = _subset_classes(data, classes, f"{data.name}[{label}]")
+    target_name = f"{data.name}[{','.join(map(str, target))}]"
+    return source, _subset_classes(data, target, target_name)
+
+
+def pretrain_teacher(source, output_dir):
+    """Loads, or trains and saves, a VGG-9 teacher of the source task.
+
+    The teacher sees images in [0, 1] (`--teacher_preprocessing=unit`),
+    augmented with random crops, for `--teacher_epochs` epochs (Adam 3e-3,
+    cosine schedule). Returns the teacher and its source-task test
+    accuracy.
+    """
+    classes = "_".join(map(str, source_classes()))
+    path = FLAGS.teacher_path or os.path.join(
+        output_dir, f"teacher_{source.name.split('[')[0]}_{classes}.keras"
+    )
+    test = data_lib.make_pipeline(
+        source.test_images,
+        source.test_labels,
+        experiment.eval_batch_size(FLAGS.batch_size),
+        training=False,
+    )
+    if os.path.exists(path):
+        teacher = keras.saving.load_model(path, compile=False)
+        return teacher, experiment.accuracy(teacher, test), path
+    keras.utils.set_random_seed(FLAGS.seed)
+    teacher = models.vgg9(
+        source.input_shape,
+        source.num_classes,
+        width=FLAGS.teacher_width,
+        name="teacher",
+    )
+    teacher.compile(
+        optimizer=keras.optimizers.Adam(TEACHER_LEARNING_RATE),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    train = data_lib.make_pipeline(
+        source.train_images,
+        source.train_labels,
+        FLAGS.batch_size,
+        training=True,
+        augment=True,
+        flip=FLAGS.flip,
+        crop_padding=max(1, source.input_shape[0] // 8),
+        seed=FLAGS.seed,
+    ).repeat()
+    experiment.train(
+        teacher,
+        train,
+        epochs=FLAGS.teacher_epochs,
+        steps_per_epoch=experiment.steps_per_epoch(
+            len(source.train_labels),
+            FLAGS.batch_size,
+            FLAGS.min_steps_per_epoch,
+        ),
+        run_name="teacher",
+        learning_rate=TEACHER_LEARNING_RATE,
+        schedule="cosine",
+        tensorboard_dir=FLAGS.tensorboard_dir,
+        backup_dir=None,
+        verbose=FLAGS.verbose,
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path[: -len(".keras")] + f".tmp-{os.getpid()}.keras"
+    teacher.save(tmp)
+    os.replace(tmp, path)
+    return teacher, experiment.accuracy(teacher, test), path
+
+
+def preprocessing(name, arch, mean, std):
+    """The function making the teacher's inputs from images in [0, 1]."""
+    if name == "unit":
+        return lambda x: x
+    if name == "standardize":
+        return lambda x: (x - mean) / std
+    if name == "symmetric":
+        return lambda x: 2.0 * x - 1.0
+    if name == "centered255":
+        return lambda x: x * 255.0 - 127.5
+    if arch not in APPLICATIONS:
+        raise app.UsageError(
+            "Expected --teacher_arch among keras.applications teachers "
+            f"{sorted(APPLICATIONS)} with --teacher_preprocessing="
+            f"application. Received: {arch!r}."
+        )
+    module = getattr(keras.applications, APPLICATIONS[arch][1])
+    return lambda x: module.preprocess_input(x * 255.0)
+
+
 def build_teacher(arch):
-    """The teacher, returning logits, and its preprocessing function."""
+    """A keras.applications teacher (or a saved one) returning logits."""
     weights = FLAGS.teacher_weights
-    size = FLAGS.teacher_image_size
     if weights.endswith(".keras") and os.path.exists(weights):
-        teacher = keras.saving.load_model(weights, compile=False)
-        return teacher, lambda x: x * 255.0 - 127.5
-    class_name, module_name, _ = APPLICATIONS[arch]
-    module = getattr(keras.applications, module_name)
+        return keras.saving.load_model(weights, compile=False)
+    size = FLAGS.teacher_image_size or 224
+    class_name, _, _ = APPLICATIONS[arch]
     kwargs = dict(
         input_shape=(size, size, 3),
         weights=None,
@@ -219,19 +428,41 @@ def build_teacher(arch):
         ) from error
     if weights not in ("imagenet", "none"):
         teacher.load_weights(weights)
-    return teacher, lambda x: module.preprocess_input(x * 255.0)
+    return teacher
 
 
-def to_rgb(images):
-    if images.shape[-1] == 1:
+def teacher_description(arch, pretrained_path):
+    """How the results table names the teacher."""
+    weights = FLAGS.teacher_weights
+    if weights == "pretrain":
+        return (
+            f"VGG-9 pretrained on classes {source_classes()} "
+            f"({pretrained_path})"
+        )
+    if weights.endswith(".keras"):
+        return f"saved model {os.path.basename(weights)}"
+    return f"{arch} ({weights})"
+
+
+def to_rgb(images, channels=3):
+    if images.shape[-1] == 1 and channels == 3:
         return np.repeat(images, 3, axis=-1)
     return images
 
 
-def pipeline(images, labels, preprocess, mean, std, training, seed):
+def image_sizes(data, teacher):
+    """(teacher, student) input sizes."""
+    native = data.input_shape[0]
+    t_size = FLAGS.teacher_image_size
+    if t_size is None:
+        t_size = teacher.input_shape[1] or 224
+    return int(t_size), int(FLAGS.student_image_size or native)
+
+
+def pipeline(images, labels, preprocess, mean, std, training, seed, sizes):
     """Yields ({"student": xs, "teacher": xt}, y): each at its resolution."""
-    t_size = (FLAGS.teacher_image_size,) * 2
-    s_size = (FLAGS.student_image_size,) * 2
+    t_size = (sizes[0],) * 2
+    s_size = (sizes[1],) * 2
     batch = (
         FLAGS.batch_size
         if training
@@ -246,10 +477,11 @@ def pipeline(images, labels, preprocess, mean, std, training, seed):
         ds = tf.data.Dataset.zip((ds, seeds))
     else:
         ds = ds.map(lambda x, y: ((x, y), tf.zeros([2], tf.int64)))
+    augment = common_flags.value("augment", DEFAULT_AUGMENT)
 
     def views(element, element_seed):
         image, label = element
-        if training and FLAGS.augment:
+        if training and augment:
             flip_seed, crop_seed = tf.unstack(
                 tf.random.experimental.stateless_split(element_seed, 2)
             )
@@ -263,8 +495,12 @@ def pipeline(images, labels, preprocess, mean, std, training, seed):
             image = tf.image.stateless_random_crop(
                 image, (h, w, image.shape[-1]), seed=crop_seed
             )
-        xt = tf.image.resize(image, t_size, antialias=True)
-        xs = tf.image.resize(image, s_size, antialias=True)
+        xt = image
+        if image.shape[0] != t_size[0] or image.shape[1] != t_size[1]:
+            xt = tf.image.resize(image, t_size, antialias=True)
+        xs = image
+        if image.shape[0] != s_size[0] or image.shape[1] != s_size[1]:
+            xs = tf.image.resize(image, s_size, antialias=True)
         xs = (xs - mean) / std
         return {"student": xs, "teacher": preprocess(xt)}, label
 
@@ -272,23 +508,28 @@ def pipeline(images, labels, preprocess, mean, std, training, seed):
     return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
-def build_student(teacher, data):
-    """A VGG-9 backbone with a task head and a teacher-mimicking head."""
-    size = FLAGS.student_image_size
-    vgg = models.vgg9(
-        (size, size, 3), data.num_classes, width=FLAGS.student_width
+def build_student(teacher, data, size):
+    """A `--student_arch` backbone with a task head and a mimicking head."""
+    net = distill.build_model(
+        FLAGS.student_arch,
+        FLAGS.student_width,
+        data,
+        "backbone_net",
+        batch_norm=common_flags.value(
+            "student_batch_norm", distill.DEFAULT_STUDENT_BATCH_NORM
+        ),
+        input_shape=(size, size, 3),
     )
     backbone = keras.Model(
-        vgg.inputs, vgg.get_layer("features").output, name="backbone"
+        net.inputs, net.get_layer("features").output, name="backbone"
     )
     return keras_jacobian.build_lwf_student(
         backbone, data.num_classes, int(teacher.output_shape[-1])
     )
 
 
-def build_distiller(teacher, data, pairs):
-    size = FLAGS.student_image_size
-    student = build_student(teacher, data)
+def build_distiller(teacher, data, pairs, sizes):
+    student = build_student(teacher, data, sizes[1])
     terms = [
         keras_jacobian.LogitsDistillation(
             FLAGS.activation_loss, temperature=FLAGS.temperature
@@ -312,15 +553,16 @@ def build_distiller(teacher, data, pairs):
         seed=FLAGS.seed,
     )
     distiller.compile(
-        optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+        optimizer=keras.optimizers.Adam(
+            common_flags.value("learning_rate", DEFAULT_LEARNING_RATE)
+        ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     distiller(
         {
-            "student": np.zeros((1, size, size, 3), "float32"),
+            "student": np.zeros((1, sizes[1], sizes[1], 3), "float32"),
             "teacher": np.zeros(
-                (1, FLAGS.teacher_image_size, FLAGS.teacher_image_size, 3),
-                "float32",
+                (1, sizes[0], sizes[0], teacher.input_shape[-1]), "float32"
             ),
         }
     )
@@ -348,16 +590,42 @@ def run(output_dir):
         )
     start = time.time()
     strategy = experiment.get_strategy(FLAGS.strategy)
-    data = distill.load_data()
+    source, data = split_tasks(distill.load_data())
     subsets = {
         (spc, seed): distill.subset(data, spc, seed)
         for spc in spcs
         for seed in seeds
     }
+    pretrained_path = None
     with strategy.scope():
-        teacher, preprocess = build_teacher(arch)
+        if FLAGS.teacher_weights == "pretrain":
+            teacher, source_acc, pretrained_path = pretrain_teacher(
+                source, output_dir
+            )
+            print(
+                f"Teacher source-task test accuracy: {source_acc:.2f}% "
+                f"({time.time() - start:.0f} s)",
+                flush=True,
+            )
+        else:
+            teacher = build_teacher(arch)
+    sizes = image_sizes(data, teacher)
+    channels = int(teacher.input_shape[-1])
     train_rgb = to_rgb(data.train_images)
     mean, std = data_lib.channel_stats(train_rgb)
+    method = FLAGS.teacher_preprocessing
+    if method == "auto":
+        method = (
+            "unit" if FLAGS.teacher_weights == "pretrain" else "application"
+        )
+    preprocess = preprocessing(method, arch, mean, std)
+
+    def teacher_view(preprocess_fn):
+        if channels == 1:
+            return lambda x: preprocess_fn(tf.reduce_mean(x, -1, keepdims=True))
+        return preprocess_fn
+
+    preprocess = teacher_view(preprocess)
     test_ds = pipeline(
         to_rgb(data.test_images),
         data.test_labels,
@@ -366,34 +634,36 @@ def run(output_dir):
         std,
         False,
         0,
+        sizes,
     )
     with strategy.scope():
-        distiller, task = build_distiller(teacher, data, pairs)
+        distiller, task = build_distiller(teacher, data, pairs, sizes)
     inits = {}
     for seed in seeds:
         keras.utils.set_random_seed(seed)
-        inits[seed] = build_student(teacher, data).get_weights()
+        inits[seed] = build_student(teacher, data, sizes[1]).get_weights()
     records = []
+    progress = experiment.Progress(len(spcs) * len(seeds) * len(methods))
     for spc in spcs:
         for seed in seeds:
             images, labels = subsets[spc, seed]
             train = pipeline(
-                to_rgb(images), labels, preprocess, mean, std, True, seed
+                to_rgb(images), labels, preprocess, mean, std, True, seed, sizes
             ).repeat()
             steps = experiment.steps_per_epoch(
                 len(labels), FLAGS.batch_size, FLAGS.min_steps_per_epoch
             )
-            for method in methods:
+            for name in methods:
                 t0 = time.time()
                 distiller.student.set_weights(inits[seed])
                 experiment.reset_optimizer(distiller.optimizer)
-                weights = term_weights(method, bool(pairs))
+                weights = term_weights(name, bool(pairs))
                 for variable, value in zip(distiller.term_weights, weights):
                     variable.assign(value)
                 distiller.student_loss_weight_variable.assign(
                     FLAGS.student_loss_weight
                 )
-                run_name = f"{method}_spc{experiment.spc_label(spc)}_s{seed}"
+                run_name = f"{name}_spc{experiment.spc_label(spc)}_s{seed}"
                 keras.utils.set_random_seed(seed)
                 experiment.train(
                     distiller,
@@ -401,31 +671,39 @@ def run(output_dir):
                     epochs=FLAGS.student_epochs,
                     steps_per_epoch=steps,
                     run_name=run_name,
-                    learning_rate=FLAGS.learning_rate,
-                    schedule=FLAGS.lr_schedule,
+                    learning_rate=common_flags.value(
+                        "learning_rate", DEFAULT_LEARNING_RATE
+                    ),
+                    schedule=common_flags.value(
+                        "lr_schedule", DEFAULT_LR_SCHEDULE
+                    ),
                     tensorboard_dir=FLAGS.tensorboard_dir,
                     backup_dir=FLAGS.backup_dir,
                     verbose=FLAGS.verbose,
                 )
                 acc = experiment.accuracy(task, test_ds.map(_student_view))
+                seconds = time.time() - t0
                 records.append(
                     {
-                        "method": method,
+                        "method": name,
                         "samples_per_class": experiment.spc_label(spc),
                         "seed": seed,
                         "accuracy": acc,
+                        "seconds": seconds,
                     }
                 )
-                print(
-                    f"{run_name}: test accuracy {acc:.2f}% "
-                    f"({time.time() - t0:.1f}s)",
-                    flush=True,
+                progress.run_done(
+                    f"{LABELS[name]}, {experiment.spc_label(spc)}/class, "
+                    f"seed {seed}: test accuracy {acc:.2f}% ({seconds:.1f} s)"
                 )
     elapsed = time.time() - start
     header = (
-        f"Test accuracy (%) of the VGG-9 student (task head) on {data.name}, "
-        f"teacher {arch} ({FLAGS.teacher_weights}), mean ± std over seeds "
-        f"{seeds}; {elapsed:.0f} s."
+        f"Test accuracy (%) of the {FLAGS.student_arch} student (task head) "
+        f"on {data.name}; teacher: "
+        f"{teacher_description(arch, pretrained_path)}, inputs "
+        f"'{method}'; {len(seeds)} seeds: {seeds}; augmentation "
+        f"{'on' if common_flags.value('augment', DEFAULT_AUGMENT) else 'off'}"
+        f"; {elapsed:.0f} s."
     )
     summary = experiment.report(
         output_dir,
@@ -437,12 +715,14 @@ def run(output_dir):
         column_title="samples/class",
         extra={
             "seconds": elapsed,
+            "teacher_preprocessing": method,
             "flags": experiment.flag_values(
                 common_flags, sys.modules[__name__]
             ),
         },
         title=f"Transfer to {data.name}",
         labels=LABELS,
+        comparisons=COMPARISONS,
     )
     return summary
 

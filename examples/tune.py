@@ -72,9 +72,6 @@ flags.DEFINE_string("project_name", "distill", "Search subdirectory.")
 flags.DEFINE_bool(
     "overwrite", False, "Start the search afresh instead of resuming it."
 )
-flags.DEFINE_float(
-    "validation_fraction", 0.2, "Fraction of each class held out."
-)
 
 
 def distill_command(values, spc):
@@ -115,7 +112,7 @@ def distill_command(values, spc):
     args["teacher_width"] = str(FLAGS.teacher_width)
     args["student_width"] = str(FLAGS.student_width)
     args["student_epochs"] = str(FLAGS.tuning_epochs)
-    if FLAGS.augment:
+    if distill.augment():
         args["augment"] = "true"
     return "python examples/distill.py " + " ".join(
         f"--{k}={shlex.quote(v)}" for k, v in args.items()
@@ -154,14 +151,12 @@ def run(output_dir):
     )
 
     def student_builder():
-        return distill.build_model(
-            FLAGS.student_arch, FLAGS.student_width, data, "student"
-        )
+        return distill.build_student(data, "student")
 
     hypermodel = tuning.DistillerHyperModel(
         teacher,
         student_builder,
-        learning_rate=FLAGS.learning_rate,
+        learning_rate=distill.learning_rate(),
         activation_loss=FLAGS.activation_loss,
         jacobian_normalize=FLAGS.jacobian_normalize,
         seed=FLAGS.seed,
