@@ -377,23 +377,34 @@ def pretrain_teacher(source, output_dir):
 
 
 def preprocessing(name, arch, mean, std):
-    """The function making the teacher's inputs from images in [0, 1]."""
-    if name == "unit":
-        return lambda x: x
-    if name == "standardize":
-        return lambda x: (x - mean) / std
-    if name == "symmetric":
-        return lambda x: 2.0 * x - 1.0
-    if name == "centered255":
-        return lambda x: x * 255.0 - 127.5
-    if arch not in APPLICATIONS:
-        raise app.UsageError(
-            "Expected --teacher_arch among keras.applications teachers "
-            f"{sorted(APPLICATIONS)} with --teacher_preprocessing="
-            f"application. Received: {arch!r}."
-        )
-    module = getattr(keras.applications, APPLICATIONS[arch][1])
-    return lambda x: module.preprocess_input(x * 255.0)
+    """The function making the teacher's inputs from images in [0, 1].
+
+    Functions, not lambdas: AutoGraph, which converts the `tf.data` map
+    functions, cannot tell apart several lambdas on nearby lines and may
+    convert the wrong one.
+    """
+    if name == "application":
+        if arch not in APPLICATIONS:
+            raise app.UsageError(
+                "Expected --teacher_arch among keras.applications teachers "
+                f"{sorted(APPLICATIONS)} with --teacher_preprocessing="
+                f"application. Received: {arch!r}."
+            )
+        module = getattr(keras.applications, APPLICATIONS[arch][1])
+
+    @tf.autograph.experimental.do_not_convert
+    def preprocess(x):
+        if name == "unit":
+            return x
+        if name == "standardize":
+            return (x - mean) / std
+        if name == "symmetric":
+            return 2.0 * x - 1.0
+        if name == "centered255":
+            return x * 255.0 - 127.5
+        return module.preprocess_input(x * 255.0)
+
+    return preprocess
 
 
 def build_teacher(arch):
@@ -445,6 +456,7 @@ def teacher_description(arch, pretrained_path):
 
 
 def to_rgb(images, channels=3):
+    """Grey images repeated to 3 channels when the teacher takes colour."""
     if images.shape[-1] == 1 and channels == 3:
         return np.repeat(images, 3, axis=-1)
     return images
@@ -476,9 +488,10 @@ def pipeline(images, labels, preprocess, mean, std, training, seed, sizes):
         ).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds))
     else:
-        ds = ds.map(lambda x, y: ((x, y), tf.zeros([2], tf.int64)))
+        ds = ds.map(_with_zero_seed)
     augment = common_flags.value("augment", DEFAULT_AUGMENT)
 
+    @tf.autograph.experimental.do_not_convert
     def views(element, element_seed):
         image, label = element
         if training and augment:
@@ -508,7 +521,12 @@ def pipeline(images, labels, preprocess, mean, std, training, seed, sizes):
     return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
-def build_student(teacher, data, size):
+@tf.autograph.experimental.do_not_convert
+def _with_zero_seed(x, y):
+    return (x, y), tf.zeros([2], tf.int64)
+
+
+def build_student(teacher, data, size, channels=3):
     """A `--student_arch` backbone with a task head and a mimicking head."""
     net = distill.build_model(
         FLAGS.student_arch,
@@ -518,7 +536,7 @@ def build_student(teacher, data, size):
         batch_norm=common_flags.value(
             "student_batch_norm", distill.DEFAULT_STUDENT_BATCH_NORM
         ),
-        input_shape=(size, size, 3),
+        input_shape=(size, size, channels),
     )
     backbone = keras.Model(
         net.inputs, net.get_layer("features").output, name="backbone"
@@ -528,8 +546,8 @@ def build_student(teacher, data, size):
     )
 
 
-def build_distiller(teacher, data, pairs, sizes):
-    student = build_student(teacher, data, sizes[1])
+def build_distiller(teacher, data, pairs, sizes, channels=3):
+    student = build_student(teacher, data, sizes[1], channels)
     terms = [
         keras_jacobian.LogitsDistillation(
             FLAGS.activation_loss, temperature=FLAGS.temperature
@@ -560,10 +578,8 @@ def build_distiller(teacher, data, pairs, sizes):
     )
     distiller(
         {
-            "student": np.zeros((1, sizes[1], sizes[1], 3), "float32"),
-            "teacher": np.zeros(
-                (1, sizes[0], sizes[0], teacher.input_shape[-1]), "float32"
-            ),
+            "student": np.zeros((1, sizes[1], sizes[1], channels), "float32"),
+            "teacher": np.zeros((1, sizes[0], sizes[0], channels), "float32"),
         }
     )
     return distiller, lwf.extract_task_model(distiller)
@@ -611,23 +627,16 @@ def run(output_dir):
             teacher = build_teacher(arch)
     sizes = image_sizes(data, teacher)
     channels = int(teacher.input_shape[-1])
-    train_rgb = to_rgb(data.train_images)
-    mean, std = data_lib.channel_stats(train_rgb)
+    train_images = to_rgb(data.train_images, channels)
+    mean, std = data_lib.channel_stats(train_images)
     method = FLAGS.teacher_preprocessing
     if method == "auto":
         method = (
             "unit" if FLAGS.teacher_weights == "pretrain" else "application"
         )
     preprocess = preprocessing(method, arch, mean, std)
-
-    def teacher_view(preprocess_fn):
-        if channels == 1:
-            return lambda x: preprocess_fn(tf.reduce_mean(x, -1, keepdims=True))
-        return preprocess_fn
-
-    preprocess = teacher_view(preprocess)
     test_ds = pipeline(
-        to_rgb(data.test_images),
+        to_rgb(data.test_images, channels),
         data.test_labels,
         preprocess,
         mean,
@@ -637,18 +646,27 @@ def run(output_dir):
         sizes,
     )
     with strategy.scope():
-        distiller, task = build_distiller(teacher, data, pairs, sizes)
+        distiller, task = build_distiller(teacher, data, pairs, sizes, channels)
     inits = {}
     for seed in seeds:
         keras.utils.set_random_seed(seed)
-        inits[seed] = build_student(teacher, data, sizes[1]).get_weights()
+        inits[seed] = build_student(
+            teacher, data, sizes[1], channels
+        ).get_weights()
     records = []
     progress = experiment.Progress(len(spcs) * len(seeds) * len(methods))
     for spc in spcs:
         for seed in seeds:
             images, labels = subsets[spc, seed]
             train = pipeline(
-                to_rgb(images), labels, preprocess, mean, std, True, seed, sizes
+                to_rgb(images, channels),
+                labels,
+                preprocess,
+                mean,
+                std,
+                True,
+                seed,
+                sizes,
             ).repeat()
             steps = experiment.steps_per_epoch(
                 len(labels), FLAGS.batch_size, FLAGS.min_steps_per_epoch
@@ -727,6 +745,7 @@ def run(output_dir):
     return summary
 
 
+@tf.autograph.experimental.do_not_convert
 def _student_view(x, y):
     return x["student"], y
 
