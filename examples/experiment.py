@@ -563,6 +563,7 @@ def _set_x_axis(ax, cols, xs, numeric, log_x, xlabel):
         ax.set_xticklabels(cols)
     elif log_x and min(xs) > 0:
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(xs)
         ax.set_xticklabels(cols)
     ax.set_xlabel(xlabel)
