@@ -111,7 +111,7 @@ and copied here; hours on a GPU):
 
   python examples/distill.py --dataset=cifar100 --data_dir=DIR \
     --teacher_arch=vgg9 --teacher_width=64 --student_arch=vgg4 \
-    --student_width=64 --samples_per_class=10,50,500 --seeds=0,1,2 \
+    --student_width=64 --samples_per_class=10,50,500 --seeds=0,1,2,3,4 \
     --augment --flip --teacher_epochs=200 --student_epochs=100 \
     --min_steps_per_epoch=100 --batch_size=128 --learning_rate=1e-3 \
     --temperature=4 --activation_weight=1 --jacobian_weight=1 \
