@@ -570,3 +570,13 @@ def test_transfer_with_a_pretrained_teacher(tmp_path):
     (item,) = payload["differences"]
     assert (item["method"], item["baseline"]) == ("lwf_jac", "lwf")
     assert item["columns"]["5"]["n"] == 2
+
+
+def test_transfer_names_a_saved_teacher_by_its_file(tmp_path):
+    path = tmp_path / "digits_0_4.keras"
+    with flagsaver.flagsaver(teacher_weights=str(path)):
+        name = transfer.teacher_description("mobilenet_v2", None)
+    assert name == "saved model digits_0_4.keras"
+    with flagsaver.flagsaver(teacher_weights="imagenet"):
+        name = transfer.teacher_description("resnet50", None)
+    assert name == "resnet50 (imagenet)"
