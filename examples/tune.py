@@ -185,6 +185,7 @@ def run(output_dir):
         epochs=FLAGS.tuning_epochs,
         steps_per_epoch=steps,
         verbose=FLAGS.verbose,
+        shuffle=False,  # The pipeline shuffles; avoids Keras' warning.
     )
     best = tuning.best_values(tuner)
     best["command"] = distill_command(best["values"], spc)
