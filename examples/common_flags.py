@@ -1,12 +1,77 @@
-"""Flags shared by the example scripts.
+"""Flags shared by the example scripts, and quiet start-up.
 
-Every script imports this module, so that a flag used by several scripts is
-defined once per process (absl refuses a second definition of a name).
-Flags whose default differs from one script to another default to `None`
-here; each script documents the value it uses then.
+Every script imports this module first, so that a flag used by several
+scripts is defined once per process (absl refuses a second definition of a
+name). Flags whose default differs from one script to another default to
+`None` here; each script documents the value it uses then.
+
+Importing this module also silences TensorFlow's start-up lines (CUDA
+probing on a CPU machine, oneDNN and CPU-feature notices), which TensorFlow
+writes to the standard error before its own logging is configured, so that
+a user sees the scripts' progress lines and nothing else. Set
+`TF_CPP_MIN_LOG_LEVEL=0` to see them again.
 """
 
-from absl import flags
+import logging as std_logging
+import os
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow with the standard error (fd 2) muted meanwhile.
+
+    TensorFlow 2.21 prints its start-up lines from C++ before
+    `absl::InitializeLog()`, where `TF_CPP_MIN_LOG_LEVEL` does not apply
+    yet; the file descriptor itself has to be muted. Errors still
+    propagate as Python exceptions.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        import tensorflow  # noqa: F401
+
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:  # No standard error to mute.
+        import tensorflow  # noqa: F401
+
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+_import_tensorflow_quietly()
+# `fit` warns about `shuffle=True` on every call with a `tf.data.Dataset`;
+# the scripts' pipelines shuffle themselves.
+warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed")
+
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+# TFDS logs at INFO through absl (dataset info, "Constructing tf.data").
+logging.set_verbosity(logging.WARNING)
+
+
+class _NoRetracingNotice(std_logging.Filter):
+    """Drops TensorFlow's notice about retraced evaluation functions.
+
+    Evaluating many students (and a last batch of another size) traces the
+    prediction function a few times; the notice says nothing a user can act
+    on here.
+    """
+
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+std_logging.getLogger("tensorflow").addFilter(_NoRetracingNotice())
 
 # Data.
 flags.DEFINE_string(
@@ -29,10 +94,11 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_bool(
     "augment",
-    True,
+    None,
     "Random crops (padding of 1/8 of the image size; flips with --flip) of "
-    "the training images. With few samples per class, distillation on "
-    "augmented images is where the teacher's knowledge comes through.",
+    "the training images (default: see the script). Augmentation shows the "
+    "student the teacher around each image, which is what Jacobian "
+    "matching does too: expect Jacobians to add less with it.",
 )
 flags.DEFINE_bool("flip", False, "Random horizontal flips with --augment.")
 flags.DEFINE_list(
@@ -86,7 +152,7 @@ flags.DEFINE_bool(
 
 # Training.
 flags.DEFINE_integer("teacher_epochs", 20, "Teacher training epochs.")
-flags.DEFINE_integer("student_epochs", 25, "Student training epochs.")
+flags.DEFINE_integer("student_epochs", 20, "Student training epochs.")
 flags.DEFINE_integer(
     "min_steps_per_epoch",
     20,
@@ -94,9 +160,14 @@ flags.DEFINE_integer(
     "so that runs with few samples per class still take enough steps.",
 )
 flags.DEFINE_integer("batch_size", 32, "Global batch size.")
-flags.DEFINE_float("learning_rate", 3e-3, "Adam learning rate.")
+flags.DEFINE_float(
+    "learning_rate", None, "Adam learning rate (default: see the script)."
+)
 flags.DEFINE_enum(
-    "lr_schedule", "cosine", ["constant", "cosine"], "Learning-rate schedule."
+    "lr_schedule",
+    None,
+    ["constant", "cosine"],
+    "Learning-rate schedule (default: see the script).",
 )
 flags.DEFINE_enum(
     "strategy",
@@ -106,7 +177,16 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer("seed", 0, "Seed of the teacher and of data splits.")
 flags.DEFINE_list(
-    "seeds", ["0", "1"], "Seeds of the student runs (subset and init)."
+    "seeds",
+    ["0", "1", "2", "3", "4"],
+    "Seeds of the student runs (subset and init). Runs of one seed share "
+    "their subset and initial weights: methods are compared seed by seed.",
+)
+flags.DEFINE_float(
+    "validation_fraction",
+    0.2,
+    "Fraction of each class of the training images held out as validation "
+    "set by tune.py and by --evaluate_on=validation.",
 )
 
 # Outputs.
@@ -119,9 +199,15 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "backup_dir",
     None,
-    "keras.callbacks.BackupAndRestore directory, one subdirectory per run: "
-    "an interrupted run resumes from its last epoch.",
+    "keras_jacobian.callbacks.BackupAndRestore directory, one subdirectory "
+    "per run: an interrupted run resumes from its last epoch.",
 )
 flags.DEFINE_integer("verbose", 0, "Keras fit verbosity (0, 1 or 2).")
 
 FLAGS = flags.FLAGS
+
+
+def value(name, default):
+    """The value of flag `name`, or `default` when the flag is `None`."""
+    flag_value = getattr(FLAGS, name)
+    return default if flag_value is None else flag_value

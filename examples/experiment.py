@@ -1,6 +1,8 @@
-"""Helpers shared by the example scripts: strategies, runs, tables, plots."""
+"""Helpers shared by the example scripts: strategies, runs, evaluation.
 
-import json
+The statistics and reports live in `reporting`; they are re-exported here.
+"""
+
 import math
 import os
 import weakref
@@ -9,7 +11,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import app
+from reporting import CONFIDENCE  # noqa: F401
+from reporting import Progress  # noqa: F401
+from reporting import atomic_write  # noqa: F401
+from reporting import differences_table  # noqa: F401
+from reporting import format_duration  # noqa: F401
+from reporting import markdown_table  # noqa: F401
+from reporting import mean_interval  # noqa: F401
+from reporting import paired_differences  # noqa: F401
+from reporting import plot  # noqa: F401
+from reporting import report  # noqa: F401
+from reporting import summarize  # noqa: F401
+from reporting import t_critical  # noqa: F401
+from reporting import write_results  # noqa: F401
 
+from keras_jacobian import callbacks as kj_callbacks
 from keras_jacobian.distribute import multi_worker
 from keras_jacobian.distribute.strategies import get_strategy  # noqa: F401
 from keras_jacobian.distribute.strategies import is_chief
@@ -133,7 +149,9 @@ def callbacks(
         )
     if backup_dir:
         result.append(
-            keras.callbacks.BackupAndRestore(
+            # Its saves are atomic: a kill during one leaves the previous
+            # backup complete (Keras' own callback writes in place).
+            kj_callbacks.BackupAndRestore(
                 os.path.join(backup_dir, run_name), delete_checkpoint=True
             )
         )
@@ -188,6 +206,9 @@ def train(
         steps_per_epoch=steps_per_epoch,
         callbacks=run_callbacks,
         verbose=verbose,
+        # The pipelines shuffle themselves; `fit`'s default `shuffle=True`
+        # only adds a warning for a `tf.data.Dataset`.
+        shuffle=False,
     )
 
 
@@ -209,174 +230,3 @@ def accuracy(model, dataset):
         correct += int(np.sum(pred == np.asarray(y)))
         total += int(np.asarray(y).shape[0])
     return 100.0 * correct / max(total, 1)
-
-
-def summarize(records, row_key, col_key, value_key="accuracy"):
-    """Mean and standard deviation over seeds of each (row, column) cell.
-
-    Args:
-        records: list of dicts with keys `row_key`, `col_key`, `value_key`.
-        row_key: key of the table rows (e.g. "method").
-        col_key: key of the table columns (e.g. "samples_per_class").
-        value_key: key of the value.
-
-    Returns:
-        A dict `{"rows": [...], "columns": [...], "cells": {row: {col:
-        {"mean", "std", "n", "values"}}}}`, rows and columns in order of
-        appearance. `std` is the population standard deviation over seeds
-        (0 for one seed).
-    """
-    rows, cols, cells = [], [], {}
-    for record in records:
-        r, c = str(record[row_key]), str(record[col_key])
-        if r not in rows:
-            rows.append(r)
-        if c not in cols:
-            cols.append(c)
-        cells.setdefault(r, {}).setdefault(c, []).append(
-            float(record[value_key])
-        )
-    out = {}
-    for r in rows:
-        out[r] = {}
-        for c, values in cells[r].items():
-            out[r][c] = {
-                "mean": float(np.mean(values)),
-                "std": float(np.std(values)),
-                "n": len(values),
-                "values": values,
-            }
-    return {"rows": rows, "columns": cols, "cells": out}
-
-
-def markdown_table(summary, row_title, col_title, labels=None):
-    """A Markdown table of `mean ± std` cells; the best mean in bold."""
-    labels = labels or {}
-    cols = summary["columns"]
-    lines = [
-        f"| {row_title} \\ {col_title} | " + " | ".join(cols) + " |",
-        "|---" * (len(cols) + 1) + "|",
-    ]
-    best = {}
-    for c in cols:
-        means = [
-            summary["cells"][r][c]["mean"]
-            for r in summary["rows"]
-            if c in summary["cells"][r]
-        ]
-        best[c] = max(means) if means else None
-    for r in summary["rows"]:
-        cells = []
-        for c in cols:
-            cell = summary["cells"][r].get(c)
-            if cell is None:
-                cells.append("-")
-                continue
-            text = f"{cell['mean']:.2f} ± {cell['std']:.2f}"
-            if len(summary["rows"]) > 1 and cell["mean"] == best[c]:
-                text = f"**{text}**"
-            cells.append(text)
-        lines.append(f"| {labels.get(r, r)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_results(output_dir, stem, summary, records, table, extra=None):
-    """Writes `<stem>.md` and `<stem>.json`; returns their paths."""
-    os.makedirs(output_dir, exist_ok=True)
-    md_path = os.path.join(output_dir, f"{stem}.md")
-    json_path = os.path.join(output_dir, f"{stem}.json")
-    with open(md_path, "w") as f:
-        f.write(table + "\n")
-    payload = {"summary": summary, "runs": records}
-    payload.update(extra or {})
-    with open(json_path, "w") as f:
-        json.dump(payload, f, indent=2)
-    return md_path, json_path
-
-
-def report(
-    output_dir,
-    stem,
-    records,
-    header,
-    *,
-    column_key,
-    row_title,
-    column_title,
-    extra,
-    title,
-    labels,
-    log_x=False,
-):
-    """Summarises the runs over seeds and reports them.
-
-    Writes `<stem>.md` and `<stem>.json` (the table with `header` above
-    it), plots `<stem>.png` and prints the table.
-
-    Returns:
-        The summary of `summarize(records, "method", column_key)`.
-    """
-    summary = summarize(records, "method", column_key)
-    table = markdown_table(summary, row_title, column_title, labels=labels)
-    text = header + "\n\n" + table
-    write_results(output_dir, stem, summary, records, text, extra=extra)
-    plot(
-        summary,
-        os.path.join(output_dir, f"{stem}.png"),
-        column_title,
-        "test accuracy (%)",
-        title,
-        labels=labels,
-        log_x=log_x,
-    )
-    print(text, flush=True)
-    return summary
-
-
-def plot(summary, path, xlabel, ylabel, title, labels=None, log_x=False):
-    """Plots one line per row (mean, with ±std bands) over the columns."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    labels = labels or {}
-    cols = summary["columns"]
-    numeric = all(_is_number(c) for c in cols)
-    xs = [float(c) for c in cols] if numeric else list(range(len(cols)))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in summary["rows"]:
-        points = [
-            (x, summary["cells"][r][c])
-            for x, c in zip(xs, cols)
-            if c in summary["cells"][r]
-        ]
-        x = np.array([p[0] for p in points])
-        mean = np.array([p[1]["mean"] for p in points])
-        std = np.array([p[1]["std"] for p in points])
-        ax.plot(x, mean, marker="o", label=labels.get(r, r))
-        ax.fill_between(x, mean - std, mean + std, alpha=0.15)
-    if not numeric:
-        ax.set_xticks(xs)
-        ax.set_xticklabels(cols)
-    elif log_x and min(xs) > 0:
-        ax.set_xscale("log")
-        ax.set_xticks(xs)
-        ax.set_xticklabels(cols)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _is_number(text):
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True

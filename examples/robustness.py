@@ -21,25 +21,48 @@ noise draw shared by all sigmas, unclipped). Every model is trained by
 `JacobianRegularizedModel` (penalty weight 0 except for `jacobian`), so the
 runs differ only by their regulariser.
 
-Writes `robustness.md`, `robustness.json` (test accuracy, mean and standard
-deviation over `--seeds`, per method and sigma) and `robustness.png`
-(accuracy against sigma, one line per method) to `--output_dir` (default
-`/tmp/keras_jacobian/robustness`), and prints the table.
+Writes `robustness.md`, `robustness.json` (test accuracy per method and
+sigma: mean over `--seeds` with its 95% interval, and the paired
+differences of the Jacobian-norm penalty minus each other regulariser, seed
+by seed, with their intervals) and `robustness.png` (accuracy against
+sigma with interval error bars, and the paired differences) to
+`--output_dir` (default `/tmp/keras_jacobian/robustness`), and prints one
+line per trained model with the time left, then the tables.
 
-Default command (offline, digits 8x8, VGG-4 width 16, 2 seeds):
+Default command (offline, digits 8x8, VGG-4 width 16 with
+BatchNormalization, random crops, Adam 3e-3 with a cosine schedule, 10
+epochs of 38 steps, penalty weight 0.05; 4 methods x 5 seeds):
 
   python examples/robustness.py
 
-It took 1 min 4 s on 2 CPU cores and printed (test accuracy %, mean ± std
-over seeds 0 and 1; no regulariser / L2 / dropout / Jacobian-norm penalty):
+It took 14 min 15 s of wall-clock time (3 min 22 s of CPU time) on 2 CPU
+cores shared with other jobs (load average about 12), and printed (test
+accuracy %, mean ± half-width of the 95% interval over seeds 0-4):
 
-  sigma     0      0.1    0.2    0.3    0.4    0.6
-  none      95.99  93.41  77.55  56.84  41.90  26.88
-  l2        96.66  93.74  79.30  60.02  44.57  28.05
-  dropout   95.58  92.90  77.80  57.60  44.32  29.72
-  jacobian  94.66  94.07  89.57  80.30  66.28  45.83
+  | sigma    | 0            | 0.2          | 0.4          | 0.6          |
+  |----------|--------------|--------------|--------------|--------------|
+  | none     | 96.26 ± 0.61 | 77.86 ± 5.44 | 38.70 ± 8.00 | 24.57 ± 4.61 |
+  | l2       | 96.33 ± 0.39 | 75.93 ± 6.00 | 38.33 ± 8.11 | 24.14 ± 4.53 |
+  | dropout  | 95.39 ± 0.63 | 77.56 ± 5.29 | 39.00 ± 8.49 | 25.64 ± 6.66 |
+  | jacobian | 94.69 ± 0.92 | 89.88 ± 1.11 | 67.91 ± 3.45 | 46.28 ± 2.00 |
 
-(std at most 4.3 points).
+  paired differences, jacobian minus the other (points):
+
+  | sigma   | 0                    | 0.2                    |
+  |---------|----------------------|------------------------|
+  | none    | -1.57 [-2.27, -0.87] | +12.02 [+6.81, +17.23] |
+  | l2      | -1.64 [-2.60, -0.67] | +13.96 [+7.98, +19.93] |
+  | dropout | -0.70 [-1.87, +0.47] | +12.32 [+7.72, +16.92] |
+
+  | sigma   | 0.4                     | 0.6                     |
+  |---------|-------------------------|-------------------------|
+  | none    | +29.22 [+19.74, +38.69] | +21.70 [+17.14, +26.26] |
+  | l2      | +29.58 [+19.24, +39.92] | +22.14 [+17.55, +26.72] |
+  | dropout | +28.91 [+19.12, +38.71] | +20.63 [+14.01, +27.26] |
+
+The penalty costs about 1.6 points on clean images and gains 12 to 30
+points under noise of sigma 0.2 to 0.6 against every other regulariser
+(all sigmas in docs/reproducing.md).
 
 CIFAR-10 (the paper's setting is CIFAR; it gives no numbers for this
 experiment; needs `tfds build cifar10 --data_dir=DIR`):
@@ -47,7 +70,7 @@ experiment; needs `tfds build cifar10 --data_dir=DIR`):
   python examples/robustness.py --dataset=cifar10 --data_dir=DIR \
     --model_arch=vgg9 --model_width=64 --epochs=100 --augment --flip \
     --batch_size=128 --learning_rate=1e-3 --sigmas=0,0.02,0.05,0.1,0.2 \
-    --penalty_weight=0.01 --seeds=0,1,2
+    --penalty_weight=0.01 --seeds=0,1,2,3,4
 """
 
 import sys
@@ -72,6 +95,15 @@ LABELS = {
     "dropout": "dropout",
     "jacobian": "Jacobian-norm penalty",
 }
+# Paired comparisons (method, baseline), seed by seed.
+COMPARISONS = (
+    ("jacobian", "none"),
+    ("jacobian", "l2"),
+    ("jacobian", "dropout"),
+)
+DEFAULT_LEARNING_RATE = 3e-3
+DEFAULT_LR_SCHEDULE = "cosine"
+DEFAULT_AUGMENT = True
 DEFAULT_OUTPUT_DIR = "/tmp/keras_jacobian/robustness"
 
 flags.DEFINE_list(
@@ -162,7 +194,9 @@ def build(method, data, strategy):
             seed=FLAGS.seed,
         )
         robust.compile(
-            optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+            optimizer=keras.optimizers.Adam(
+                common_flags.value("learning_rate", DEFAULT_LEARNING_RATE)
+            ),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
     return robust
@@ -183,6 +217,7 @@ def run(output_dir):
         for s in sigmas
     }
     records = []
+    progress = experiment.Progress(len(seeds) * len(methods))
     for seed in seeds:
         if spc is None:
             images, labels = data.train_images, data.train_labels
@@ -201,7 +236,7 @@ def run(output_dir):
             labels,
             FLAGS.batch_size,
             training=True,
-            augment=FLAGS.augment,
+            augment=common_flags.value("augment", DEFAULT_AUGMENT),
             flip=FLAGS.flip,
             crop_padding=max(1, data.input_shape[0] // 8),
             mean=data.mean,
@@ -222,8 +257,10 @@ def run(output_dir):
                 epochs=FLAGS.epochs,
                 steps_per_epoch=steps,
                 run_name=run_name,
-                learning_rate=FLAGS.learning_rate,
-                schedule=FLAGS.lr_schedule,
+                learning_rate=common_flags.value(
+                    "learning_rate", DEFAULT_LEARNING_RATE
+                ),
+                schedule=common_flags.value("lr_schedule", DEFAULT_LR_SCHEDULE),
                 tensorboard_dir=FLAGS.tensorboard_dir,
                 backup_dir=FLAGS.backup_dir,
                 verbose=FLAGS.verbose,
@@ -240,17 +277,16 @@ def run(output_dir):
                         "accuracy": acc,
                     }
                 )
-            print(
-                f"{run_name}: "
+            progress.run_done(
+                f"{LABELS[method]}, seed {seed}: test accuracy at sigma "
                 + ", ".join(f"{s:g}: {a:.1f}%" for s, a in zip(sigmas, accs))
-                + f" ({time.time() - t0:.1f}s)",
-                flush=True,
+                + f" ({time.time() - t0:.1f} s)"
             )
     elapsed = time.time() - start
     header = (
         f"Test accuracy (%) of {FLAGS.model_arch} (width "
         f"{FLAGS.model_width}) on {data.name} with Gaussian test noise, "
-        f"mean ± std over seeds {seeds}; {elapsed:.0f} s."
+        f"{len(seeds)} seeds: {seeds}; {elapsed:.0f} s."
     )
     summary = experiment.report(
         output_dir,
@@ -268,6 +304,7 @@ def run(output_dir):
         },
         title=f"Noise robustness on {data.name}",
         labels=LABELS,
+        comparisons=COMPARISONS,
     )
     summary["seconds"] = elapsed
     return summary

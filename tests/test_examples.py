@@ -5,8 +5,11 @@ script trains a few one-epoch models of a few filters on 8x8 images).
 """
 
 import json
+import math
 import os
 import pathlib
+import re
+import subprocess
 import sys
 
 import keras
@@ -85,7 +88,7 @@ def test_distill_on_digits_and_teacher_reuse(tmp_path, capsys):
         methods=["ce", "act_jac_ce", "act"],
         samples_per_class=["1", "2"],
         output_dir=str(out),
-        **TINY,
+        **dict(TINY, seeds=["0", "1"]),
     ):
         distill.main(["distill.py"])
         printed = capsys.readouterr().out
@@ -102,6 +105,8 @@ def test_distill_on_digits_and_teacher_reuse(tmp_path, capsys):
             ["1", "2"],
         )
         assert "| cross-entropy only |" in printed
+        # Only the paper's pairs are compared; none has both methods here.
+        assert payload["differences"] == []
         # A second run reuses the saved teacher, which gives the same
         # teacher accuracy, and trains the same students.
         with flagsaver.flagsaver(samples_per_class=["1"], methods=["ce"]):
@@ -115,6 +120,30 @@ def test_distill_on_digits_and_teacher_reuse(tmp_path, capsys):
         if r["method"] == "ce" and r["samples_per_class"] == "1"
     ]
     assert again["runs"][0]["accuracy"] == pytest.approx(first[0])
+
+
+@pytest.mark.slow
+def test_distill_reports_paired_differences(tmp_path):
+    out = tmp_path / "out"
+    with flagsaver.flagsaver(
+        methods=["act_ce", "act_jac_ce"],
+        samples_per_class=["1"],
+        output_dir=str(out),
+        **dict(TINY, seeds=["0", "1", "2"]),
+    ):
+        distill.main(["distill.py"])
+    payload = json.loads((out / "results.json").read_text())
+    by = {(r["method"], r["seed"]): r["accuracy"] for r in payload["runs"]}
+    diffs = np.array([by["act_jac_ce", s] - by["act_ce", s] for s in range(3)])
+    (item,) = payload["differences"]
+    assert (item["method"], item["baseline"]) == ("act_jac_ce", "act_ce")
+    cell = item["columns"]["1"]
+    half = T_TABLE[2] * np.std(diffs, ddof=1) / np.sqrt(3)
+    np.testing.assert_allclose(cell["mean"], diffs.mean(), atol=1e-9)
+    np.testing.assert_allclose(cell["half_width"], half, rtol=1e-4)
+    table = (out / "results.md").read_text()
+    assert "activations + Jacobians + CE − activations + CE" in table
+    assert f"{diffs.mean():+.2f} [" in table
 
 
 @pytest.mark.slow
@@ -225,9 +254,16 @@ def test_accuracy_and_summary_against_numpy():
     summary = experiment.summarize(records, "m", "k")
     assert summary["cells"]["a"]["1"]["mean"] == 15.0
     assert summary["cells"]["a"]["1"]["std"] == 5.0
+    # Two seeds: half-width t(0.975, 1) * s / sqrt(2), with s = sqrt(50)
+    # and the tabulated t = 12.7062.
+    half = 12.7062 * np.sqrt(50.0) / np.sqrt(2.0)
+    assert summary["cells"]["a"]["1"]["half_width"] == pytest.approx(
+        half, rel=1e-4
+    )
+    assert summary["cells"]["b"]["1"]["half_width"] is None
     table = experiment.markdown_table(summary, "m", "k")
-    assert "| a | 15.00 ± 5.00 |" in table
-    assert "| b | **40.00 ± 0.00** |" in table
+    assert f"| a | 15.00 ± {half:.2f} |" in table
+    assert "| b | **40.00** |" in table
 
 
 def test_parse_method_and_weights():
@@ -281,3 +317,266 @@ def test_transfer_bad_flags(tmp_path):
     ):
         with pytest.raises(app.UsageError, match="attention_pairs"):
             transfer.main(["transfer.py"])
+
+
+# Two-sided 95% critical values of Student's t, from a printed table.
+T_TABLE = {1: 12.7062, 2: 4.3027, 4: 2.7764, 9: 2.2622, 29: 2.0452}
+
+
+def test_t_critical_against_a_printed_table():
+    for dof, t in T_TABLE.items():
+        assert experiment.t_critical(dof) == pytest.approx(t, abs=1e-4)
+    with pytest.raises(ValueError, match="dof"):
+        experiment.t_critical(0)
+
+
+def test_mean_interval_by_hand():
+    # Mean 3.2; squared deviations sum to 14.8, so s^2 = 14.8 / 4 = 3.7.
+    got = experiment.mean_interval([1.0, 2.0, 3.0, 4.0, 6.0])
+    half = T_TABLE[4] * math.sqrt(3.7 / 5)
+    assert got["mean"] == pytest.approx(3.2)
+    assert got["n"] == 5
+    assert got["half_width"] == pytest.approx(half, rel=1e-4)
+    assert got["low"] == pytest.approx(3.2 - half, rel=1e-4)
+    assert got["high"] == pytest.approx(3.2 + half, rel=1e-4)
+    one = experiment.mean_interval([7.0])
+    assert one["mean"] == 7.0
+    assert one["low"] is one["high"] is one["half_width"] is None
+    with pytest.raises(ValueError, match="at least one"):
+        experiment.mean_interval([])
+
+
+def test_mean_interval_covers_the_mean_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(10.0, 3.0, size=(2000, 5))
+    covered = 0
+    for row in samples:
+        interval = experiment.mean_interval(row)
+        covered += interval["low"] <= 10.0 <= interval["high"]
+    # Binomial(2000, 0.95) has a standard deviation of 0.5%.
+    assert 0.935 < covered / 2000 < 0.965
+
+
+def test_paired_differences_pair_runs_by_seed():
+    acc = {"a": {0: 50.0, 1: 60.0, 2: 70.0}, "b": {2: 64.0, 0: 45.0, 1: 56.0}}
+    records = [
+        {"method": m, "k": "1", "seed": seed, "accuracy": value}
+        for m in ("b", "a")
+        for seed, value in acc[m].items()
+    ]
+    (item,) = experiment.paired_differences(
+        records, [("a", "b"), ("a", "absent")], "k"
+    )
+    cell = item["columns"]["1"]
+    diffs = np.array([5.0, 4.0, 6.0])
+    half = T_TABLE[2] * np.std(diffs, ddof=1) / np.sqrt(3)
+    assert cell["seeds"] == [0, 1, 2]
+    assert cell["differences"] == [5.0, 4.0, 6.0]
+    assert cell["mean"] == pytest.approx(5.0)
+    assert cell["half_width"] == pytest.approx(half, rel=1e-4)
+    table = experiment.differences_table([item], ["1"], "k")
+    # The interval excludes zero: in bold.
+    assert f"| a − b | **+5.00 [{5 - half:+.2f}, {5 + half:+.2f}]** |" in table
+    item["columns"]["1"].update(low=-1.0, high=11.0)
+    table = experiment.differences_table([item], ["1"], "k")
+    assert "| a − b | +5.00 [-1.00, +11.00] |" in table
+    records.append({"method": "a", "k": "1", "seed": 3, "accuracy": 1.0})
+    with pytest.raises(ValueError, match="same seeds"):
+        experiment.paired_differences(records, [("a", "b")], "k")
+
+
+def test_results_are_replaced_atomically(tmp_path, monkeypatch):
+    summary = experiment.summarize(
+        [{"method": "a", "k": 1, "accuracy": 1.0}], "method", "k"
+    )
+    experiment.write_results(tmp_path, "r", summary, [], "old table")
+    assert (tmp_path / "r.md").read_text() == "old table\n"
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.write_results(tmp_path, "r", summary, [], "new table")
+    assert (tmp_path / "r.md").read_text() == "old table\n"
+    json.loads((tmp_path / "r.json").read_text())
+    monkeypatch.undo()
+    experiment.write_results(tmp_path, "r", summary, [], "new table")
+    assert (tmp_path / "r.md").read_text() == "new table\n"
+
+
+def test_progress_prints_one_line_per_run_with_time_left(capsys):
+    progress = experiment.Progress(3)
+    for i in range(3):
+        progress.run_done(f"run {i}")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("[1/3] run 0; about ")
+    assert lines[0].endswith(" left")
+    assert lines[2] == "[3/3] run 2; about 0 s left"
+    assert experiment.format_duration(125) == "2 min 05 s"
+
+
+def test_distill_defaults_are_the_few_image_regime():
+    assert distill.augment() is False
+    assert distill.learning_rate() == 1e-3
+    assert list(distill.DEFAULT_SAMPLES_PER_CLASS) == ["1", "5"]
+    assert len(distill.FLAGS.seeds) == 5
+
+
+@pytest.mark.slow
+def test_distill_prints_progress_and_nothing_else(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "distill.py"),
+            "--methods=act_ce,act_jac_ce",
+            "--samples_per_class=1",
+            "--seeds=0,1",
+            "--teacher_width=2",
+            "--student_width=2",
+            "--teacher_epochs=1",
+            "--student_epochs=1",
+            "--min_steps_per_epoch=2",
+            f"--output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"Teacher test accuracy: [\d.]+% \(\d+ s\)", lines[0])
+    runs = [line for line in lines if line.startswith("[")]
+    assert len(runs) == 4
+    for i, line in enumerate(runs):
+        assert re.fullmatch(
+            rf"\[{i + 1}/4\] .*: test accuracy [\d.]+% \([\d.]+ s\); "
+            r"about \d+( min \d+)? s left",
+            line,
+        ), line
+    rest = lines[1 + len(runs) :]
+    allowed = ("Test accuracy", "Cells:", "Paired differences")
+    for line in rest:
+        assert not line or line.startswith("|") or line.startswith(allowed), (
+            line
+        )
+
+
+def test_transfer_preprocessing_against_numpy():
+    x = np.random.default_rng(0).random((2, 4, 4, 3)).astype("float32")
+    mean = np.array([0.1, 0.2, 0.3], "float32")
+    std = np.array([0.5, 1.0, 2.0], "float32")
+    expected = {
+        "unit": x,
+        "standardize": (x - mean) / std,
+        "symmetric": 2 * x - 1,
+        "centered255": 255 * x - 127.5,
+    }
+    for name, want in expected.items():
+        got = transfer.preprocessing(name, "mobilenet_v2", mean, std)(x)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+    # MobileNetV2 expects [-1, 1] from 0..255 pixels.
+    got = transfer.preprocessing("application", "mobilenet_v2", mean, std)(x)
+    np.testing.assert_allclose(np.asarray(got), 2 * x - 1, atol=1e-5)
+
+
+def test_transfer_feeds_a_saved_teacher_its_own_preprocessing(tmp_path):
+    # A saved teacher used to be fed 255x - 127.5 whatever it was trained
+    # on; its inputs now follow --teacher_preprocessing.
+    x = np.random.default_rng(0).random((3, 8, 8, 3)).astype("float32")
+    y = np.arange(3, dtype="int32")
+    mean, std = np.zeros(3, "float32"), np.ones(3, "float32")
+    with flagsaver.flagsaver(batch_size=4):
+        ds = transfer.pipeline(
+            x,
+            y,
+            transfer.preprocessing("unit", "vgg9", mean, std),
+            mean,
+            std,
+            False,
+            0,
+            (8, 8),
+        )
+        (inputs, labels), *_ = list(ds)
+    np.testing.assert_allclose(inputs["teacher"].numpy(), x, rtol=1e-6)
+    inputs_ = keras.Input((8, 8, 3))
+    model = keras.Model(inputs_, keras.layers.Dense(2)(inputs_))
+    path = tmp_path / "teacher.keras"
+    model.save(path)
+    with flagsaver.flagsaver(
+        teacher_weights=str(path), output_dir=str(tmp_path)
+    ):
+        with pytest.raises(app.UsageError, match="teacher_preprocessing"):
+            transfer.main(["transfer.py"])
+
+
+def test_transfer_splits_source_and_target_classes():
+    data = distill.data_lib.load_dataset("digits")
+    with flagsaver.flagsaver(source_classes=["0", "3"]):
+        source, target = transfer.split_tasks(data)
+    assert source.num_classes == 2 and target.num_classes == 8
+    want_source = np.isin(data.train_labels, [0, 3])
+    assert len(source.train_labels) == want_source.sum()
+    assert len(target.train_labels) == (~want_source).sum()
+    # Target labels are the remaining classes, relabelled in order.
+    np.testing.assert_array_equal(
+        target.test_labels,
+        np.searchsorted(
+            [1, 2, 4, 5, 6, 7, 8, 9],
+            data.test_labels[~np.isin(data.test_labels, [0, 3])],
+        ),
+    )
+    np.testing.assert_array_equal(
+        source.train_labels, (data.train_labels[want_source] == 3).astype(int)
+    )
+    with flagsaver.flagsaver(source_classes=["12"]):
+        with pytest.raises(app.UsageError, match="source_classes"):
+            transfer.split_tasks(data)
+
+
+@pytest.mark.slow
+def test_transfer_with_a_pretrained_teacher(tmp_path):
+    out = tmp_path / "out"
+    with flagsaver.flagsaver(
+        methods=["lwf", "lwf_jac", "lwf_at_jac"],
+        output_dir=str(out),
+        **dict(TINY, seeds=["0", "1"]),
+    ):
+        transfer.main(["transfer.py"])
+        teacher = next(out.glob("teacher_*.keras"))
+        stamp = os.stat(teacher).st_mtime_ns
+        transfer.main(["transfer.py"])
+        assert os.stat(teacher).st_mtime_ns == stamp
+    payload = _check_outputs(
+        out,
+        "transfer",
+        {
+            "lwf": "LwF",
+            "lwf_jac": "LwF + Jacobians",
+            "lwf_at_jac": "LwF + attention + Jacobians",
+        },
+        ["5"],
+    )
+    table = (out / "transfer.md").read_text()
+    assert "digits[5,6,7,8,9]" in table
+    assert "VGG-9 pretrained on classes [0, 1, 2, 3, 4]" in table
+    assert "mobilenet" not in table
+    assert payload["teacher_preprocessing"] == "unit"
+    (item,) = payload["differences"]
+    assert (item["method"], item["baseline"]) == ("lwf_jac", "lwf")
+    assert item["columns"]["5"]["n"] == 2
+
+
+def test_transfer_names_a_saved_teacher_by_its_file(tmp_path):
+    path = tmp_path / "digits_0_4.keras"
+    with flagsaver.flagsaver(teacher_weights=str(path)):
+        name = transfer.teacher_description("mobilenet_v2", None)
+    assert name == "saved model digits_0_4.keras"
+    with flagsaver.flagsaver(teacher_weights="imagenet"):
+        name = transfer.teacher_description("resnet50", None)
+    assert name == "resnet50 (imagenet)"

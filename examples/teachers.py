@@ -1,0 +1,295 @@
+"""Teachers of examples/transfer.py: pretrained here, saved, or applications.
+
+`--teacher_weights=pretrain` trains a VGG-9 on `--source_classes` of the
+data set (the other classes form the target task); a saved `.keras` model
+needs `--teacher_preprocessing`; `imagenet`, a `.h5` weights file or `none`
+build a `keras.applications` network (`--teacher_arch`).
+"""
+
+import os
+
+import common_flags  # noqa: F401  (first: quiet TensorFlow start-up)
+import experiment
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app
+from absl import flags
+
+from keras_jacobian import saving
+from keras_jacobian.experiments import data as data_lib
+from keras_jacobian.experiments import models
+
+FLAGS = flags.FLAGS
+
+PREPROCESSING = (
+    "unit",
+    "standardize",
+    "symmetric",
+    "centered255",
+    "application",
+)
+DEFAULT_SOURCE_CLASSES = ("0", "1", "2", "3", "4")
+TEACHER_LEARNING_RATE = 3e-3
+DEFAULT_TEACHER_ARCH = "mobilenet_v2"
+APPLICATIONS = {
+    "mobilenet_v2": (
+        "MobileNetV2",
+        "mobilenet_v2",
+        [("block_3_expand_relu", "block1_out")],
+    ),
+    "resnet50": ("ResNet50", "resnet", [("conv2_block3_out", "block1_out")]),
+    "resnet101": (
+        "ResNet101",
+        "resnet",
+        [("conv2_block3_out", "block1_out")],
+    ),
+    "efficientnet_b0": (
+        "EfficientNetB0",
+        "efficientnet",
+        [("block2b_add", "block1_out")],
+    ),
+}
+# Term order in the shared Distiller.
+
+flags.DEFINE_string(
+    "teacher_weights",
+    "pretrain",
+    "'pretrain' (train a VGG-9 on --source_classes of --dataset, offline, "
+    "saved to <output_dir>/teacher_<data>_<classes>.keras and reused), "
+    "'imagenet' "
+    "(downloaded; needs network), a local .h5/.keras file, or 'none' "
+    "(random weights, for smoke tests).",
+)
+flags.DEFINE_list(
+    "source_classes",
+    None,
+    "Class ids of --dataset that form the source task; the other classes "
+    "form the target task, relabelled 0..k-1 (default: 0,1,2,3,4 with "
+    "--teacher_weights=pretrain, else none: every class is a target "
+    "class). Pass them with a saved teacher trained on those classes.",
+)
+flags.DEFINE_enum(
+    "teacher_preprocessing",
+    "auto",
+    list(("auto",) + tuple(PREPROCESSING)),
+    "How the teacher's inputs are made from images in [0, 1]: 'unit' "
+    "(unchanged), 'standardize' (per-channel mean and std of the target "
+    "training images), 'symmetric' (2x - 1), 'centered255' (255x - 127.5), "
+    "'application' (keras.applications' preprocess_input of "
+    "--teacher_arch). 'auto': 'application' for keras.applications "
+    "teachers, 'unit' for a pretrained one (trained on [0, 1] images); a "
+    "saved teacher file needs an explicit value.",
+)
+flags.DEFINE_integer(
+    "teacher_image_size",
+    None,
+    "Teacher input size (default: the input size of a saved or pretrained "
+    "teacher, else 224).",
+)
+flags.DEFINE_integer(
+    "teacher_classes", 1000, "Source classes of the teacher (its output)."
+)
+flags.DEFINE_float(
+    "teacher_alpha", 1.0, "Width multiplier of a MobileNetV2 teacher."
+)
+
+
+def source_classes():
+    """The source-task class ids (empty: every class is a target class)."""
+    values = FLAGS.source_classes
+    if values is None:
+        values = (
+            DEFAULT_SOURCE_CLASSES
+            if FLAGS.teacher_weights == "pretrain"
+            else ()
+        )
+    return (
+        experiment.parse_ints(values, "source_classes", minimum=0)
+        if (values)
+        else []
+    )
+
+
+def _subset_classes(data, classes, name):
+    """An ImageDataset of the given classes of `data`, relabelled 0..k-1."""
+    lookup = {c: i for i, c in enumerate(classes)}
+
+    def select(images, labels):
+        keep = np.isin(labels, classes)
+        relabelled = np.array(
+            [lookup[int(c)] for c in labels[keep]], dtype="int32"
+        )
+        return images[keep], relabelled
+
+    train = select(data.train_images, data.train_labels)
+    test = select(data.test_images, data.test_labels)
+    return data_lib.ImageDataset(
+        name=name,
+        train_images=train[0],
+        train_labels=train[1],
+        test_images=test[0],
+        test_labels=test[1],
+        num_classes=len(classes),
+        class_names=tuple(data.class_names[c] for c in classes),
+    )
+
+
+def split_tasks(data):
+    """(source, target) data sets; source is `None` without source classes."""
+    classes = source_classes()
+    if not classes:
+        return None, data
+    unknown = [c for c in classes if c >= data.num_classes]
+    target = [c for c in range(data.num_classes) if c not in classes]
+    if unknown or not target:
+        raise app.UsageError(
+            f"Expected --source_classes among 0..{data.num_classes - 1}, "
+            f"leaving at least one target class. Received: {classes}."
+        )
+    label = ",".join(map(str, classes))
+    source = _subset_classes(data, classes, f"{data.name}[{label}]")
+    target_name = f"{data.name}[{','.join(map(str, target))}]"
+    return source, _subset_classes(data, target, target_name)
+
+
+def pretrain_teacher(source, output_dir):
+    """Loads, or trains and saves, a VGG-9 teacher of the source task.
+
+    The teacher sees images in [0, 1] (`--teacher_preprocessing=unit`),
+    augmented with random crops, for `--teacher_epochs` epochs (Adam 3e-3,
+    cosine schedule). Returns the teacher and its source-task test
+    accuracy.
+    """
+    classes = "_".join(map(str, source_classes()))
+    path = FLAGS.teacher_path or os.path.join(
+        output_dir, f"teacher_{source.name.split('[')[0]}_{classes}.keras"
+    )
+    test = data_lib.make_pipeline(
+        source.test_images,
+        source.test_labels,
+        experiment.eval_batch_size(FLAGS.batch_size),
+        training=False,
+    )
+    if os.path.exists(path):
+        teacher = keras.saving.load_model(path, compile=False)
+        return teacher, experiment.accuracy(teacher, test), path
+    keras.utils.set_random_seed(FLAGS.seed)
+    teacher = models.vgg9(
+        source.input_shape,
+        source.num_classes,
+        width=FLAGS.teacher_width,
+        name="teacher",
+    )
+    teacher.compile(
+        optimizer=keras.optimizers.Adam(TEACHER_LEARNING_RATE),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    train = data_lib.make_pipeline(
+        source.train_images,
+        source.train_labels,
+        FLAGS.batch_size,
+        training=True,
+        augment=True,
+        flip=FLAGS.flip,
+        crop_padding=max(1, source.input_shape[0] // 8),
+        seed=FLAGS.seed,
+    ).repeat()
+    experiment.train(
+        teacher,
+        train,
+        epochs=FLAGS.teacher_epochs,
+        steps_per_epoch=experiment.steps_per_epoch(
+            len(source.train_labels),
+            FLAGS.batch_size,
+            FLAGS.min_steps_per_epoch,
+        ),
+        run_name="teacher",
+        learning_rate=TEACHER_LEARNING_RATE,
+        schedule="cosine",
+        tensorboard_dir=FLAGS.tensorboard_dir,
+        backup_dir=None,
+        verbose=FLAGS.verbose,
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    saving.replace_atomically(path, teacher.save)
+    return teacher, experiment.accuracy(teacher, test), path
+
+
+def preprocessing(name, arch, mean, std):
+    """The function making the teacher's inputs from images in [0, 1].
+
+    Functions, not lambdas: AutoGraph, which converts the `tf.data` map
+    functions, cannot tell apart several lambdas on nearby lines and may
+    convert the wrong one.
+    """
+    if name == "application":
+        if arch not in APPLICATIONS:
+            raise app.UsageError(
+                "Expected --teacher_arch among keras.applications teachers "
+                f"{sorted(APPLICATIONS)} with --teacher_preprocessing="
+                f"application. Received: {arch!r}."
+            )
+        module = getattr(keras.applications, APPLICATIONS[arch][1])
+
+    @tf.autograph.experimental.do_not_convert
+    def preprocess(x):
+        if name == "unit":
+            return x
+        if name == "standardize":
+            return (x - mean) / std
+        if name == "symmetric":
+            return 2.0 * x - 1.0
+        if name == "centered255":
+            return x * 255.0 - 127.5
+        return module.preprocess_input(x * 255.0)
+
+    return preprocess
+
+
+def build_teacher(arch):
+    """A keras.applications teacher (or a saved one) returning logits."""
+    weights = FLAGS.teacher_weights
+    if weights.endswith(".keras") and os.path.exists(weights):
+        return keras.saving.load_model(weights, compile=False)
+    size = FLAGS.teacher_image_size or 224
+    class_name, _, _ = APPLICATIONS[arch]
+    kwargs = dict(
+        input_shape=(size, size, 3),
+        weights=None,
+        classes=FLAGS.teacher_classes,
+        classifier_activation=None,
+    )
+    if arch == "mobilenet_v2":
+        kwargs["alpha"] = FLAGS.teacher_alpha
+    if weights == "imagenet":
+        kwargs.update(weights="imagenet", classes=1000)
+    try:
+        teacher = getattr(keras.applications, class_name)(**kwargs)
+    except Exception as error:  # Download failures have many types.
+        if weights != "imagenet":
+            raise
+        raise SystemExit(
+            f"ERROR: could not get the ImageNet weights of {class_name} "
+            f"({type(error).__name__}: {error}). This machine may have no "
+            "network access: download them elsewhere (e.g. "
+            f"`keras.applications.{class_name}(weights='imagenet')."
+            "save_weights('teacher.weights.h5')`), copy the file here and "
+            "pass --teacher_weights=<file>."
+        ) from error
+    if weights not in ("imagenet", "none"):
+        teacher.load_weights(weights)
+    return teacher
+
+
+def teacher_description(arch, pretrained_path):
+    """How the results table names the teacher."""
+    weights = FLAGS.teacher_weights
+    if weights == "pretrain":
+        return (
+            f"VGG-9 pretrained on classes {source_classes()} "
+            f"({pretrained_path})"
+        )
+    if weights.endswith(".keras"):
+        return f"saved model {os.path.basename(weights)}"
+    return f"{arch} ({weights})"
