@@ -151,6 +151,18 @@ _jacobian_variant("jacobian_all", fraction=0.2, target="all")
 _jacobian_variant("jacobian_random1", target="random", num_projections=1)
 _jacobian_variant("jacobian_random4", target="random", num_projections=4)
 
+# The whole Jacobian along random input directions (docs:
+# docs/performance-projections.md).
+for _estimator, _short in (("finite_difference", "fd"), ("jvp", "jvp")):
+    for _count in (1, 4):
+        _jacobian_variant(
+            f"jacobian_{_short}{_count}",
+            target="all",
+            estimator=_estimator,
+            num_projections=_count,
+            normalize=False,
+        )
+
 
 @register_variant("noise")
 def _noise(setup):
@@ -187,6 +199,30 @@ def _regularized(setup):
         setup.fresh_student(), weight=0.01, seed=0, check_differentiable=False
     )
     return setup.compile(model), setup.batch
+
+
+def _regularized_variant(name, **kwargs):
+    @register_variant(name, baseline=PLAIN)
+    def build(setup):
+        model = JacobianRegularizedModel(
+            setup.fresh_student(),
+            weight=0.01,
+            seed=0,
+            **kwargs,
+        )
+        return setup.compile(model), setup.batch
+
+    return build
+
+
+for _estimator, _short in (("finite_difference", "fd"), ("jvp", "jvp")):
+    for _count in (1, 4):
+        _regularized_variant(
+            f"regularized_{_short}{_count}",
+            target="all",
+            estimator=_estimator,
+            num_projections=_count,
+        )
 
 
 # XLA: not run by default (see docs/performance.md).

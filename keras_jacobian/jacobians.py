@@ -236,9 +236,14 @@ def _tile(inputs, num_projections):
     return tf.tile(inputs, multiples)
 
 
+def _wide(dtype):
+    """float64 stays float64; every other float dtype becomes float32."""
+    return "float64" if tf.as_dtype(dtype) == tf.float64 else "float32"
+
+
 def _fold(values, num_projections):
-    """`(R * batch, ...)` to `(R, batch, K)` in float32."""
-    values = tf.cast(values, "float32")
+    """`(R * batch, ...)` to `(R, batch, K)` in float32 (or float64)."""
+    values = tf.cast(values, _wide(values.dtype))
     batch = tf.shape(values)[0] // num_projections
     return tf.reshape(values, [num_projections, batch, -1])
 
@@ -284,7 +289,7 @@ def compute_precision(*dtypes):
 
 
 def finite_difference_step(inputs, step_size=None, precision="float32"):
-    """The length `eps` of each example's step `eps * v`, float32 `(batch,)`.
+    """The length `eps` of each example's step `eps * v`, `(batch,)`.
 
     Args:
         inputs: the batch `x`.
@@ -294,12 +299,14 @@ def finite_difference_step(inputs, step_size=None, precision="float32"):
         precision: the network's coarsest float dtype name.
 
     Returns:
-        A float32 tensor `(batch,)`, constant for autodiff.
+        A tensor `(batch,)` (float64 for float64 inputs, else float32),
+        constant for autodiff.
     """
     batch = tf.shape(inputs)[0]
+    wide = _wide(inputs.dtype)
     if step_size is not None:
-        return tf.fill([batch], tf.constant(step_size, "float32"))
-    flat = tf.reshape(tf.cast(inputs, "float32"), [batch, -1])
+        return tf.fill([batch], tf.constant(step_size, wide))
+    flat = tf.reshape(tf.cast(inputs, wide), [batch, -1])
     size = float(input_size(inputs))
     norms = tf.maximum(tf.norm(flat, axis=-1), MIN_INPUT_RMS * size**0.5)
     return tf.stop_gradient(RELATIVE_STEPS[precision] * norms)
@@ -328,13 +335,16 @@ def central_differences(forward, inputs, directions, steps):
     """
     num_projections = directions.shape[0]
     tiled = _tile(inputs, num_projections)
-    eps = _tile(steps, num_projections)
-    shift = tf.reshape(directions, tf.shape(tiled)) * _broadcastable(
-        eps, tiled.shape.rank
+    wide = _wide(inputs.dtype)
+    eps = tf.cast(_tile(steps, num_projections), wide)
+    shift = tf.cast(
+        tf.reshape(tf.cast(directions, wide), tf.shape(tiled))
+        * _broadcastable(eps, tiled.shape.rank),
+        inputs.dtype,
     )
-    shift = tf.cast(shift, inputs.dtype)
     outputs = forward(tf.concat([tiled + shift, tiled - shift], axis=0))
-    plus, minus = tf.split(tf.cast(outputs, "float32"), 2, axis=0)
+    plus, minus = tf.split(tf.cast(outputs, _wide(outputs.dtype)), 2, axis=0)
+    eps = tf.cast(eps, plus.dtype)
     derivatives = (plus - minus) / _broadcastable(2.0 * eps, plus.shape.rank)
     return _fold(derivatives, num_projections)
 
@@ -356,6 +366,9 @@ def directional_distance(teacher, student, input_size, normalize):
     Returns:
         A float32 tensor `(batch,)`.
     """
+    dtype = "float64" if teacher.dtype == student.dtype == tf.float64 else None
+    teacher = tf.cast(teacher, dtype or "float32")
+    student = tf.cast(student, dtype or "float32")
     if normalize:
         teacher = normalize_rows(teacher)
         student = normalize_rows(student)
