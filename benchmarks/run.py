@@ -283,7 +283,13 @@ def summarize(times, memory, errors, traces, torch_info):
     rows = {}
     medians = {name: float(np.median(t)) for name, t in times.items()}
     baselines = dict(variants_lib_baselines())
-    baselines.update({"torch_jacobian_top1": "torch_activation"})
+    baselines.update(
+        {
+            name: "torch_activation"
+            for name in times
+            if name.startswith("torch_jacobian")
+        }
+    )
     for name, median in medians.items():
         base = baselines.get(name, name)
         row = {

@@ -153,7 +153,12 @@ _jacobian_variant("jacobian_random4", target="random", num_projections=4)
 
 # The whole Jacobian along random input directions (docs:
 # docs/performance-projections.md).
-for _estimator, _short in (("finite_difference", "fd"), ("jvp", "jvp")):
+ESTIMATOR_NAMES = (
+    ("forward_difference", "fwd"),
+    ("finite_difference", "fd"),
+    ("jvp", "jvp"),
+)
+for _estimator, _short in ESTIMATOR_NAMES:
     for _count in (1, 4):
         _jacobian_variant(
             f"jacobian_{_short}{_count}",
@@ -215,7 +220,7 @@ def _regularized_variant(name, **kwargs):
     return build
 
 
-for _estimator, _short in (("finite_difference", "fd"), ("jvp", "jvp")):
+for _estimator, _short in ESTIMATOR_NAMES:
     for _count in (1, 4):
         _regularized_variant(
             f"regularized_{_short}{_count}",

@@ -7,6 +7,12 @@ rows are vectorised with `GradientTape.batch_jacobian` (no Python loop over
 classes). When the tape that produced the rows sits inside another tape that
 records the student's weights, the rows stay differentiable (double
 backprop): this is how a Jacobian term trains the student.
+
+The whole Jacobian is also estimated along random input directions `v`
+(`input_directions`): `J v` for every class at once, by forward mode
+(`jvp`) or by differences of forward passes (`central_differences`,
+`forward_differences`), with `directional_distance` turning them into
+an unbiased estimate of `||J_T - J_S||_F^2`.
 """
 
 import tensorflow as tf
@@ -168,10 +174,18 @@ def match_spatial_size(rows, target_shape):
 # pass, or two forward passes with central differences, instead of one
 # backward pass per class.
 
-ESTIMATORS = ("exact", "vjp", "jvp", "finite_difference")
+ESTIMATORS = (
+    "exact",
+    "vjp",
+    "jvp",
+    "finite_difference",
+    "forward_difference",
+)
 # Estimators that differentiate along input directions, without any
 # reverse-mode input gradient.
-INPUT_ESTIMATORS = ("jvp", "finite_difference")
+INPUT_ESTIMATORS = ("jvp", "finite_difference", "forward_difference")
+# Of those, the ones that difference forward passes (no autodiff of `J v`).
+DIFFERENCE_ESTIMATORS = ("finite_difference", "forward_difference")
 # Central-difference steps relative to the example's norm, per precision:
 # the cube root of the unit round-off u. The truncation error of central
 # differences is O(c^2) relative and the round-off error O(u / c), both
@@ -182,6 +196,15 @@ RELATIVE_STEPS = {
     "float32": 4e-3,
     "float16": 8e-2,
     "bfloat16": 1.6e-1,
+}
+# One-sided (forward) differences: error O(c) relative, round-off
+# O(u / c), both about sqrt(u) at c = sqrt(u): ~2e-4 in float32, ~2e-2 in
+# float16, ~6e-2 in bfloat16.
+FORWARD_RELATIVE_STEPS = {
+    "float64": 1.5e-8,
+    "float32": 2.4e-4,
+    "float16": 2.2e-2,
+    "bfloat16": 6.2e-2,
 }
 # Floor of the per-value root mean square used to scale the step, so that
 # an all-zero example still gets a step in the network's working range.
@@ -288,7 +311,9 @@ def compute_precision(*dtypes):
     return max(names, key=order.index)
 
 
-def finite_difference_step(inputs, step_size=None, precision="float32"):
+def finite_difference_step(
+    inputs, step_size=None, precision="float32", scheme="central"
+):
     """The length `eps` of each example's step `eps * v`, `(batch,)`.
 
     Args:
@@ -297,6 +322,8 @@ def finite_difference_step(inputs, step_size=None, precision="float32"):
             units; `None` for `RELATIVE_STEPS[precision]` times the
             example's norm `||x||` (floored at `MIN_INPUT_RMS * sqrt(D)`).
         precision: the network's coarsest float dtype name.
+        scheme: `"central"` (`RELATIVE_STEPS`) or `"forward"`
+            (`FORWARD_RELATIVE_STEPS`), for the default step.
 
     Returns:
         A tensor `(batch,)` (float64 for float64 inputs, else float32),
@@ -309,7 +336,8 @@ def finite_difference_step(inputs, step_size=None, precision="float32"):
     flat = tf.reshape(tf.cast(inputs, wide), [batch, -1])
     size = float(input_size(inputs))
     norms = tf.maximum(tf.norm(flat, axis=-1), MIN_INPUT_RMS * size**0.5)
-    return tf.stop_gradient(RELATIVE_STEPS[precision] * norms)
+    relative = FORWARD_RELATIVE_STEPS if scheme == "forward" else RELATIVE_STEPS
+    return tf.stop_gradient(relative[precision] * norms)
 
 
 def central_differences(forward, inputs, directions, steps):
@@ -349,6 +377,41 @@ def central_differences(forward, inputs, directions, steps):
     return _fold(derivatives, num_projections)
 
 
+def forward_differences(forward, inputs, outputs, directions, steps):
+    """Directional derivatives by one-sided differences from `F(x)`.
+
+    `(F(x + eps v) - F(x)) / eps`, reusing the outputs `F(x)` of the
+    step's own forward pass: one extra batch of `R` shifted copies. The
+    error is `eps / 2` times the second directional derivative (O(eps));
+    exact for piecewise-linear networks when no kink lies within `eps`.
+
+    Args:
+        forward: a function `inputs -> output tensor (batch, ...)`.
+        inputs: the batch `x`, floating point.
+        outputs: `F(x)`, the same network's output on `inputs`.
+        directions: `(R, batch) + x.shape[1:]`.
+        steps: `(batch,)`, the step lengths `eps`.
+
+    Returns:
+        A float32 (or float64) tensor `(R, batch, K)`.
+    """
+    num_projections = directions.shape[0]
+    tiled = _tile(inputs, num_projections)
+    wide = _wide(inputs.dtype)
+    eps = tf.cast(_tile(steps, num_projections), wide)
+    shift = tf.cast(
+        tf.reshape(tf.cast(directions, wide), tf.shape(tiled))
+        * _broadcastable(eps, tiled.shape.rank),
+        inputs.dtype,
+    )
+    shifted = forward(tiled + shift)
+    shifted = tf.cast(shifted, _wide(shifted.dtype))
+    clean = _tile(tf.cast(outputs, shifted.dtype), num_projections)
+    eps = tf.cast(eps, shifted.dtype)
+    derivatives = (shifted - clean) / _broadcastable(eps, shifted.shape.rank)
+    return _fold(derivatives, num_projections)
+
+
 def _broadcastable(values, rank):
     """Reshapes `(n,)` to `(n, 1, ..., 1)` of the given rank."""
     return tf.reshape(values, [-1] + [1] * (rank - 1))
@@ -378,26 +441,85 @@ def directional_distance(teacher, student, input_size, normalize):
 
 
 def directional_derivatives(
-    estimator, forward, inputs, directions, step_size=None, precision=None
+    estimator,
+    forward,
+    inputs,
+    directions,
+    step_size=None,
+    precision=None,
+    outputs=None,
 ):
-    """`J(x) v` for each direction, by `"jvp"` or `"finite_difference"`.
+    """`J(x) v` for each direction, by forward mode or differences.
 
     Args:
-        estimator: `"jvp"` (forward mode) or `"finite_difference"`
-            (central differences).
+        estimator: `"jvp"` (forward mode), `"finite_difference"`
+            (central differences) or `"forward_difference"` (one-sided,
+            from `outputs`).
         forward: a function `inputs -> output tensor`.
         inputs: the batch `x`.
         directions: `(R, batch) + x.shape[1:]`.
         step_size: see `finite_difference_step`.
         precision: the network's coarsest float dtype name (sets the
             default step); defaults to the input's dtype.
+        outputs: `forward(inputs)`, reused by `"forward_difference"`
+            (computed when None).
 
     Returns:
         A float32 tensor `(R, batch, K)`.
     """
     if estimator == "jvp":
         return jvp(forward, inputs, directions)
-    steps = finite_difference_step(
-        inputs, step_size, precision or compute_precision(inputs.dtype)
-    )
+    precision = precision or compute_precision(inputs.dtype)
+    if estimator == "forward_difference":
+        steps = finite_difference_step(inputs, step_size, precision, "forward")
+        if outputs is None:
+            outputs = forward(inputs)
+        return forward_differences(forward, inputs, outputs, directions, steps)
+    steps = finite_difference_step(inputs, step_size, precision)
     return central_differences(forward, inputs, directions, steps)
+
+
+# Layers whose output is random in training mode: two forward passes
+# then differ by more than the input shift, and differences of them are
+# not derivatives.
+STOCHASTIC_LAYERS = (
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianDropout",
+    "GaussianNoise",
+    "AlphaDropout",
+)
+
+
+def check_no_stochastic_layers(model, role, estimator):
+    """Refuses difference estimators on a network with random layers.
+
+    Args:
+        model: the Keras model run in training mode.
+        role: its name in the message (`"student"`, `"model"`).
+        estimator: the estimator's name.
+
+    Raises:
+        ValueError: when `model` holds a layer of `STOCHASTIC_LAYERS` with
+            a positive rate (or standard deviation).
+    """
+    found = []
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", []))
+        if type(layer).__name__ not in STOCHASTIC_LAYERS:
+            continue
+        config = layer.get_config()
+        if config.get("rate", config.get("stddev", 1.0)):
+            found.append(layer.name)
+    if found:
+        raise ValueError(
+            f"estimator={estimator!r} differences forward passes, but the "
+            f"{role} has layers that draw new random values in each "
+            f"training pass: {sorted(found)}. Two passes would then differ "
+            "by more than the input shift. Use estimator='jvp' (one pass, "
+            "exact derivative) or 'exact', or remove the random layers."
+        )

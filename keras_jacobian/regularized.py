@@ -34,14 +34,17 @@ class JacobianRegularizedModel(SeedStateMixin, LossStepsMixin, keras.Model):
 
     `estimator` chooses how `target="all"` is computed: `"exact"` (the
     default), `"vjp"` (random output projections, as `target="random"`),
-    `"jvp"` or `"finite_difference"`: `D * mean_r ||J v_r||^2` for
+    `"jvp"`, `"finite_difference"` or `"forward_difference"`:
+    `D * mean_r ||J v_r||^2` for
     `num_projections` random input directions `v` uniform on the unit
     sphere of the `D` input values, an unbiased estimate, with `J v` from
     forward mode or from central differences
     `(F(x + eps v) - F(x - eps v)) / (2 eps)` (no second-order autodiff:
     ordinary backprop through one batch of `2 R` shifted copies; see
-    `JacobianMatching` for the step `eps` and its error).
-    `"finite_difference"` is the fastest.
+    `JacobianMatching` for the step `eps` and its error), or from
+    one-sided differences `(F(x + eps v) - F(x)) / eps` that reuse the
+    forward pass of the task loss (one batch of `R` shifted copies: the
+    fastest).
 
     Logs `loss` (the total), `task_loss` (the compiled loss),
     `jacobian_penalty` (the estimate of `||J||_F^2`) and the compiled
@@ -52,7 +55,8 @@ class JacobianRegularizedModel(SeedStateMixin, LossStepsMixin, keras.Model):
         weight: penalty weight (a `keras.Variable`, see `weight_variable`).
         target: `"random"` or `"all"`.
         estimator: `None` (`"vjp"` for `"random"`, `"exact"` for
-            `"all"`), `"exact"`, `"vjp"`, `"jvp"` or `"finite_difference"`.
+            `"all"`), `"exact"`, `"vjp"`, `"jvp"`, `"finite_difference"`
+            or `"forward_difference"`.
         step_size: the finite-difference step length in input units;
             `None` for the default step relative to each example's norm.
         num_projections: random vectors per example for `"random"`.
@@ -108,7 +112,13 @@ class JacobianRegularizedModel(SeedStateMixin, LossStepsMixin, keras.Model):
         estimator = _check_estimator(target, estimator, step_size)
         input_shape, dtype = validation.input_spec(model, "model")
         validation.check_float_input(dtype, "model")
-        if check_differentiable and estimator != "finite_difference":
+        if estimator in jacobians.DIFFERENCE_ESTIMATORS:
+            jacobians.check_no_stochastic_layers(model, "model", estimator)
+        # Input-direction estimators take no input gradient (as in the
+        # `Distiller`, whose terms then need none): nothing to probe.
+        if check_differentiable and estimator not in (
+            jacobians.INPUT_ESTIMATORS
+        ):
             validation.probe_input_gradients(
                 model, input_shape, "model", second_order=True
             )
@@ -193,6 +203,7 @@ class JacobianRegularizedModel(SeedStateMixin, LossStepsMixin, keras.Model):
                 logits.dtype,
                 keras.config.dtype_policy().compute_dtype,
             ),
+            outputs=logits,
         )
         size = float(jacobians.input_size(x))
         return jacobians.directional_distance(
@@ -259,13 +270,14 @@ def _check_estimator(target, estimator, step_size):
             "target='random'. Use target='all' with the estimator."
         )
     if step_size is not None and (
-        estimator != "finite_difference"
+        estimator not in jacobians.DIFFERENCE_ESTIMATORS
         or not isinstance(step_size, (int, float))
         or step_size <= 0
     ):
         raise ValueError(
             "`step_size` must be a positive number, used with "
-            "estimator='finite_difference' only. Received: "
+            "estimator='finite_difference' or 'forward_difference' only. "
+            "Received: "
             f"step_size={step_size!r} with estimator={estimator!r}."
         )
     return estimator

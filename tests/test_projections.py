@@ -15,7 +15,7 @@ import keras_jacobian as kj
 from keras_jacobian import jacobians
 from tests import tiny
 
-INPUT_ESTIMATORS = ("jvp", "finite_difference")
+INPUT_ESTIMATORS = ("jvp", "finite_difference", "forward_difference")
 
 
 def full_jacobians(model, x):
@@ -109,7 +109,7 @@ def test_linear_models_exact_in_expectation(estimator):
         estimator, student, tf.constant(x[:1]), tf.constant(v)
     )
     np.testing.assert_allclose(
-        derivative.numpy()[:, 0], v[:, 0] @ ws, rtol=1e-7
+        derivative.numpy()[:, 0], v[:, 0] @ ws, rtol=1e-6
     )
 
 
@@ -123,11 +123,17 @@ def test_jvp_is_the_jacobian_times_the_direction():
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-9)
 
 
-def _difference_error(model, x, v, step):
-    steps = tf.fill([len(x)], tf.constant(step, "float32"))
-    fd = jacobians.central_differences(
-        model, tf.constant(x), tf.constant(v), steps
-    )
+def _difference_error(model, x, v, step, scheme="central"):
+    steps = tf.fill([len(x)], tf.constant(step, "float64"))
+    if scheme == "central":
+        fd = jacobians.central_differences(
+            model, tf.constant(x), tf.constant(v), steps
+        )
+    else:
+        inputs = tf.constant(x)
+        fd = jacobians.forward_differences(
+            model, inputs, model(inputs), tf.constant(v), steps
+        )
     jac = full_jacobians(model, x)
     expected = np.einsum("bkd,rbd->rbk", jac, v.reshape(len(v), len(x), -1))
     return np.max(np.abs(fd.numpy() - expected)) / np.max(np.abs(expected))
@@ -141,6 +147,11 @@ def test_finite_differences_error_shrinks_as_step_squared():
     # Central differences: error ~ eps^2 / 6 * third derivative.
     for coarse, fine in zip(errors, errors[1:]):
         assert 3.0 < coarse / fine < 5.0, errors
+    # One-sided differences: error ~ eps / 2 * second derivative.
+    errors = [
+        _difference_error(model, x, v, s, "forward") for s in (0.04, 0.02)
+    ]
+    assert 1.7 < errors[0] / errors[1] < 2.3, errors
     # The default float64 step (5e-6 ||x||) is accurate to round-off.
     default = jacobians.directional_derivatives(
         "finite_difference", model, tf.constant(x), tf.constant(v)
@@ -157,23 +168,28 @@ def test_finite_differences_exact_for_relu_away_from_kinks():
     # round-off, at every step size.
     for step in (1e-2, 1e-4):
         assert _difference_error(model, x, v, step) < 1e-10
+        assert _difference_error(model, x, v, step, "forward") < 1e-10
     # A large step crosses kinks: no longer exact (the check can fail).
     assert _difference_error(model, x, v, 3.0) > 1e-3
 
 
-def test_default_float32_step_is_accurate():
+@pytest.mark.parametrize(
+    "estimator, bound",
+    [("finite_difference", 1e-4), ("forward_difference", 2e-3)],
+)
+def test_default_float32_step_is_accurate(estimator, bound):
     model = tiny.conv_net(seed=7)  # tanh, float32
     x = tiny.images(4)
     v = random_directions(x.shape, 2, seed=8).astype("float32")
     got = jacobians.directional_derivatives(
-        "finite_difference", model, tf.constant(x), tf.constant(v)
+        estimator, model, tf.constant(x), tf.constant(v)
     )
     expected = jacobians.jvp(model, tf.constant(x), tf.constant(v))
     error = np.max(np.abs(got - expected)) / np.max(np.abs(expected))
-    assert error < 1e-3, error
+    assert error < bound, error
 
 
-@pytest.mark.parametrize("estimator", INPUT_ESTIMATORS)
+@pytest.mark.parametrize("estimator", ["jvp", "finite_difference"])
 def test_proposition_one_against_noise_as_sigma_shrinks(estimator):
     teacher = tiny.mlp(seed=0, name="t")
     student = tiny.mlp(seed=10, name="s")
@@ -438,7 +454,16 @@ def test_keras_round_trip(tmp_path):
 def test_xla_matches_no_xla(estimator):
     teacher = tiny.conv_net(seed=0, name="t")
     student = tiny.conv_net(seed=10, name="s")
-    x, y = tiny.images(8), np.arange(8) % 5
+    x = np.tile(tiny.images(2), (200, 1, 1, 1))
+    y = np.arange(len(x)) % 5
+    exact = np.mean(
+        np.sum(
+            (full_jacobians(teacher, x[:2]) - full_jacobians(student, x[:2]))
+            ** 2,
+            axis=(1, 2),
+        )
+    )
+    initial = student.get_weights()
     results = []
     for jit in (False, True):
         s = keras.models.clone_model(student)
@@ -455,20 +480,81 @@ def test_xla_matches_no_xla(estimator):
             seed=2,
         )
         distiller.compile(
-            optimizer=keras.optimizers.SGD(0.05),
+            optimizer=keras.optimizers.SGD(0.01),
             loss=tiny.sparse_ce(),
             jit_compile=jit,
         )
-        history = distiller.fit(x, y, batch_size=8, verbose=0).history
-        results.append((history, s.get_weights()))
-    (h0, w0), (h1, w1) = results
-    # XLA draws other directions from the same seed: the estimates agree
-    # as estimates, and the updates in size.
-    for name in h0:
-        assert np.isfinite(h1[name][0]), name
-        np.testing.assert_allclose(h1[name][0], h0[name][0], rtol=0.5)
-    for a, b, init in zip(w0, w1, student.get_weights()):
-        assert np.all(np.isfinite(b))
+        history = distiller.fit(x, y, batch_size=len(x), verbose=0).history
+        results.append(({k: v[0] for k, v in history.items()}, s))
+    (logs0, s0), (logs1, s1) = results
+    # XLA draws other directions from the same seed: the Jacobian terms
+    # agree as estimates (400 draws), the rest to round-off.
+    for name in ("student_loss", "logits_distillation_loss"):
+        np.testing.assert_allclose(logs1[name], logs0[name], rtol=1e-4)
+    for logs in (logs0, logs1):
         np.testing.assert_allclose(
-            np.linalg.norm(b - init), np.linalg.norm(a - init), rtol=0.5
+            logs["jacobian_matching_loss"], exact, rtol=0.15
+        )
+    updates = [
+        np.concatenate(
+            [(w - w0).ravel() for w, w0 in zip(s.get_weights(), initial)]
+        )
+        for s in (s0, s1)
+    ]
+    assert np.all(np.isfinite(updates[1]))
+    np.testing.assert_allclose(
+        np.linalg.norm(updates[1]), np.linalg.norm(updates[0]), rtol=0.15
+    )
+
+
+def test_difference_estimators_refuse_random_layers():
+    teacher = tiny.conv_net(seed=0, name="t")
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Flatten()(inputs)
+    h = keras.layers.Dropout(0.5, name="drop")(h)
+    student = keras.Model(inputs, keras.layers.Dense(5)(h))
+    for estimator in ("finite_difference", "forward_difference"):
+        term = kj.JacobianMatching("all", estimator=estimator)
+        with pytest.raises(ValueError, match=r"random values.*\['drop'\]"):
+            kj.Distiller(teacher, student, [term])
+        with pytest.raises(ValueError, match="random values"):
+            kj.JacobianRegularizedModel(
+                student, target="all", estimator=estimator
+            )
+    # Forward mode takes one pass: fine with dropout.
+    kj.Distiller(
+        teacher, student, [kj.JacobianMatching("all", estimator="jvp")]
+    )
+
+
+@pytest.mark.slow
+def test_two_replicas_match_one_device():
+    import json
+    import os
+    import sys
+
+    sys.path.insert(
+        0, os.path.join(os.path.dirname(__file__), "distributed_jobs")
+    )
+    import cluster
+
+    process = cluster.start("projections_equality.py", [])
+    out, _ = process.communicate(timeout=600)
+    assert process.returncode == 0
+    line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT ") :])
+    assert len(result) == 6
+    for case, values in result.items():
+        assert values["moved"] > 0.1, case
+        # Forward mode: float32 round-off of the all-reduce only (as for
+        # the exact terms). Differences divide the round-off (which
+        # depends on how the batch is split) by the step: measured ~1e-4
+        # of the update, against O(1) with other directions.
+        if case.endswith("jvp"):
+            bound = 1e-5
+        else:
+            bound = 1e-3 * values["moved"]
+        assert values["max_weight_diff"] < bound, (case, values)
+        np.testing.assert_allclose(
+            values["loss_mirrored"], values["loss_one"], rtol=1e-4
         )

@@ -1,6 +1,6 @@
 """Jacobian matching along random input directions (forward mode or
-finite differences): the `JacobianMatching` estimators `"jvp"` and
-`"finite_difference"`.
+finite differences): the `JacobianMatching` estimators `"jvp"`,
+`"finite_difference"` and `"forward_difference"`.
 
 The teacher's directional derivatives `J_T v` and the directions `v`
 are its targets; the student's `J_S v` along the same `v` are compared
@@ -32,6 +32,7 @@ def derivatives(term, ctx, directions):
         directions,
         step_size=term.step_size,
         precision=precision_of(ctx),
+        outputs=ctx.outputs[OUTPUT],
     )
 
 
