@@ -244,6 +244,14 @@ def _top1_xla(setup):
     return setup.distiller(terms, jit_compile=True), setup.batch
 
 
+@register_variant("jacobian_fwd1_xla", baseline="activation_xla", default=False)
+def _fwd1_xla(setup):
+    term = JacobianMatching(
+        "all", estimator="forward_difference", normalize=False
+    )
+    return setup.distiller([_kd(), term], jit_compile=True), setup.batch
+
+
 @register_variant("attention_transfer")
 def _attention_transfer(setup):
     term = AttentionTransfer(ATTENTION_PAIRS)
