@@ -113,7 +113,7 @@ class JacobianRegularizedModel(SeedStateMixin, LossStepsMixin, keras.Model):
         input_shape, dtype = validation.input_spec(model, "model")
         validation.check_float_input(dtype, "model")
         if estimator in jacobians.DIFFERENCE_ESTIMATORS:
-            jacobians.check_no_stochastic_layers(model, "model", estimator)
+            validation.check_no_stochastic_layers(model, "model", estimator)
         # Input-direction estimators take no input gradient (as in the
         # `Distiller`, whose terms then need none): nothing to probe.
         if check_differentiable and estimator not in (

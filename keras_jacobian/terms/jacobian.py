@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_jacobian import jacobians
+from keras_jacobian import validation
 from keras_jacobian.terms import projections
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
@@ -289,7 +290,7 @@ class JacobianMatching(DistillationTerm):
     def check_models(self, teacher, student):
         # The teacher always runs in inference mode; the student trains.
         if self.estimator in jacobians.DIFFERENCE_ESTIMATORS:
-            jacobians.check_no_stochastic_layers(
+            validation.check_no_stochastic_layers(
                 student, "student", self.estimator
             )
 
