@@ -26,8 +26,10 @@ returns zeros on CPU, so it cannot be used.
 
 When `torch` is importable, a PyTorch reference of the activation-only
 and the top-1 Jacobian step (same architectures, same batch, the usual
-`torch.autograd.grad(..., create_graph=True)`) is timed in the same
-rounds, with `torch.set_num_threads` equal to TensorFlow's thread count.
+`torch.autograd.grad(..., create_graph=True)`) and of the whole-Jacobian
+steps along one input direction (`torch.func.jvp`, one-sided and central
+differences) is timed in the same rounds, with `torch.set_num_threads`
+equal to TensorFlow's thread count.
 """
 
 import json
