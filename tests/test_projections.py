@@ -544,19 +544,22 @@ def test_two_replicas_match_one_device():
     line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
     result = json.loads(line[len("RESULT ") :])
     assert len(result) == 6
+    print(json.dumps(result, indent=1))
     for case, values in result.items():
         assert values["moved"] > 0.1, case
         # Forward mode: float32 round-off of the all-reduce only (as for
         # the exact terms). Differences divide the round-off (which
-        # depends on how the batch is split) by the step: measured ~1e-4
-        # of the update, against O(1) with other directions.
-        if case.endswith("jvp"):
-            bound = 1e-5
-        else:
-            bound = 1e-3 * values["moved"]
+        # depends on how the batch is split) by the step, 1 / c: measured
+        # 8e-5 (central) and 2e-3 (one-sided) of the update, against O(1)
+        # with other directions.
+        bound = {
+            "jvp": 1e-5,
+            "finite_difference": 1e-3 * values["moved"],
+            "forward_difference": 1e-2 * values["moved"],
+        }[case.split("_", 1)[1]]
         assert values["max_weight_diff"] < bound, (case, values)
         np.testing.assert_allclose(
-            values["loss_mirrored"], values["loss_one"], rtol=1e-4
+            values["loss_mirrored"], values["loss_one"], rtol=1e-3
         )
 
 
