@@ -59,7 +59,8 @@ class JacobianRegularizedModel(SeedStateMixin, LossStepsMixin, keras.Model):
             or `"forward_difference"`.
         step_size: the finite-difference step length in input units;
             `None` for the default step relative to each example's norm.
-        num_projections: random vectors per example for `"random"`.
+        num_projections: random vectors per example for `"random"` and
+            every estimator but `"exact"`.
         seed: seed for the random projections.
         check_differentiable: check at construction that the model's input
             gradient is differentiable with respect to its kernels.
