@@ -3,7 +3,9 @@
 `JacobianMatching(target="all", estimator="jvp" | "finite_difference")`
 and the same estimators of `JacobianRegularizedModel`, checked against
 full Jacobians from a plain tape, closed forms, NumPy, finite differences
-and `NoiseDistillation`. About a minute on 2 CPU cores.
+and `NoiseDistillation`. About a minute on 2 quiet CPU cores (the tests
+marked slow, half of it: XLA, mixed precision, proposition 1, the
+2-replica subprocess).
 """
 
 import keras
@@ -189,6 +191,7 @@ def test_default_float32_step_is_accurate(estimator, bound):
     assert error < bound, error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["jvp", "finite_difference"])
 def test_proposition_one_against_noise_as_sigma_shrinks(estimator):
     teacher = tiny.mlp(seed=0, name="t")
@@ -450,6 +453,7 @@ def test_keras_round_trip(tmp_path):
     assert (again.target, again.estimator) == ("all", "jvp")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", INPUT_ESTIMATORS)
 def test_xla_matches_no_xla(estimator):
     teacher = tiny.conv_net(seed=0, name="t")
@@ -598,6 +602,7 @@ def _mixed_logs(policy_name, weights, fit):
     return logs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy_name", list(MIXED_TOLERANCE))
 def test_mixed_precision_close_to_float32(restore_policy, policy_name):
     teacher = tiny.conv_net(seed=0, name="t")
