@@ -26,8 +26,10 @@ returns zeros on CPU, so it cannot be used.
 
 When `torch` is importable, a PyTorch reference of the activation-only
 and the top-1 Jacobian step (same architectures, same batch, the usual
-`torch.autograd.grad(..., create_graph=True)`) is timed in the same
-rounds, with `torch.set_num_threads` equal to TensorFlow's thread count.
+`torch.autograd.grad(..., create_graph=True)`) and of the whole-Jacobian
+steps along one input direction (`torch.func.jvp`, one-sided and central
+differences) is timed in the same rounds, with `torch.set_num_threads`
+equal to TensorFlow's thread count.
 """
 
 import json
@@ -283,7 +285,13 @@ def summarize(times, memory, errors, traces, torch_info):
     rows = {}
     medians = {name: float(np.median(t)) for name, t in times.items()}
     baselines = dict(variants_lib_baselines())
-    baselines.update({"torch_jacobian_top1": "torch_activation"})
+    baselines.update(
+        {
+            name: "torch_activation"
+            for name in times
+            if name.startswith("torch_jacobian")
+        }
+    )
     for name, median in medians.items():
         base = baselines.get(name, name)
         row = {

@@ -11,6 +11,14 @@ of each kind is written the common PyTorch way:
   `torch.autograd.grad(..., create_graph=True)`, the squared distance of
   the L2-normalised rows added to the same loss, `backward`, SGD step.
 
+- the whole Jacobian along one random input direction `v` (unit norm
+  over the `D` input values), `D * ||J_T v - J_S v||^2` added to the same
+  loss, with `J v` from `torch.func.jvp` (the student's under autograd:
+  reverse-over-forward), from one-sided differences
+  `(F(x + eps v) - F(x)) / eps` (one batch of 2B through each network)
+  or from central differences (one batch of 3B), as the Keras
+  estimators `"jvp"`, `"forward_difference"` and `"finite_difference"`.
+
 `benchmarks/run.py` times them in the same rounds as the Keras steps, so
 the two frameworks' Jacobian/activation ratios are measured side by side.
 """
@@ -151,7 +159,57 @@ def make_steps(keras_teacher, keras_student, x, y, threads, seed=0):
         opt_j.step()
         return float(loss.detach())
 
-    return {
+    steps = {
         "torch_activation": activation_step,
         "torch_jacobian_top1": jacobian_step,
     }
+    for scheme in ("jvp", "fwd", "fd"):
+        steps[f"torch_jacobian_{scheme}1"] = _projection_step(
+            scheme, teacher, to_torch(keras_student), optimizer, inputs, labels
+        )
+    return steps
+
+
+# Relative steps of the Keras defaults in float32 (jacobians.py).
+_RELATIVE_STEPS = {"fwd": 2.4e-4, "fd": 4e-3}
+
+
+def _projection_step(scheme, teacher, student, optimizer, inputs, labels):
+    """One step matching `J v` along one random input direction."""
+    opt = optimizer(student)
+    batch = inputs.shape[0]
+    size = inputs[0].numel()
+
+    def step():
+        v = torch.randn_like(inputs)
+        v = v / v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        if scheme == "jvp":
+            with torch.no_grad():
+                t, t_dir = torch.func.jvp(teacher, (inputs,), (v,))
+            s, s_dir = torch.func.jvp(student, (inputs,), (v,))
+        else:
+            eps = _RELATIVE_STEPS[scheme] * inputs.flatten(1).norm(dim=1)
+            shift = eps.view(-1, 1, 1, 1) * v
+            if scheme == "fwd":
+                stacked = torch.cat([inputs, inputs + shift])
+            else:
+                stacked = torch.cat([inputs, inputs + shift, inputs - shift])
+            with torch.no_grad():
+                t_all = teacher(stacked)
+            s_all = student(stacked)
+            t, s = t_all[:batch], s_all[:batch]
+            if scheme == "fwd":
+                t_dir = (t_all[batch:] - t) / eps[:, None]
+                s_dir = (s_all[batch:] - s) / eps[:, None]
+            else:
+                scale = 2 * eps[:, None]
+                t_dir = (t_all[batch : 2 * batch] - t_all[2 * batch :]) / scale
+                s_dir = (s_all[batch : 2 * batch] - s_all[2 * batch :]) / scale
+        jacobian = size * ((t_dir - s_dir) ** 2).sum(-1).mean()
+        loss = F.cross_entropy(s, labels) + _kd(t, s) + jacobian
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step

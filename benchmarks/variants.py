@@ -150,6 +150,23 @@ _jacobian_variant("jacobian_all", fraction=0.2, target="all")
 _jacobian_variant("jacobian_random1", target="random", num_projections=1)
 _jacobian_variant("jacobian_random4", target="random", num_projections=4)
 
+# The whole Jacobian along random input directions (docs:
+# docs/performance-projections.md).
+ESTIMATOR_NAMES = (
+    ("forward_difference", "fwd"),
+    ("finite_difference", "fd"),
+    ("jvp", "jvp"),
+)
+for _estimator, _short in ESTIMATOR_NAMES:
+    for _count in (1, 4):
+        _jacobian_variant(
+            f"jacobian_{_short}{_count}",
+            target="all",
+            estimator=_estimator,
+            num_projections=_count,
+            normalize=False,
+        )
+
 
 @register_variant("noise")
 def _noise(setup):
@@ -186,6 +203,30 @@ def _regularized(setup):
     return setup.compile(model), setup.batch
 
 
+def _regularized_variant(name, **kwargs):
+    @register_variant(name, baseline=PLAIN)
+    def build(setup):
+        model = JacobianRegularizedModel(
+            setup.fresh_student(),
+            weight=0.01,
+            seed=0,
+            **kwargs,
+        )
+        return setup.compile(model), setup.batch
+
+    return build
+
+
+for _estimator, _short in ESTIMATOR_NAMES:
+    for _count in (1, 4):
+        _regularized_variant(
+            f"regularized_{_short}{_count}",
+            target="all",
+            estimator=_estimator,
+            num_projections=_count,
+        )
+
+
 # XLA: not run by default (see docs/performance.md).
 
 
@@ -198,6 +239,14 @@ def _activation_xla(setup):
 def _top1_xla(setup):
     terms = [_kd(), JacobianMatching("teacher_top1")]
     return setup.distiller(terms, jit_compile=True), setup.batch
+
+
+@register_variant("jacobian_fwd1_xla", baseline="activation_xla", default=False)
+def _fwd1_xla(setup):
+    term = JacobianMatching(
+        "all", estimator="forward_difference", normalize=False
+    )
+    return setup.distiller([_kd(), term], jit_compile=True), setup.batch
 
 
 @register_variant("attention_transfer")

@@ -7,6 +7,12 @@ rows are vectorised with `GradientTape.batch_jacobian` (no Python loop over
 classes). When the tape that produced the rows sits inside another tape that
 records the student's weights, the rows stay differentiable (double
 backprop): this is how a Jacobian term trains the student.
+
+The whole Jacobian is also estimated along random input directions `v`
+(`input_directions`): `J v` for every class at once, by forward mode
+(`jvp`) or by differences of forward passes (`central_differences`,
+`forward_differences`), with `directional_distance` turning them into
+an unbiased estimate of `||J_T - J_S||_F^2`.
 """
 
 import tensorflow as tf
@@ -178,3 +184,318 @@ def match_spatial_size(rows, target_shape):
     ratio = (source_height * source_width) / (height * width)
     images = tf.cast(images, "float32") * ratio
     return tf.reshape(images, [shape[0], shape[1], height, width, channels])
+
+
+# Input-space projections: `J v` for random input directions `v`.
+#
+# For `v` uniform on the unit sphere of the `D` input values of an example,
+# `E[v v^T] = I / D`, so `D * ||A v||^2` is an unbiased estimate of
+# `||A||_F^2` for any matrix `A` with `D` columns, e.g. `J_T - J_S`. One
+# directional derivative `J v` gives every class at once: one forward-mode
+# pass, or two forward passes with central differences, instead of one
+# backward pass per class.
+
+ESTIMATORS = (
+    "exact",
+    "vjp",
+    "jvp",
+    "finite_difference",
+    "forward_difference",
+)
+# Estimators that differentiate along input directions, without any
+# reverse-mode input gradient.
+INPUT_ESTIMATORS = ("jvp", "finite_difference", "forward_difference")
+# Of those, the ones that difference forward passes (no autodiff of `J v`).
+DIFFERENCE_ESTIMATORS = ("finite_difference", "forward_difference")
+# Central-difference steps relative to the example's norm, per precision:
+# the cube root of the unit round-off u. The truncation error of central
+# differences is O(c^2) relative and the round-off error O(u / c), both
+# about u^(2/3) at c = u^(1/3): ~1e-5 in float32, ~5e-3 in float16, ~2e-2
+# in bfloat16, all well below the Monte Carlo spread of the estimate.
+RELATIVE_STEPS = {
+    "float64": 5e-6,
+    "float32": 4e-3,
+    "float16": 8e-2,
+    "bfloat16": 1.6e-1,
+}
+# One-sided (forward) differences: error O(c) relative, round-off
+# O(u / c), both about sqrt(u) at c = sqrt(u): ~2e-4 in float32, ~2e-2 in
+# float16, ~6e-2 in bfloat16.
+FORWARD_RELATIVE_STEPS = {
+    "float64": 1.5e-8,
+    "float32": 2.4e-4,
+    "float16": 2.2e-2,
+    "bfloat16": 6.2e-2,
+}
+# Floor of the per-value root mean square used to scale the step, so that
+# an all-zero example still gets a step in the network's working range.
+MIN_INPUT_RMS = 1e-3
+
+
+def input_directions(inputs, num_projections, seed):
+    """Draws unit input directions `v`, one set per example.
+
+    Each `v` is uniform on the unit sphere of the example's `D` input
+    values. Under `tf.distribute`, every replica draws the directions of
+    the whole global batch (the seed generator's state is the same on
+    every replica) and keeps its own slice, so that N replicas use the
+    directions one device would use for the same global batch.
+
+    Args:
+        inputs: the batch `(batch, ...)`.
+        num_projections: directions per example, `R`.
+        seed: a `keras.random.SeedGenerator` or an integer seed.
+
+    Returns:
+        A float32 tensor `(R, batch) + inputs.shape[1:]`.
+    """
+    context = tf.distribute.get_replica_context()
+    replicas, replica = 1, 0
+    if context is not None:
+        replicas = context.num_replicas_in_sync
+        replica = context.replica_id_in_sync_group
+    shape = tf.shape(inputs)
+    batch = shape[0]
+    size = input_size(inputs)
+    v = unit_vectors(tf.stack([num_projections, batch * replicas, size]), seed)
+    if replicas > 1:
+        v = v[:, replica * batch : (replica + 1) * batch]
+    return tf.reshape(v, tf.concat([[num_projections, batch], shape[1:]], 0))
+
+
+def input_size(inputs):
+    size = 1
+    for dim in inputs.shape[1:]:
+        if dim is None:
+            raise ValueError(
+                "Input-direction estimators need a fully known input shape "
+                f"(batch axis excepted). Received: {inputs.shape}."
+            )
+        size *= dim
+    return size
+
+
+def _tile(inputs, num_projections):
+    multiples = [num_projections] + [1] * (inputs.shape.rank - 1)
+    return tf.tile(inputs, multiples)
+
+
+def _wide(dtype):
+    """float64 stays float64; every other float dtype becomes float32."""
+    return "float64" if tf.as_dtype(dtype) == tf.float64 else "float32"
+
+
+def _fold(values, num_projections):
+    """`(R * batch, ...)` to `(R, batch, K)` in float32 (or float64)."""
+    values = tf.cast(values, _wide(values.dtype))
+    batch = tf.shape(values)[0] // num_projections
+    return tf.reshape(values, [num_projections, batch, -1])
+
+
+def jvp(forward, inputs, directions):
+    """Directional derivatives `J(x) v` by forward-mode autodiff.
+
+    Runs `forward` once on `R` copies of the batch under a
+    `tf.autodiff.ForwardAccumulator`. Inside an outer `tf.GradientTape`
+    the result is differentiable with respect to the network's weights
+    (reverse-over-forward), so a loss on it trains the network.
+
+    Args:
+        forward: a function `inputs -> output tensor (batch, ...)`.
+        inputs: the batch `x`, floating point.
+        directions: `(R, batch) + x.shape[1:]`, e.g. from
+            `input_directions`.
+
+    Returns:
+        A float32 tensor `(R, batch, K)`: the flattened `J v_r` of each
+        example, `K` the output size.
+
+    Raises:
+        ValueError: when the output does not depend on the input through
+            operations with forward-mode derivatives.
+    """
+    num_projections = directions.shape[0]
+    primals = _tile(inputs, num_projections)
+    tangents = tf.reshape(tf.cast(directions, inputs.dtype), tf.shape(primals))
+    with tf.autodiff.ForwardAccumulator(primals, tangents) as accumulator:
+        outputs = forward(primals)
+    derivatives = accumulator.jvp(outputs)
+    _check_connected(derivatives)
+    return _fold(derivatives, num_projections)
+
+
+def compute_precision(*dtypes):
+    """The coarsest float dtype name among `dtypes` (None entries skipped)."""
+    order = ["float64", "float32", "float16", "bfloat16"]
+    names = [tf.as_dtype(d).name for d in dtypes if d is not None]
+    names = [n for n in names if n in order] or ["float32"]
+    return max(names, key=order.index)
+
+
+def finite_difference_step(
+    inputs, step_size=None, precision="float32", scheme="central"
+):
+    """The length `eps` of each example's step `eps * v`, `(batch,)`.
+
+    Args:
+        inputs: the batch `x`.
+        step_size: a positive float, the step's Euclidean length in input
+            units; `None` for `RELATIVE_STEPS[precision]` times the
+            example's norm `||x||` (floored at `MIN_INPUT_RMS * sqrt(D)`).
+        precision: the network's coarsest float dtype name.
+        scheme: `"central"` (`RELATIVE_STEPS`) or `"forward"`
+            (`FORWARD_RELATIVE_STEPS`), for the default step.
+
+    Returns:
+        A tensor `(batch,)` (float64 for float64 inputs, else float32),
+        constant for autodiff.
+    """
+    batch = tf.shape(inputs)[0]
+    wide = _wide(inputs.dtype)
+    if step_size is not None:
+        return tf.fill([batch], tf.constant(step_size, wide))
+    flat = tf.reshape(tf.cast(inputs, wide), [batch, -1])
+    size = float(input_size(inputs))
+    norms = tf.maximum(tf.norm(flat, axis=-1), MIN_INPUT_RMS * size**0.5)
+    relative = FORWARD_RELATIVE_STEPS if scheme == "forward" else RELATIVE_STEPS
+    return tf.stop_gradient(relative[precision] * norms)
+
+
+def central_differences(forward, inputs, directions, steps):
+    """Directional derivatives by central differences, one batch.
+
+    `(F(x + eps v) - F(x - eps v)) / (2 eps)` for every example and
+    direction, the `2 R` shifted copies of the batch run through `forward`
+    as one batch. The error is `eps^2 / 6` times the third directional
+    derivative (O(eps^2)); for a piecewise-linear network (ReLU, max
+    pooling) it is exact when no kink lies within `eps` of `x` along `v`.
+    No second-order autodiff: a loss on the result trains the network by
+    ordinary backprop through the two forward passes.
+
+    Args:
+        forward: a function `inputs -> output tensor (batch, ...)`.
+        inputs: the batch `x`, floating point.
+        directions: `(R, batch) + x.shape[1:]`.
+        steps: float32 `(batch,)`, the step lengths `eps`
+            (`finite_difference_step`).
+
+    Returns:
+        A float32 tensor `(R, batch, K)`.
+    """
+    num_projections = directions.shape[0]
+    tiled = _tile(inputs, num_projections)
+    wide = _wide(inputs.dtype)
+    eps = tf.cast(_tile(steps, num_projections), wide)
+    shift = tf.cast(
+        tf.reshape(tf.cast(directions, wide), tf.shape(tiled))
+        * _broadcastable(eps, tiled.shape.rank),
+        inputs.dtype,
+    )
+    outputs = forward(tf.concat([tiled + shift, tiled - shift], axis=0))
+    plus, minus = tf.split(tf.cast(outputs, _wide(outputs.dtype)), 2, axis=0)
+    eps = tf.cast(eps, plus.dtype)
+    derivatives = (plus - minus) / _broadcastable(2.0 * eps, plus.shape.rank)
+    return _fold(derivatives, num_projections)
+
+
+def forward_differences(forward, inputs, outputs, directions, steps):
+    """Directional derivatives by one-sided differences from `F(x)`.
+
+    `(F(x + eps v) - F(x)) / eps`, reusing the outputs `F(x)` of the
+    step's own forward pass: one extra batch of `R` shifted copies. The
+    error is `eps / 2` times the second directional derivative (O(eps));
+    exact for piecewise-linear networks when no kink lies within `eps`.
+
+    Args:
+        forward: a function `inputs -> output tensor (batch, ...)`.
+        inputs: the batch `x`, floating point.
+        outputs: `F(x)`, the same network's output on `inputs`.
+        directions: `(R, batch) + x.shape[1:]`.
+        steps: `(batch,)`, the step lengths `eps`.
+
+    Returns:
+        A float32 (or float64) tensor `(R, batch, K)`.
+    """
+    num_projections = directions.shape[0]
+    tiled = _tile(inputs, num_projections)
+    wide = _wide(inputs.dtype)
+    eps = tf.cast(_tile(steps, num_projections), wide)
+    shift = tf.cast(
+        tf.reshape(tf.cast(directions, wide), tf.shape(tiled))
+        * _broadcastable(eps, tiled.shape.rank),
+        inputs.dtype,
+    )
+    shifted = forward(tiled + shift)
+    shifted = tf.cast(shifted, _wide(shifted.dtype))
+    clean = _tile(tf.cast(outputs, shifted.dtype), num_projections)
+    eps = tf.cast(eps, shifted.dtype)
+    derivatives = (shifted - clean) / _broadcastable(eps, shifted.shape.rank)
+    return _fold(derivatives, num_projections)
+
+
+def _broadcastable(values, rank):
+    """Reshapes `(n,)` to `(n, 1, ..., 1)` of the given rank."""
+    return tf.reshape(values, [-1] + [1] * (rank - 1))
+
+
+def directional_distance(teacher, student, input_size, normalize):
+    """Per-example loss between directional derivatives `(R, batch, K)`.
+
+    With `normalize=False`: `D * mean_r ||J_T v_r - J_S v_r||^2`, an
+    unbiased estimate of `||J_T - J_S||_F^2` (`D = input_size`). With
+    `normalize=True`: `mean_r ||u_T - u_S||^2 = 2 - 2 cos`, where
+    `u = J v / ||J v||` is the direction, over classes, in which the
+    logits move along `v` (a zero vector stays zero).
+
+    Returns:
+        A float32 tensor `(batch,)`.
+    """
+    dtype = "float64" if teacher.dtype == student.dtype == tf.float64 else None
+    teacher = tf.cast(teacher, dtype or "float32")
+    student = tf.cast(student, dtype or "float32")
+    if normalize:
+        teacher = normalize_rows(teacher)
+        student = normalize_rows(student)
+    squared = tf.reduce_sum(tf.square(teacher - student), axis=-1)
+    mean = tf.reduce_mean(squared, axis=0)
+    return mean if normalize else input_size * mean
+
+
+def directional_derivatives(
+    estimator,
+    forward,
+    inputs,
+    directions,
+    step_size=None,
+    precision=None,
+    outputs=None,
+):
+    """`J(x) v` for each direction, by forward mode or differences.
+
+    Args:
+        estimator: `"jvp"` (forward mode), `"finite_difference"`
+            (central differences) or `"forward_difference"` (one-sided,
+            from `outputs`).
+        forward: a function `inputs -> output tensor`.
+        inputs: the batch `x`.
+        directions: `(R, batch) + x.shape[1:]`.
+        step_size: see `finite_difference_step`.
+        precision: the network's coarsest float dtype name (sets the
+            default step); defaults to the input's dtype.
+        outputs: `forward(inputs)`, reused by `"forward_difference"`
+            (computed when None).
+
+    Returns:
+        A float32 tensor `(R, batch, K)`.
+    """
+    if estimator == "jvp":
+        return jvp(forward, inputs, directions)
+    precision = precision or compute_precision(inputs.dtype)
+    if estimator == "forward_difference":
+        steps = finite_difference_step(inputs, step_size, precision, "forward")
+        if outputs is None:
+            outputs = forward(inputs)
+        return forward_differences(forward, inputs, outputs, directions, steps)
+    steps = finite_difference_step(inputs, step_size, precision)
+    return central_differences(forward, inputs, directions, steps)
+

@@ -32,6 +32,20 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
     al. 2019: one projection is enough in practice). `target="all"`
     computes it exactly, one row per class, vectorised.
 
+    `estimator` chooses how `target="all"` is computed: `"exact"` (the
+    default), `"vjp"` (random output projections, as `target="random"`),
+    `"jvp"`, `"finite_difference"` or `"forward_difference"`:
+    `D * mean_r ||J v_r||^2` for
+    `num_projections` random input directions `v` uniform on the unit
+    sphere of the `D` input values, an unbiased estimate, with `J v` from
+    forward mode or from central differences
+    `(F(x + eps v) - F(x - eps v)) / (2 eps)` (no second-order autodiff:
+    ordinary backprop through one batch of `2 R` shifted copies; see
+    `JacobianMatching` for the step `eps` and its error), or from
+    one-sided differences `(F(x + eps v) - F(x)) / eps` that reuse the
+    forward pass of the task loss (one batch of `R` shifted copies: the
+    fastest).
+
     Logs `loss` (the total), `task_loss` (the compiled loss),
     `jacobian_penalty` (the estimate of `||J||_F^2`) and the compiled
     metrics. `call` returns the model's output.
@@ -40,7 +54,13 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
         model: the Keras model to train, returning logits.
         weight: penalty weight (a `keras.Variable`, see `weight_variable`).
         target: `"random"` or `"all"`.
-        num_projections: random vectors per example for `"random"`.
+        estimator: `None` (`"vjp"` for `"random"`, `"exact"` for
+            `"all"`), `"exact"`, `"vjp"`, `"jvp"`, `"finite_difference"`
+            or `"forward_difference"`.
+        step_size: the finite-difference step length in input units;
+            `None` for the default step relative to each example's norm.
+        num_projections: random vectors per example for `"random"` and
+            every estimator but `"exact"`.
         seed: seed for the random projections.
         check_differentiable: check at construction that the model's input
             gradient is differentiable with respect to its kernels (on
@@ -69,6 +89,8 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
         num_projections=1,
         seed=None,
         check_differentiable=True,
+        estimator=None,
+        step_size=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -90,15 +112,24 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
                 "`num_projections` must be an integer >= 1. Received: "
                 f"num_projections={num_projections!r}"
             )
+        estimator = _check_estimator(target, estimator, step_size)
         input_shape, dtype = validation.input_spec(model, "model")
         validation.check_float_input(dtype, "model")
-        if check_differentiable:
+        if estimator in jacobians.DIFFERENCE_ESTIMATORS:
+            validation.check_no_stochastic_layers(model, "model", estimator)
+        # Input-direction estimators take no input gradient (as in the
+        # `Distiller`, whose terms then need none): nothing to probe.
+        if check_differentiable and estimator not in (
+            jacobians.INPUT_ESTIMATORS
+        ):
             validation.probe_input_gradients(
                 model, input_shape, "model", second_order=True
             )
         self.model = model
         self.target = target
         self.num_projections = num_projections
+        self.estimator = estimator
+        self.step_size = None if step_size is None else float(step_size)
         self.seed = seed
         self.check_differentiable = check_differentiable
         self.weight_variable = keras.Variable(
@@ -125,12 +156,14 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
             output.
         """
         tape, logits, x = self._forward(x, training)
-        return self._penalty(tape, logits, x), logits
+        return self._penalty(tape, logits, x, training), logits
 
     def _forward(self, x, training):
         x = tf.convert_to_tensor(x)
         if not x.dtype.is_floating:
             x = tf.cast(x, keras.config.floatx())
+        if self.estimator in jacobians.INPUT_ESTIMATORS:
+            return None, self.model(x, training=training), x
         with tf.GradientTape(
             persistent=True, watch_accessed_variables=False
         ) as tape:
@@ -138,9 +171,11 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
             logits = self.model(x, training=training)
         return tape, logits, x
 
-    def _penalty(self, tape, logits, x):
+    def _penalty(self, tape, logits, x, training):
+        if self.estimator in jacobians.INPUT_ESTIMATORS:
+            return self._projected_penalty(logits, x, training)
         cotangents = select_cotangents(
-            self.target,
+            "random" if self.estimator == "vjp" else self.target,
             logits,
             None,
             None,
@@ -151,16 +186,39 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
             jacobians.vjp_rows(tape, logits, x, cotangents)
         )
         squared = tf.reduce_sum(tf.square(rows), axis=[1, 2])
-        if self.target == "random":
+        if self.estimator == "vjp":
             squared *= logits.shape[-1] / self.num_projections
         return squared
+
+    def _projected_penalty(self, logits, x, training):
+        """`D * mean_r ||J v_r||^2` along random input directions."""
+        directions = jacobians.input_directions(
+            x, self.num_projections, self.seed_generator
+        )
+        derivatives = jacobians.directional_derivatives(
+            self.estimator,
+            lambda inputs: self.model(inputs, training=training),
+            x,
+            directions,
+            step_size=self.step_size,
+            precision=jacobians.compute_precision(
+                x.dtype,
+                logits.dtype,
+                keras.config.dtype_policy().compute_dtype,
+            ),
+            outputs=logits,
+        )
+        size = float(jacobians.input_size(x))
+        return jacobians.directional_distance(
+            tf.zeros_like(derivatives), derivatives, size, normalize=False
+        )
 
     def _step_losses(self, x, y, sample_weight, training):
         tape, logits, x = self._forward(x, training)
         batch = tf.shape(x)[0]
         per_example = tf.cond(
             self.weight_variable > 0.0,
-            lambda: self._penalty(tape, logits, x),
+            lambda: self._penalty(tape, logits, x, training),
             lambda: tf.zeros([batch], "float32"),
         )
         penalty = steps.reduce_per_example(per_example, sample_weight)
@@ -182,6 +240,8 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
                 ),
                 "target": self.target,
                 "num_projections": self.num_projections,
+                "estimator": self.estimator,
+                "step_size": self.step_size,
                 "seed": self.seed,
                 "check_differentiable": self.check_differentiable,
             }
@@ -193,3 +253,32 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
         config = dict(config)
         config["model"] = keras.saving.deserialize_keras_object(config["model"])
         return cls(**config)
+
+
+def _check_estimator(target, estimator, step_size):
+    """Resolves `estimator=None` and rejects invalid combinations."""
+    if estimator is None:
+        return "vjp" if target == "random" else "exact"
+    if estimator not in jacobians.ESTIMATORS:
+        raise ValueError(
+            f"`estimator` must be one of {jacobians.ESTIMATORS} or None. "
+            f"Received: estimator={estimator!r}"
+        )
+    if target == "random" and estimator != "vjp":
+        raise ValueError(
+            "target='random' is the alias of target='all', "
+            f"estimator='vjp'. Received: estimator={estimator!r} with "
+            "target='random'. Use target='all' with the estimator."
+        )
+    if step_size is not None and (
+        estimator not in jacobians.DIFFERENCE_ESTIMATORS
+        or not isinstance(step_size, (int, float))
+        or step_size <= 0
+    ):
+        raise ValueError(
+            "`step_size` must be a positive number, used with "
+            "estimator='finite_difference' or 'forward_difference' only. "
+            "Received: "
+            f"step_size={step_size!r} with estimator={estimator!r}."
+        )
+    return estimator

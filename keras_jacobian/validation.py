@@ -308,3 +308,49 @@ def check_label_terms(terms, distillation_output):
             "'top_k', 'all', 'random'), which picks rows from the "
             "teacher's own outputs."
         )
+
+
+# Layers whose output is random in training mode: two forward passes
+# then differ by more than the input shift, and differences of them are
+# not derivatives.
+STOCHASTIC_LAYERS = (
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianDropout",
+    "GaussianNoise",
+    "AlphaDropout",
+)
+
+
+def check_no_stochastic_layers(model, role, estimator):
+    """Refuses difference estimators on a network with random layers.
+
+    Args:
+        model: the Keras model run in training mode.
+        role: its name in the message (`"student"`, `"model"`).
+        estimator: the estimator's name.
+
+    Raises:
+        ValueError: when `model` holds a layer of `STOCHASTIC_LAYERS` with
+            a positive rate (or standard deviation).
+    """
+    found = []
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", []))
+        if type(layer).__name__ not in STOCHASTIC_LAYERS:
+            continue
+        config = layer.get_config()
+        if config.get("rate", config.get("stddev", 1.0)):
+            found.append(layer.name)
+    if found:
+        raise ValueError(
+            f"estimator={estimator!r} differences forward passes, but the "
+            f"{role} has layers that draw new random values in each "
+            f"training pass: {sorted(found)}. Two passes would then differ "
+            "by more than the input shift. Use estimator='jvp' (one pass, "
+            "exact derivative) or 'exact', or remove the random layers."
+        )

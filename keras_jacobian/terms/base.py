@@ -130,6 +130,14 @@ class DistillationTerm:
             student_shapes: the same for the student.
         """
 
+    def check_models(self, teacher, student):
+        """Checks the networks themselves (not only shapes); may raise.
+
+        Args:
+            teacher: the teacher's endpoint model.
+            student: the student's endpoint model.
+        """
+
     def teacher_targets(self, ctx):
         """Returns a dict of per-example target tensors from the teacher."""
         raise NotImplementedError

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from keras_jacobian import jacobians
 from keras_jacobian import validation
+from keras_jacobian.terms import projections
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
 from keras_jacobian.terms.base import labels_to_indices
@@ -129,6 +130,51 @@ class JacobianMatching(DistillationTerm):
     recording the teacher's weights); the student's take a second-order
     pass. One row roughly doubles a logit-distillation step.
 
+    Estimators of the whole Jacobian (`target="all"`, `normalize=False`
+    estimates `||J_T - J_S||_F^2`):
+
+    - `estimator="exact"` (default for class targets): one
+      reverse-mode row per class.
+    - `"vjp"`: `num_projections` random output vectors `u`, rows
+      `u^T J` (the same as `target="random"`).
+    - `"jvp"`: `num_projections` random input directions `v`, uniform on
+      the unit sphere of the `D` input values, and the estimate
+      `D * mean_r ||(J_T - J_S) v_r||^2`, unbiased because
+      `E[v v^T] = I / D`. `J v` (every class at once) comes from forward
+      mode (`tf.autodiff.ForwardAccumulator`), differentiated with respect
+      to the student's weights by the outer tape (reverse-over-forward).
+    - `"finite_difference"`: the same estimate with central differences
+      `J v ~= (F(x + eps v) - F(x - eps v)) / (2 eps)`, the `2R` shifted
+      copies of the batch run through each network as one batch. No
+      input gradient and no second-order autodiff: the student's part
+      trains by ordinary backprop. The error is O(eps^2) for smooth
+      networks, zero for piecewise-linear ones (ReLU) when no kink lies
+      within `eps`; the default step `eps` is the cube root of the unit
+      round-off times the example's norm `||x||` (4e-3 `||x||` in
+      float32, 8e-2 in float16, 0.16 in bfloat16, see
+      `jacobians.RELATIVE_STEPS`), which balances truncation and
+      round-off at a relative error of about 1e-5 in float32.
+    - `"forward_difference"` (recommended: the fastest): one-sided
+      differences `(F(x + eps v) - F(x)) / eps` that reuse the step's own
+      forward pass `F(x)`, so each network runs on only `R` extra copies.
+      Error O(eps), with the default step `sqrt(u) ||x||` (2.4e-4 `||x||`
+      in float32) about 2e-4 relative in float32 (2e-2 in float16),
+      orders of magnitude below the spread of the one-direction
+      estimate itself (see docs/performance-projections.md).
+
+    The difference estimators refuse a student with dropout or noise
+    layers (two training passes would differ by more than the shift).
+    The input-direction estimators need teacher and student inputs of the
+    same shape, draw the same `v` for both networks from the `Distiller`'s
+    seed, rerun each network on the shifted (or tiled) batch (the
+    student in training mode: BatchNorm statistics update once more per
+    step, as with `NoiseDistillation`), and cannot be cached
+    (`cache_teacher` refuses them: the directions change every step).
+    With `normalize=True` they compare, per direction, the unit vectors
+    `J v / ||J v||` over classes: the loss is the mean over directions of
+    `||u_T - u_S||^2 = 2 - 2 cos`, which matches the direction in which
+    the logits move along `v` and ignores its rate.
+
     Args:
         target: which rows, one of `"teacher_top1"`, `"label"`, `"top_k"`,
             `"all"`, `"random"`.
@@ -139,6 +185,12 @@ class JacobianMatching(DistillationTerm):
             probability Jacobians, from the cross-entropy proposition).
         temperature: softmax temperature of `loss="alignment"`.
         name: metric name prefix, default `"jacobian_matching"`.
+        estimator: `None` (`"exact"`, or `"vjp"` for `target="random"`),
+            `"exact"`, `"vjp"`, `"jvp"`, `"finite_difference"` or
+            `"forward_difference"`; all but `"exact"` need `target="all"`.
+        step_size: for the difference estimators, the Euclidean length of
+            the step `eps * v` in input units; `None` for the default step
+            relative to each example's norm.
 
     Example:
 
@@ -152,10 +204,12 @@ class JacobianMatching(DistillationTerm):
         ],
         distillation_loss_weights=[1.0, 1.0],
     )
+    # The whole Jacobian at about the cost of one row:
+    whole = keras_jacobian.JacobianMatching(
+        target="all", estimator="forward_difference", normalize=False
+    )
     ```
     """
-
-    needs_input_gradients = True
 
     def __init__(
         self,
@@ -166,6 +220,8 @@ class JacobianMatching(DistillationTerm):
         loss="squared",
         temperature=1.0,
         name=None,
+        estimator=None,
+        step_size=None,
     ):
         super().__init__(name=name)
         if target not in TARGETS:
@@ -204,16 +260,28 @@ class JacobianMatching(DistillationTerm):
         temperature = validation.check_number(
             temperature, "temperature", strict=True
         )
+        estimator = _check_estimator(target, estimator, loss, step_size)
         self.target = target
         self.k = k
         self.num_projections = num_projections
         self.normalize = bool(normalize)
         self.loss = loss
         self.temperature = float(temperature)
+        self.estimator = estimator
+        self.step_size = None if step_size is None else float(step_size)
 
     @property
     def cacheable(self):
-        return self.target != "random"
+        return self.estimator == "exact"
+
+    @property
+    def needs_input_gradients(self):
+        return self.estimator not in jacobians.INPUT_ESTIMATORS
+
+    @property
+    def _row_target(self):
+        """The `select_cotangents` target of the row estimators."""
+        return "random" if self.estimator == "vjp" else self.target
 
     @property
     def reads_labels(self):
@@ -234,16 +302,27 @@ class JacobianMatching(DistillationTerm):
                 f"{s}. For transfer between tasks, give the student a head "
                 "that mimics the teacher (see `keras_jacobian.transfer`)."
             )
+        if self.estimator in jacobians.INPUT_ESTIMATORS:
+            _check_same_inputs(teacher_shapes["input"], student_shapes["input"])
         if self.target == "top_k" and self.k > t[-1]:
             raise ValueError(
                 f"`k` cannot exceed the number of classes ({t[-1]}). "
                 f"Received: k={self.k}"
             )
 
+    def check_models(self, teacher, student):
+        # The teacher always runs in inference mode; the student trains.
+        if self.estimator in jacobians.DIFFERENCE_ESTIMATORS:
+            validation.check_no_stochastic_layers(
+                student, "student", self.estimator
+            )
+
     def teacher_targets(self, ctx):
+        if self.estimator in jacobians.INPUT_ESTIMATORS:
+            return projections.teacher_targets(self, ctx)
         logits = ctx.outputs[OUTPUT]
         cotangents = select_cotangents(
-            self.target,
+            self._row_target,
             logits,
             ctx.labels,
             self.k,
@@ -257,6 +336,8 @@ class JacobianMatching(DistillationTerm):
         return {"rows": rows, "cotangents": cotangents}
 
     def per_example_loss(self, targets, ctx):
+        if self.estimator in jacobians.INPUT_ESTIMATORS:
+            return projections.per_example_loss(self, targets, ctx)
         cotangents = targets["cotangents"]
         student_logits = ctx.outputs[OUTPUT]
         vectors = cotangents
@@ -279,7 +360,7 @@ class JacobianMatching(DistillationTerm):
         if self.normalize:
             return tf.reduce_mean(distances, axis=-1)
         total = tf.reduce_sum(distances, axis=-1)
-        if self.target == "random":
+        if self._row_target == "random":
             total *= student_logits.shape[-1] / self.num_projections
         return total
 
@@ -308,6 +389,63 @@ class JacobianMatching(DistillationTerm):
                 "normalize": self.normalize,
                 "loss": self.loss,
                 "temperature": self.temperature,
+                "estimator": self.estimator,
+                "step_size": self.step_size,
             }
         )
         return config
+
+
+def _check_estimator(target, estimator, loss, step_size):
+    """Resolves `estimator=None` and rejects invalid combinations."""
+    if estimator is None:
+        return "vjp" if target == "random" else "exact"
+    if estimator not in jacobians.ESTIMATORS:
+        raise ValueError(
+            f"`estimator` must be one of {jacobians.ESTIMATORS} or None. "
+            f"Received: estimator={estimator!r}"
+        )
+    if target == "random":
+        if estimator != "vjp":
+            raise ValueError(
+                "target='random' is the alias of target='all', "
+                f"estimator='vjp'. Received: estimator={estimator!r} with "
+                "target='random'. Use target='all' with the estimator."
+            )
+    elif estimator != "exact" and target != "all":
+        raise ValueError(
+            f"estimator={estimator!r} estimates the whole Jacobian "
+            "(every class), so it needs target='all'. Received: "
+            f"target={target!r}. Use target='all', or estimator='exact' "
+            "(or None) for selected rows."
+        )
+    if estimator != "exact" and loss == "alignment":
+        raise ValueError(
+            "loss='alignment' weights each class's row by 1 / p_S of that "
+            f"class, which estimator={estimator!r} does not compute. Use "
+            "estimator='exact' with loss='alignment'."
+        )
+    if step_size is not None:
+        if estimator not in jacobians.DIFFERENCE_ESTIMATORS:
+            raise ValueError(
+                "`step_size` is only used with estimator="
+                "'finite_difference' or 'forward_difference'. Received: "
+                f"step_size={step_size!r} with estimator={estimator!r}."
+            )
+        if not isinstance(step_size, (int, float)) or step_size <= 0:
+            raise ValueError(
+                "`step_size` must be a positive number or None. Received: "
+                f"step_size={step_size!r}"
+            )
+    return estimator
+
+
+def _check_same_inputs(teacher_input, student_input):
+    if tuple(teacher_input[1:]) != tuple(student_input[1:]):
+        raise ValueError(
+            "Input-direction estimators ('jvp', 'finite_difference') move "
+            "both networks along the same input directions, so their "
+            f"input shapes must agree. Received: teacher {teacher_input}, "
+            f"student {student_input}. Use estimator='exact' or 'vjp' for "
+            "networks at different resolutions."
+        )

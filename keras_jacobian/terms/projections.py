@@ -1,0 +1,66 @@
+"""Jacobian matching along random input directions (forward mode or
+finite differences): the `JacobianMatching` estimators `"jvp"`,
+`"finite_difference"` and `"forward_difference"`.
+
+The teacher's directional derivatives `J_T v` and the directions `v`
+are its targets; the student's `J_S v` along the same `v` are compared
+with them. See `keras_jacobian.jacobians.directional_distance`.
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_jacobian import jacobians
+from keras_jacobian.terms.base import OUTPUT
+
+
+def precision_of(ctx):
+    """The coarsest float dtype among the input, the output and the policy."""
+    return jacobians.compute_precision(
+        ctx.inputs.dtype,
+        ctx.outputs[OUTPUT].dtype,
+        keras.config.dtype_policy().compute_dtype,
+    )
+
+
+def derivatives(term, ctx, directions):
+    """`J v` of the context's network, float32 `(R, batch, classes)`."""
+    return jacobians.directional_derivatives(
+        term.estimator,
+        lambda inputs: ctx.forward(inputs)[OUTPUT],
+        ctx.inputs,
+        directions,
+        step_size=term.step_size,
+        precision=precision_of(ctx),
+        outputs=ctx.outputs[OUTPUT],
+    )
+
+
+def teacher_targets(term, ctx):
+    """Draws the directions and returns them with the teacher's `J_T v`."""
+    directions = jacobians.input_directions(
+        ctx.inputs, term.num_projections, ctx.seed
+    )
+    teacher = tf.stop_gradient(derivatives(term, ctx, directions))
+    # Batch-major, like every term's targets.
+    return {
+        "directions": _swap(directions),
+        "derivatives": _swap(teacher),
+    }
+
+
+def per_example_loss(term, targets, ctx):
+    """The estimate of `||J_T - J_S||_F^2` (or its normalised form)."""
+    student = derivatives(term, ctx, _swap(targets["directions"]))
+    size = 1
+    for dim in ctx.input_shape:
+        size *= dim
+    return jacobians.directional_distance(
+        _swap(targets["derivatives"]), student, float(size), term.normalize
+    )
+
+
+def _swap(values):
+    """Swaps the first two axes (projections and batch)."""
+    perm = [1, 0] + list(range(2, values.shape.rank))
+    return tf.transpose(values, perm)
