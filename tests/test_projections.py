@@ -245,14 +245,10 @@ def test_gradient_matches_finite_differences_float64(estimator):
         # value (the Distiller sums its terms in float32).
         distiller.seed_generator.state.assign(state)
         teacher_ctx = distiller._context(
-            distiller._teacher_forward, inputs, None, False, (3,)
+            distiller._teacher_forward, inputs, None, (3,)
         )
         student_ctx = distiller._context(
-            lambda z: distiller._student_forward(z, True),
-            inputs,
-            None,
-            True,
-            (3,),
+            lambda z: distiller._student_forward(z, True), inputs, None, (3,)
         )
         targets = term.teacher_targets(teacher_ctx)
         loss = tf.reduce_mean(term.per_example_loss(targets, student_ctx))
