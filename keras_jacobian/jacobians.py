@@ -498,4 +498,3 @@ def directional_derivatives(
         return forward_differences(forward, inputs, outputs, directions, steps)
     steps = finite_difference_step(inputs, step_size, precision)
     return central_differences(forward, inputs, directions, steps)
-

@@ -4,9 +4,9 @@
 "forward_difference")` and the same estimators of
 `JacobianRegularizedModel`, checked against full Jacobians from a plain
 tape, closed forms, NumPy, finite differences and `NoiseDistillation`.
-Cost: 5.5 minutes measured on 2 CPU cores shared at load average 12
-(XLA, mixed precision, proposition 1 and the 2-replica subprocess,
-marked slow, take about half)."""
+Cost: 92 s on 2 CPU cores at load average 1 (5.5 minutes at load 12);
+the tests marked slow (XLA, mixed precision, proposition 1, the 2-replica
+subprocess) take about half."""
 
 import keras
 import numpy as np
