@@ -41,6 +41,7 @@ import pytest
 import tensorflow as tf
 
 from tests import conformance_cases as cc
+from tests import conformance_references as ref
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "distributed_jobs"))
 
@@ -135,8 +136,8 @@ def term_weight(model):
 
 
 def np_cross_entropy(student, x, y):
-    z = cc.logits(student, x)
-    return -np.log(cc.np_softmax(z)[np.arange(len(y)), y])
+    z = ref.logits(student, x)
+    return -np.log(ref.np_softmax(z)[np.arange(len(y)), y])
 
 
 # (a) Values.
@@ -144,7 +145,7 @@ def np_cross_entropy(student, x, y):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_value(case):
-    x, y = cc.data()
+    x, y = ref.data()
     teacher, student = case.networks()
     model = compiled(case, teacher, student)
     if case.unbiased:
@@ -173,7 +174,7 @@ FD_RTOL = 2e-3
 def test_gradient(case, policy):
     keras.config.set_floatx("float64")
     keras.config.set_dtype_policy("float64")
-    x, y = cc.data()
+    x, y = ref.data()
     teacher, student = case.networks()
     # No compiled loss: the gradient is that of the terms alone.
     model = compiled(case, teacher, student, learning_rate=1.0, loss=False)
@@ -219,7 +220,7 @@ def test_gradient(case, policy):
 def test_copy_has_zero_gradient(case):
     if case.copy_skip:
         pytest.skip(case.copy_skip)
-    x, y = cc.data()
+    x, y = ref.data()
     scales = {}
     for copy in (False, True):
         teacher, student = case.networks(copy=copy)
@@ -235,7 +236,7 @@ def test_copy_has_zero_gradient(case):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_sample_weight(case):
-    x, y = cc.data()
+    x, y = ref.data()
     weights = np.array([0.5, 2.0, 0.0, 1.5], "float32")
     teacher, student = case.networks()
     model = compiled(case, teacher, student)
@@ -265,8 +266,8 @@ def test_sample_weight(case):
         got["loss"], task + term_weight(model) * term, rtol=1e-4, atol=1e-6
     )
     # Another example in place of the zero-weight one changes nothing.
-    other_x, other_y = cc.data(seed=9)
-    x[2], y[2] = other_x[0], (y[2] + 1) % cc.CLASSES
+    other_x, other_y = ref.data(seed=9)
+    x[2], y[2] = other_x[0], (y[2] + 1) % ref.CLASSES
     replaced = logged(model, x, y, weights, state)
     for key in (case.loss_key, "loss"):
         np.testing.assert_allclose(replaced[key], got[key], rtol=1e-6)
@@ -297,7 +298,7 @@ def _one_step(model, x, y):
 def test_term_in_two_distillers(case):
     if case.reuse_skip:
         pytest.skip(case.reuse_skip)
-    x, y = cc.data()
+    x, y = ref.data()
     # The second student differs in spatial size and, with an adapter, in
     # width, so that state built for the first cannot serve the second.
     second = {"strides": 2, "student_filters": case.student_filters + 1}
@@ -331,7 +332,7 @@ def test_term_in_two_distillers(case):
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_mixed_float16_finite(case, policy):
     keras.config.set_dtype_policy("mixed_float16")
-    x, y = cc.data()
+    x, y = ref.data()
     teacher, student = case.networks()
     model = compiled(case, teacher, student)
     variables = model.trainable_variables
@@ -388,7 +389,7 @@ class _Job:
 
 def _save_every_case(directory):
     """Saves each case after one step; returns the in-process logs."""
-    x, y = cc.data()
+    x, y = ref.data()
     np.savez(directory / "batch.npz", x=x, y=y)
     in_process, manifest = {}, {}
     for case in CASES:

@@ -23,12 +23,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tests import conformance_cases as cc  # noqa: E402
+from tests import conformance_references as ref  # noqa: E402
 
 STEPS = 2
 
 
 def train(case, strategy):
-    x, y = cc.data(cc.BATCH * STEPS, seed=3)
+    x, y = ref.data(ref.BATCH * STEPS, seed=3)
     with strategy.scope():
         keras.utils.set_random_seed(0)  # the same adapters and seed states
         teacher, student = case.networks()
@@ -38,7 +39,7 @@ def train(case, strategy):
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
     start = [np.array(v.numpy()) for v in model.trainable_variables]
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(cc.BATCH)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(ref.BATCH)
     history = model.fit(dataset, epochs=1, verbose=0)
     end = [np.array(v.numpy()) for v in model.trainable_variables]
     return start, end, float(history.history["loss"][-1])
