@@ -27,7 +27,13 @@ gets each check below, under its name as the pytest id
 Every model is built with default arguments apart from those that define
 the case. Steps run eagerly (`train_step`, `test_step`: the functions
 `fit` and `evaluate` trace), except in the subprocesses, which call `fit`
-and `evaluate`.
+and `evaluate`. `test_every_term_is_registered` fails when an exported
+term class, a `JacobianMatching` target or a regularised-model target
+has no case.
+
+Cost: about 150 s of CPU in the test process and 160 s in the two
+subprocesses, which start with the module and run beside it (marked
+`slow`); under 3 minutes on 2 idle cores.
 """
 
 import json
@@ -40,6 +46,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_jacobian as kj
+from keras_jacobian import regularized
+from keras_jacobian.terms import jacobian as jacobian_terms
 from tests import conformance_cases as cc
 from tests import conformance_references as ref
 
@@ -140,6 +149,27 @@ def np_cross_entropy(student, x, y):
     return -np.log(ref.np_softmax(z)[np.arange(len(y)), y])
 
 
+def test_every_term_is_registered():
+    exported = [getattr(kj, name) for name in kj.__all__]
+    terms = {
+        c
+        for c in exported
+        if isinstance(c, type)
+        and issubclass(c, kj.DistillationTerm)
+        and c is not kj.DistillationTerm
+    }
+    built = [case.term() for case in CASES if case.term is not None]
+    assert terms <= {type(term) for term in built}
+    targets = {t.target for t in built if isinstance(t, kj.JacobianMatching)}
+    assert targets == set(jacobian_terms.TARGETS)
+    penalties = {
+        case.model(ref.net("s", 0)).target
+        for case in CASES
+        if case.model is not None
+    }
+    assert penalties == set(regularized.TARGETS)
+
+
 # (a) Values.
 
 
@@ -216,19 +246,24 @@ def test_gradient(case, policy):
 # (c) A copy of the teacher is a stationary point.
 
 
+# The same students away from the copy have gradients of 0.05 to 4 (and
+# test_gradient checks that each term trains the student); a float32
+# SGD(1) update resolves gradients down to ~3e-8 at these weights.
+COPY_GRADIENT_BOUND = 1e-6
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_copy_has_zero_gradient(case):
     if case.copy_skip:
         pytest.skip(case.copy_skip)
     x, y = ref.data()
-    scales = {}
-    for copy in (False, True):
-        teacher, student = case.networks(copy=copy)
-        model = compiled(case, teacher, student, learning_rate=1.0, loss=False)
-        grads = step_gradients(model, x, y)
-        scales[copy] = max(float(np.max(np.abs(g))) for g in grads)
-    assert scales[False] > 1e-4, "the term does not train the student"
-    assert scales[True] <= 1e-4 * scales[False], scales
+    teacher, student = case.networks(copy=True)
+    model = compiled(case, teacher, student, learning_rate=1.0, loss=False)
+    grads = step_gradients(model, x, y)
+    largest = max(float(np.max(np.abs(g))) for g in grads)
+    assert largest <= COPY_GRADIENT_BOUND, (
+        f"a student copying the teacher moves: max |gradient| = {largest}"
+    )
 
 
 # (e) Sample weights.
