@@ -17,6 +17,8 @@ an unbiased estimate of `||J_T - J_S||_F^2`.
 
 import tensorflow as tf
 
+from keras_jacobian import steps
+
 # Below this squared norm a row counts as zero when normalised: the
 # normalised row is then zero too, and its gradient finite.
 NORM_EPSILON = 1e-12
@@ -249,18 +251,14 @@ def input_directions(inputs, num_projections, seed):
     Returns:
         A float32 tensor `(R, batch) + inputs.shape[1:]`.
     """
-    context = tf.distribute.get_replica_context()
-    replicas, replica = 1, 0
-    if context is not None:
-        replicas = context.num_replicas_in_sync
-        replica = context.replica_id_in_sync_group
     shape = tf.shape(inputs)
-    batch = shape[0]
     size = input_size(inputs)
-    v = unit_vectors(tf.stack([num_projections, batch * replicas, size]), seed)
-    if replicas > 1:
-        v = v[:, replica * batch : (replica + 1) * batch]
-    return tf.reshape(v, tf.concat([[num_projections, batch], shape[1:]], 0))
+    v = steps.draw_for_replica(
+        lambda n: unit_vectors(tf.stack([num_projections, n, size]), seed),
+        shape[0],
+        axis=1,
+    )
+    return tf.reshape(v, tf.concat([[num_projections, shape[0]], shape[1:]], 0))
 
 
 def input_size(inputs):

@@ -27,6 +27,36 @@ def reduce_per_example(values, sample_weight=None):
     return tf.reduce_mean(values)
 
 
+def draw_for_replica(draw, batch, axis=0):
+    """Random values for this replica's examples, as one device draws them.
+
+    Under `tf.distribute` every replica holds the same seed-generator
+    state, so independent draws would repeat the first replica's values
+    on every replica. Instead every replica calls `draw(global_batch)`,
+    the draw one device makes for the whole batch, and keeps its own
+    slice along `axis`: N replicas then use the values one device would
+    use, when the global batch splits evenly (every batch but perhaps the
+    last; an uneven last batch still gets valid, if different, draws).
+
+    Args:
+        draw: a function of the number of examples returning a tensor
+            with that many entries along `axis`.
+        batch: this replica's number of examples (int or scalar tensor).
+        axis: the examples' axis of the draw.
+
+    Returns:
+        The draw for this replica's `batch` examples.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return draw(batch)
+    replicas = context.num_replicas_in_sync
+    replica = context.replica_id_in_sync_group
+    values = draw(batch * replicas)
+    start = replica * batch
+    return tf.gather(values, tf.range(start, start + batch), axis=axis)
+
+
 class LossStepsMixin:
     """`train_step` and `test_step` for models that compute their losses.
 

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_jacobian import jacobians
+from keras_jacobian import steps
 from keras_jacobian import validation
 from keras_jacobian.terms import projections
 from keras_jacobian.terms.base import OUTPUT
@@ -48,8 +49,11 @@ def select_cotangents(target, logits, labels, k, num_projections, seed):
         eye = tf.eye(num_classes, dtype="float32")
         return tf.tile(eye[None], [batch, 1, 1])
     else:
-        return jacobians.unit_vectors(
-            tf.stack([batch, num_projections, num_classes]), seed
+        return steps.draw_for_replica(
+            lambda n: jacobians.unit_vectors(
+                tf.stack([n, num_projections, num_classes]), seed
+            ),
+            batch,
         )
     return tf.one_hot(indices, num_classes, dtype="float32")
 

@@ -4,6 +4,7 @@ double backprop."""
 import keras
 import tensorflow as tf
 
+from keras_jacobian import steps
 from keras_jacobian import validation
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
@@ -63,9 +64,18 @@ class NoiseDistillation(DistillationTerm):
         x = ctx.inputs
         multiples = [self.num_samples] + [1] * (x.shape.rank - 1)
         copies = tf.tile(x, multiples)
-        noise = keras.random.normal(
-            tf.shape(copies), stddev=self.stddev, seed=ctx.seed
+        shape = tf.shape(x)
+        # Sample-major, as `copies`: (num_samples, batch, ...) flattened.
+        noise = steps.draw_for_replica(
+            lambda n: keras.random.normal(
+                tf.concat([[self.num_samples, n], shape[1:]], 0),
+                stddev=self.stddev,
+                seed=ctx.seed,
+            ),
+            shape[0],
+            axis=1,
         )
+        noise = tf.reshape(noise, tf.shape(copies))
         noisy = copies + tf.cast(noise, x.dtype)
         logits = ctx.forward(noisy)[OUTPUT]
         return {"noisy_inputs": noisy, "noisy_logits": logits}

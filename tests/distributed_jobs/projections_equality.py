@@ -15,7 +15,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from keras_jacobian import strategies  # noqa: E402
+from keras_jacobian.distribute import strategies  # noqa: E402
 
 DEVICES = strategies.split_cpu(2)
 
