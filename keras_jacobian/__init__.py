@@ -10,7 +10,9 @@ The models you train
 - `regularized.py`: `JacobianRegularizedModel`, the teacher-free
   Jacobian-norm penalty (robustness to input noise).
 - `steps.py`: the `train_step`/`test_step` both share: loss scaling for
-  `tf.distribute` replicas (done once), saving the random-draw state.
+  `tf.distribute` replicas (done once), random draws per replica.
+- `saving.py`: saving the random-draw state with the weights, and atomic
+  `save`/`save_weights` (a kill never leaves a half-written file).
 
 The loss terms (`terms/`), one file per family
 - `terms/base.py`: `DistillationTerm`, the two-phase protocol (teacher
@@ -18,7 +20,9 @@ The loss terms (`terms/`), one file per family
 - `terms/logits.py`: `LogitsDistillation` (KD with softmax and `T^2`, or
   squared logits).
 - `terms/jacobian.py`: `JacobianMatching` (which rows, normalised or raw,
-  squared or alignment; whole-Jacobian estimators).
+  squared or alignment, and the choice of estimator).
+- `terms/projections.py`: its whole-Jacobian estimators along random
+  input directions (forward mode, finite differences).
 - `terms/noise.py`: `NoiseDistillation` (matching under input noise).
 - `terms/features.py`: `FeatureDistillation` (intermediate activations).
 - `terms/attention.py`: `AttentionTransfer`, `AttentionJacobianMatching`.
@@ -26,14 +30,15 @@ The loss terms (`terms/`), one file per family
 
 The operations the terms use
 - `jacobians.py`: where every input Jacobian is computed (rows by
-  reverse mode, projections, normalisation, resolution matching).
+  reverse mode, directional derivatives by forward mode or finite
+  differences, normalisation, resolution matching).
 - `attention_maps.py`: attention maps of feature maps, resizing them.
 - `endpoints.py`: reading intermediate layer outputs by name.
 - `validation.py`: argument and model checks shared by the constructors.
 
 Around training
 - `callbacks/`: `LossWeightScheduler`, `AttentionMapLogger`,
-  `JacobianSaliencyLogger`.
+  `JacobianSaliencyLogger`, and a kill-safe `BackupAndRestore`.
 - `inspection.py`: attention and saliency maps read from a `Distiller`.
 - `caching.py`: `cache_teacher` (the teacher's targets computed once).
 - `transfer.py`: Learning-without-Forgetting students and task models.
