@@ -159,7 +159,9 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
                 "`distillation_losses` must hold at least one term. For "
                 "training on labels alone, train the student directly."
             )
-        weights = self._check_weights(terms, distillation_loss_weights)
+        weights = validation.check_term_weights(
+            terms, distillation_loss_weights
+        )
         student_loss_weight = validation.check_number(
             student_loss_weight, "student_loss_weight"
         )
@@ -176,7 +178,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
 
         teacher_shape, teacher_dtype = validation.input_spec(teacher, "teacher")
         student_shape, student_dtype = validation.input_spec(student, "student")
-        self._check_input_shapes(teacher_shape, student_shape)
+        validation.check_input_kinds(teacher_shape, student_shape)
         self.teacher_input_shape = teacher_shape
         self.student_input_shape = student_shape
         self.needs_input_gradients = any(t.needs_input_gradients for t in terms)
@@ -189,7 +191,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         self.teacher_endpoints = endpoints.endpoint_model(
             teacher, teacher_endpoints, "teacher"
         )
-        self.student_task = self._task_model(student, distillation_output)
+        self.student_task = endpoints.task_model(student, distillation_output)
         self.student_endpoints = endpoints.endpoint_model(
             student,
             student_endpoints,
@@ -249,24 +251,6 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
     # Construction helpers.
 
     @staticmethod
-    def _check_weights(terms, weights):
-        if weights is None:
-            return [1.0] * len(terms)
-        if getattr(weights, "ndim", None) == 1:
-            weights = list(weights)  # a 1-D NumPy array of weights
-        weights = _as_list(weights)
-        if len(weights) != len(terms):
-            raise ValueError(
-                "`distillation_loss_weights` must have one weight per term. "
-                f"Received {len(weights)} weights for {len(terms)} terms "
-                f"({[t.name for t in terms]})."
-            )
-        return [
-            validation.check_number(w, f"distillation_loss_weights[{i}]")
-            for i, w in enumerate(weights)
-        ]
-
-    @staticmethod
     def _unique_term_names(terms):
         """Renames repeated names; the terms are the distiller's copies."""
         seen = {}
@@ -276,35 +260,6 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
                 term.name = f"{term.name}_{seen[term.name]}"
             else:
                 seen[term.name] = 0
-
-    @staticmethod
-    def _check_input_shapes(teacher_shape, student_shape):
-        if teacher_shape == student_shape:
-            return
-        if len(teacher_shape) != len(student_shape) or (
-            teacher_shape[-1] != student_shape[-1]
-        ):
-            raise ValueError(
-                "Teacher and student must take inputs of the same kind: the "
-                "same rank and number of channels. Received: teacher input "
-                f"{teacher_shape}, student input {student_shape}."
-            )
-
-    @staticmethod
-    def _task_model(student, distillation_output):
-        if distillation_output is None:
-            return None
-        outputs = student.outputs
-        mimic = endpoints.layer_output(student, distillation_output, "student")
-        task = [o for o in outputs if o is not mimic]
-        if len(outputs) != 2 or len(task) != 1:
-            raise ValueError(
-                "With `distillation_output`, the student must have exactly "
-                "two outputs: the task head and the head that mimics the "
-                f"teacher. Received {len(outputs)} outputs for "
-                f"distillation_output={distillation_output!r}."
-            )
-        return keras.Model(student.inputs, task[0], name="student_task")
 
     def teacher_endpoints_output(self):
         """A model returning the teacher's distillation output only."""

@@ -118,3 +118,20 @@ def _output_model(model, role):
             f"{type(output).__name__}; expected one tensor (the logits)."
         )
     return keras.Model(inputs, {OUTPUT: output}, name=f"{model.name}_endpoints")
+
+
+def task_model(student, distillation_output):
+    """The student's task head as a model, for `distillation_output`."""
+    if distillation_output is None:
+        return None
+    outputs = student.outputs
+    mimic = layer_output(student, distillation_output, "student")
+    task = [o for o in outputs if o is not mimic]
+    if len(outputs) != 2 or len(task) != 1:
+        raise ValueError(
+            "With `distillation_output`, the student must have exactly "
+            "two outputs: the task head and the head that mimics the "
+            f"teacher. Received {len(outputs)} outputs for "
+            f"distillation_output={distillation_output!r}."
+        )
+    return keras.Model(student.inputs, task[0], name="student_task")

@@ -354,3 +354,37 @@ def check_no_stochastic_layers(model, role, estimator):
             "by more than the input shift. Use estimator='jvp' (one pass, "
             "exact derivative) or 'exact', or remove the random layers."
         )
+
+
+def check_term_weights(terms, weights):
+    """One finite weight >= 0 per term (default 1.0), as Python floats."""
+    if weights is None:
+        return [1.0] * len(terms)
+    if getattr(weights, "ndim", None) == 1:
+        weights = list(weights)  # a 1-D NumPy array of weights
+    if not isinstance(weights, (list, tuple)):
+        weights = [weights]
+    if len(weights) != len(terms):
+        raise ValueError(
+            "`distillation_loss_weights` must have one weight per term. "
+            f"Received {len(weights)} weights for {len(terms)} terms "
+            f"({[t.name for t in terms]})."
+        )
+    return [
+        check_number(w, f"distillation_loss_weights[{i}]")
+        for i, w in enumerate(weights)
+    ]
+
+
+def check_input_kinds(teacher_shape, student_shape):
+    """Teacher and student inputs: the same rank and number of channels."""
+    if teacher_shape == student_shape:
+        return
+    if len(teacher_shape) != len(student_shape) or (
+        teacher_shape[-1] != student_shape[-1]
+    ):
+        raise ValueError(
+            "Teacher and student must take inputs of the same kind: the "
+            "same rank and number of channels. Received: teacher input "
+            f"{teacher_shape}, student input {student_shape}."
+        )
