@@ -391,16 +391,16 @@ def plot(
     each paired difference with its interval and a line at zero. The file
     is written atomically.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    # A bare Figure (matplotlib's object API): the global backend and
+    # pyplot's state are left alone.
+    from matplotlib.figure import Figure
 
     labels = labels or {}
     cols = summary["columns"]
     numeric, xs = _x_positions(cols)
     panels = 2 if differences else 1
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    fig = Figure(figsize=(6 * panels, 4))
+    axes = fig.subplots(1, panels, squeeze=False)
     ax = axes[0][0]
     for r in summary["rows"]:
         points = [
@@ -454,7 +454,6 @@ def plot(
     fig.tight_layout()
     tmp = f"{path}.tmp-{os.getpid()}"
     fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
     os.replace(tmp, path)
     return path
 
