@@ -163,14 +163,16 @@ def jacobian_matching(target, normalize, loss, k, temperature):
         if normalize:
             t, s = np_unit(t), np_unit(s)
         if loss == "alignment":
-            inner = np.sum(t * s, axis=-1)
             if normalize:
-                return np.mean(1.0 - inner, axis=-1)
+                return np.mean(1.0 - np.sum(t * s, axis=-1), axis=-1)
+            # The proposition's cross term -t.s / p completed to a square,
+            # so that the teacher is the minimum.
             p = np_softmax(logits(student, x) / temperature)
             p_selected = np.maximum(
                 np.sum(v * p[:, None], axis=-1), PROBABILITY_FLOOR
             )
-            return -np.sum(inner / p_selected, axis=-1)
+            squared = np.sum((t - s) ** 2, axis=-1)
+            return np.sum(squared / (2.0 * p_selected), axis=-1)
         distances = np.sum((t - s) ** 2, axis=-1)
         if normalize:
             return np.mean(distances, axis=-1)

@@ -60,9 +60,6 @@ import cluster  # noqa: E402
 
 CASES = list(cc.REGISTRY.values())
 IDS = list(cc.REGISTRY)
-# A value read back in a fresh process, or on 2 replicas: float32
-# round-off of other summation orders (measured below 1e-6).
-EQUALITY_TOLERANCE = 1e-6
 # Copies of the batch averaged by the value check of unbiased estimates:
 # 4,000 one-draw estimates give a standard error of about 1.5 %.
 UNBIASED_COPIES = 1000
@@ -71,18 +68,6 @@ UNBIASED_RTOL = 0.05
 
 def ce():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-@pytest.fixture(autouse=True)
-def _seed_and_clear():
-    """Overrides conftest's fixture without its `gc.collect()`.
-
-    The collection costs about 0.6 s per test, over 2 minutes for this
-    module's 220 tests.
-    """
-    keras.backend.clear_session(free_memory=False)
-    keras.utils.set_random_seed(1234)
-    yield
 
 
 @pytest.fixture
@@ -499,7 +484,8 @@ def test_two_replicas_equal_one_device(case, replicas):
     result = replicas[case.name]
     assert "error" not in result, result.get("error")
     assert result["moved"] > 1e-3  # training changed the weights
-    assert result["max_weight_diff"] < EQUALITY_TOLERANCE, result
+    bound = case.replica_tolerance * max(1.0, result["moved"])
+    assert result["max_weight_diff"] < bound, result
     np.testing.assert_allclose(
         result["loss_mirrored"], result["loss_one"], rtol=1e-5
     )
