@@ -8,6 +8,10 @@ Cost: 92 s on 2 CPU cores at load average 1 (5.5 minutes at load 12);
 the tests marked slow (XLA, mixed precision, proposition 1, the 2-replica
 subprocess) take about half."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -452,6 +456,21 @@ def test_keras_round_trip(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator", INPUT_ESTIMATORS)
 def test_xla_matches_no_xla(estimator):
+    if estimator == "jvp" and not os.environ.get("KJ_XLA_FRESH_PROCESS"):
+        # Run in a fresh process: after the rest of the suite in one
+        # process, XLA failed to compile this step (branches of a cond of
+        # rank 2 and 1) though it compiles alone and after this file; the
+        # state that causes it is not found yet.
+        node = f"{__file__}::test_xla_matches_no_xla[{estimator}]"
+        out = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+            + [node],
+            env={**os.environ, "KJ_XLA_FRESH_PROCESS": "1"},
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+        return
     teacher = tiny.conv_net(seed=0, name="t")
     student = tiny.conv_net(seed=10, name="s")
     x = np.tile(tiny.images(2), (200, 1, 1, 1))
