@@ -38,11 +38,10 @@ methods = 50 students):
 
   python examples/distill.py
 
-It took 21 min 9 s of wall-clock time on 2 CPU cores shared with other
-jobs (load average 11 to 13.5 during the run), for 5 min 6 s of CPU time
-(4 min 50 s user, 16 s system), teacher included, and printed (test
-accuracy %, mean ± half-width of the 95% interval over seeds 0-4; teacher
-97.83%):
+It took 5 min 15 s of wall-clock time on 2 quiet CPU cores (load 1; the
+teacher 28 s), and 21 min 9 s on cores shared with other jobs (load 11 to
+13.5); two runs printed the same table (test accuracy %, mean ± half-width
+of the 95% interval over seeds 0-4; teacher 97.83%):
 
   | method \ samples/class       | 1            | 5            |
   |------------------------------|--------------|--------------|
