@@ -381,14 +381,7 @@ def central_differences(forward, inputs, directions, steps):
         A float32 tensor `(R, batch, K)`.
     """
     num_projections = directions.shape[0]
-    tiled = _tile(inputs, num_projections)
-    wide = _wide(inputs.dtype)
-    eps = tf.cast(_tile(steps, num_projections), wide)
-    shift = tf.cast(
-        tf.reshape(tf.cast(directions, wide), tf.shape(tiled))
-        * _broadcastable(eps, tiled.shape.rank),
-        inputs.dtype,
-    )
+    tiled, shift, eps = _shifts(inputs, directions, steps)
     outputs = forward(tf.concat([tiled + shift, tiled - shift], axis=0))
     plus, minus = tf.split(tf.cast(outputs, _wide(outputs.dtype)), 2, axis=0)
     eps = tf.cast(eps, plus.dtype)
@@ -415,6 +408,22 @@ def forward_differences(forward, inputs, outputs, directions, steps):
         A float32 (or float64) tensor `(R, batch, K)`.
     """
     num_projections = directions.shape[0]
+    tiled, shift, eps = _shifts(inputs, directions, steps)
+    shifted = forward(tiled + shift)
+    shifted = tf.cast(shifted, _wide(shifted.dtype))
+    clean = _tile(tf.cast(outputs, shifted.dtype), num_projections)
+    eps = tf.cast(eps, shifted.dtype)
+    derivatives = (shifted - clean) / _broadcastable(eps, shifted.shape.rank)
+    return _fold(derivatives, num_projections)
+
+
+def _shifts(inputs, directions, steps):
+    """`R` copies of the batch, their shifts `eps v` and the steps `eps`.
+
+    The shift is computed in float32 (float64 for float64 inputs) and cast
+    to the inputs' dtype; `eps` is returned tiled to `(R * batch,)`.
+    """
+    num_projections = directions.shape[0]
     tiled = _tile(inputs, num_projections)
     wide = _wide(inputs.dtype)
     eps = tf.cast(_tile(steps, num_projections), wide)
@@ -423,12 +432,7 @@ def forward_differences(forward, inputs, outputs, directions, steps):
         * _broadcastable(eps, tiled.shape.rank),
         inputs.dtype,
     )
-    shifted = forward(tiled + shift)
-    shifted = tf.cast(shifted, _wide(shifted.dtype))
-    clean = _tile(tf.cast(outputs, shifted.dtype), num_projections)
-    eps = tf.cast(eps, shifted.dtype)
-    derivatives = (shifted - clean) / _broadcastable(eps, shifted.shape.rank)
-    return _fold(derivatives, num_projections)
+    return tiled, shift, eps
 
 
 def _broadcastable(values, rank):
