@@ -48,7 +48,9 @@ setup(
         # The example scripts and `keras_jacobian.experiments`.
         "examples": EXAMPLES,
         "docs": DOCS,
-        "test": ["pytest>=8", "ruff>=0.6"] + EXAMPLES + DOCS,
+        "test": ["pytest>=8", "pytest-xdist>=3.6,<4", "ruff>=0.6"]
+        + EXAMPLES
+        + DOCS,
         # The PyTorch reference of the benchmarks.
         "torch": ["torch==2.13.0"],
     },

@@ -29,7 +29,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 OWN_PROCESS = "<!-- docs-test: own-process -->"
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 README_MAX_LINES = 220
-TEST_COMMAND = 'pip install ".[test]" && python -m pytest -q tests'
+TEST_COMMAND = (
+    'pip install ".[test]" && python -m pytest -q -n auto --dist loadfile tests'
+)
 EXAMPLE_COMMAND = 'pip install ".[examples]" && python examples/distill.py'
 
 

@@ -5,8 +5,9 @@
 `JacobianRegularizedModel`, checked against full Jacobians from a plain
 tape, closed forms, NumPy, finite differences and `NoiseDistillation`.
 Cost: 92 s on 2 CPU cores at load average 1 (5.5 minutes at load 12);
-the tests marked slow (XLA, mixed precision, proposition 1, the 2-replica
-subprocess) take about half."""
+the tests marked slow (XLA, mixed precision, proposition 1) take about
+half. Two replicas against one device, for every estimator of both
+models: `tests/test_conformance.py::test_two_replicas_equal_one_device`."""
 
 import os
 import subprocess
@@ -544,42 +545,6 @@ def test_difference_estimators_refuse_random_layers():
     kj.Distiller(
         teacher, student, [kj.JacobianMatching("all", estimator="jvp")]
     )
-
-
-@pytest.mark.slow
-def test_two_replicas_match_one_device():
-    import json
-    import os
-    import sys
-
-    sys.path.insert(
-        0, os.path.join(os.path.dirname(__file__), "distributed_jobs")
-    )
-    import cluster
-
-    process = cluster.start("projections_equality.py", [])
-    out, _ = process.communicate(timeout=600)
-    assert process.returncode == 0
-    line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
-    result = json.loads(line[len("RESULT ") :])
-    assert len(result) == 6
-    print(json.dumps(result, indent=1))
-    for case, values in result.items():
-        assert values["moved"] > 0.1, case
-        # Forward mode: float32 round-off of the all-reduce only (as for
-        # the exact terms). Differences divide the round-off (which
-        # depends on how the batch is split) by the step, 1 / c: measured
-        # 8e-5 (central) and 2e-3 (one-sided) of the update, against O(1)
-        # with other directions.
-        bound = {
-            "jvp": 1e-5,
-            "finite_difference": 1e-3 * values["moved"],
-            "forward_difference": 1e-2 * values["moved"],
-        }[case.split("_", 1)[1]]
-        assert values["max_weight_diff"] < bound, (case, values)
-        np.testing.assert_allclose(
-            values["loss_mirrored"], values["loss_one"], rtol=1e-3
-        )
 
 
 # Measured relative to float32 (16 examples, 8 directions each): float16
