@@ -134,3 +134,5 @@ def test_determinism_two_runs_bitwise_equal(tmp_path):
         np.testing.assert_array_equal(a[key], b[key])
     # Another seed gives other weights: the comparison can fail.
     assert any(not np.array_equal(a[key], c[key]) for key in a)
+    # As docs/distributed.md says: no XLA while op determinism is on.
+    assert not a["jit_compile"]

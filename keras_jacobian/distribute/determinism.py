@@ -21,6 +21,8 @@ def enable_determinism(seed):
       scatter and segment reductions); TensorFlow then raises an error
       instead of running non-deterministically;
     - deterministic kernels can be slower (on GPU, mainly);
+    - Keras compiles no model with XLA while op determinism is on:
+      `compile(jit_compile=True)` warns and runs without XLA;
     - a `tf.data` pipeline must be deterministic too: seeded shuffles, no
       `deterministic=False`, and the same number of workers;
     - under multi-worker training, collective reductions add results in

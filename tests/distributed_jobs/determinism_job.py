@@ -2,7 +2,8 @@
 
 Usage: determinism_job.py SEED OUT.npz. The run draws everything at
 random (initial weights, shuffling, random Jacobian projections, noise),
-all from `enable_determinism(SEED)`.
+all from `enable_determinism(SEED)`. The file also holds `jit_compile`,
+what a model compiled with `jit_compile=True` gets under op determinism.
 """
 
 import os
@@ -43,4 +44,7 @@ x = np.random.normal(size=(48,) + tiny_models.SHAPE).astype("float32")
 y = np.random.randint(0, tiny_models.CLASSES, size=(48,))
 dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(48).batch(8)
 distiller.fit(dataset, epochs=2, verbose=0)
-np.savez(sys.argv[2], *student.get_weights())
+# Keras compiles nothing with XLA under op determinism (docs/distributed.md).
+probe = tiny_models.conv_net("probe")
+probe.compile(optimizer="sgd", loss="mse", jit_compile=True)
+np.savez(sys.argv[2], *student.get_weights(), jit_compile=probe.jit_compile)
