@@ -32,6 +32,8 @@ The operations the terms use
 - `jacobians.py`: where every input Jacobian is computed (rows by
   reverse mode, directional derivatives by forward mode or finite
   differences, normalisation, resolution matching).
+- `forward_mode.py`: TensorFlow's forward-mode rules kept at exact shapes
+  (relaxed ones break XLA compilation).
 - `attention_maps.py`: attention maps of feature maps, resizing them.
 - `endpoints.py`: reading intermediate layer outputs by name.
 - `validation.py`: argument and model checks shared by the constructors.

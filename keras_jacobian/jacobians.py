@@ -17,6 +17,7 @@ an unbiased estimate of `||J_T - J_S||_F^2`.
 
 import tensorflow as tf
 
+from keras_jacobian import forward_mode
 from keras_jacobian import steps
 
 # Below this squared norm a row counts as zero when normalised: the
@@ -315,9 +316,10 @@ def jvp(forward, inputs, directions):
     num_projections = directions.shape[0]
     primals = _tile(inputs, num_projections)
     tangents = tf.reshape(tf.cast(directions, inputs.dtype), tf.shape(primals))
-    with tf.autodiff.ForwardAccumulator(primals, tangents) as accumulator:
-        outputs = forward(primals)
-    derivatives = accumulator.jvp(outputs)
+    with forward_mode.exact_shapes():  # relaxed rules break XLA
+        with tf.autodiff.ForwardAccumulator(primals, tangents) as acc:
+            outputs = forward(primals)
+    derivatives = acc.jvp(outputs)
     _check_connected(derivatives)
     return _fold(derivatives, num_projections)
 
