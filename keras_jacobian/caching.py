@@ -13,10 +13,12 @@ import numpy as np
 import tensorflow as tf
 
 # Ops whose output changes from one pass over the data to the next (or
-# may: Python functions cannot be inspected).
+# may: Python functions cannot be inspected). `PyFuncStateless` is not one:
+# `tf.numpy_function(..., stateful=False)` declares the function pure,
+# which TensorFlow itself relies on (it may fold or deduplicate calls).
 RANDOM_OP_PATTERN = re.compile(
     r"Random|Multinomial|TruncatedNormal|RngReadAndSkip|RngBitGenerator|"
-    r"SampleDistortedBoundingBox|PyFunc"
+    r"SampleDistortedBoundingBox|PyFunc(?!Stateless)"
 )
 
 
@@ -26,7 +28,8 @@ def dataset_random_ops(dataset):
     Reads the serialised graph of the pipeline, including the functions of
     `map`, `filter`, `interleave` and the like. `shuffle` is not reported:
     it only reorders examples, and cached targets travel with their
-    examples.
+    examples. Nor is `tf.numpy_function(..., stateful=False)`, declared
+    pure; other Python functions are (`PyFunc`, `EagerPyFunc`).
 
     Args:
         dataset: a `tf.data.Dataset`.
@@ -81,8 +84,9 @@ def _as_dataset(data, batch_size):
                 "(e.g. before the augmentation), or train with the live "
                 "teacher. `shuffle` alone is fine. Python functions "
                 "(`tf.py_function`, `tf.numpy_function`) are refused too, "
-                "since they cannot be inspected; pass `check_random=False` "
-                "if yours is deterministic."
+                "since they cannot be inspected: if yours is deterministic, "
+                "declare it with `tf.numpy_function(..., stateful=False)`, "
+                "or pass `check_random=False`."
             )
         return data
     if batch_size is None:
@@ -140,7 +144,8 @@ def cache_teacher(
         seed: seed of the shuffle.
         check_random: refuse pipelines with random ops; turn off only for
             a pipeline whose Python functions are known to be
-            deterministic.
+            deterministic (a NumPy function declared with
+            `tf.numpy_function(..., stateful=False)` is accepted as it is).
 
     Returns:
         A batched `tf.data.Dataset` to pass to `distiller.fit`.

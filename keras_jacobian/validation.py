@@ -80,13 +80,28 @@ def in_replica_context(fn):
     ("DistributedVariable.handle is not available outside the replica
     context"). There `fn` runs on every replica with `strategy.run`;
     elsewhere it simply runs. Exceptions raised by `fn` propagate.
+
+    `strategy.run` called eagerly logs a warning that advises a
+    `tf.function`; for a check run once that advice does not apply (and
+    a `tf.function` per model would warn of retracing instead), so that
+    one message is dropped.
     """
     if tf.distribute.has_strategy() and (
         tf.distribute.in_cross_replica_context()
     ):
-        tf.distribute.get_strategy().run(fn)
+        logger = tf.get_logger()
+        logger.addFilter(_drop_eager_run_warning)
+        try:
+            tf.distribute.get_strategy().run(fn)
+        finally:
+            logger.removeFilter(_drop_eager_run_warning)
         return
     fn()
+
+
+def _drop_eager_run_warning(record):
+    """A `logging` filter: False for `strategy.run`'s eager-overhead note."""
+    return "eagerly has significant overhead" not in record.getMessage()
 
 
 def _probe(model, x, role, second_order):

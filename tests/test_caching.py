@@ -132,6 +132,17 @@ def test_random_op_detection():
         lambda a, b: (tf.numpy_function(lambda z: z, [a], tf.float32), b)
     )
     assert dataset_random_ops(opaque) == ["PyFunc"]
+    eager = base.map(
+        lambda a, b: (tf.py_function(lambda z: z, [a], tf.float32), b)
+    )
+    assert dataset_random_ops(eager) == ["EagerPyFunc"]
+    declared_pure = base.map(
+        lambda a, b: (
+            tf.numpy_function(lambda z: z, [a], tf.float32, stateful=False),
+            b,
+        )
+    )
+    assert dataset_random_ops(declared_pure) == []
 
 
 def test_arrays_need_batch_size():

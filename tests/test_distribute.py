@@ -8,6 +8,7 @@ determinism runs in parallel).
 
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -117,6 +118,38 @@ def test_two_replicas_match_one_device():
     # Per-replica batch statistics differ from global ones: BatchNorm in
     # the student breaks equality (see docs/distributed.md).
     assert batch_norm["max_weight_diff"] > 10 * EQUALITY_TOLERANCE
+
+
+@pytest.mark.slow
+def test_documented_paths_with_defaults_on_two_replicas(tmp_path):
+    """Defaults inside the scope: equal to one device, and nothing logged.
+
+    A Distiller, a JacobianRegularizedModel and a cached teacher
+    (`cache_teacher`), built and called with default arguments inside a
+    MirroredStrategy over 2 logical CPUs. The construction's probe runs on
+    every replica; TensorFlow's logger must stay silent (it warned about
+    running `strategy.run` eagerly, once per probe).
+    """
+    stderr_path = tmp_path / "stderr.txt"
+    process = cluster.start("default_scope_job.py", [], stderr_path=stderr_path)
+    out, _ = process.communicate(timeout=300)
+    stderr = stderr_path.read_text()
+    assert process.returncode == 0, stderr[-3000:]
+    line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT ") :])
+    assert set(result) == {"distiller", "regularized", "cached_teacher"}
+    for case, values in result.items():
+        assert values["moved"] > 0.01, case  # training did change weights
+        assert values["max_weight_diff"] < EQUALITY_TOLERANCE, case
+    # Python loggers ("WARNING:tensorflow:..."), and warnings the library
+    # raises; not TensorFlow's C++ start-up lines ("WARNING: All log
+    # messages before absl::InitializeLog()...").
+    logged = [
+        x
+        for x in stderr.splitlines()
+        if re.match(r"(WARNING|ERROR):\w", x) or "keras_jacobian/" in x
+    ]
+    assert not logged, logged
 
 
 @pytest.mark.slow

@@ -664,18 +664,37 @@ def test_compiled_loss_is_not_computed_at_weight_zero():
 # Teacher caching: the message and the signature agree.
 
 
-def test_distiller_cache_teacher_takes_check_random():
-    distiller = build_with()
+def _python_pipeline(stateful):
+    """Batches of `tiny.images(4)` through an identity NumPy function."""
     data = tf.data.Dataset.from_tensor_slices(tiny.images(4)).map(
-        lambda x: tf.numpy_function(lambda a: a, [x], tf.float32)
+        lambda x: tf.numpy_function(
+            lambda a: a, [x], tf.float32, stateful=stateful
+        )
     )
-    data = data.map(lambda x: tf.ensure_shape(x, (8, 8, 1))).batch(2)
-    with pytest.raises(ValueError, match="check_random=False") as info:
-        distiller.cache_teacher(data)
+    return data.map(lambda x: tf.ensure_shape(x, (8, 8, 1))).batch(2)
+
+
+def test_cache_teacher_with_python_functions_in_the_pipeline():
+    distiller = build_with()
+    expected = distiller.teacher(tiny.images(4)).numpy()
+
+    def cached_logits(dataset):
+        batches = [b["teacher_targets"][0]["logits"] for b in dataset]
+        return np.concatenate([b.numpy() for b in batches])
+
+    # With default arguments: a NumPy function declared pure is cached.
+    pure = distiller.cache_teacher(_python_pipeline(stateful=False))
+    np.testing.assert_allclose(cached_logits(pure), expected, atol=1e-6)
+    # An undeclared one is refused, with both ways out in the message.
+    with pytest.raises(ValueError, match="stateful=False") as info:
+        distiller.cache_teacher(_python_pipeline(stateful=True))
     assert "PyFunc" in str(info.value)
-    cached = distiller.cache_teacher(data, check_random=False)
-    first = next(iter(cached))
-    assert first["teacher_targets"][0]["logits"].shape == (2, 5)
+    assert "check_random=False" in str(info.value)
+    # `Distiller.cache_teacher` takes the flag the message names.
+    opaque = distiller.cache_teacher(
+        _python_pipeline(stateful=True), check_random=False
+    )
+    np.testing.assert_allclose(cached_logits(opaque), expected, atol=1e-6)
 
 
 # One row selection for terms and saliency.
