@@ -381,9 +381,11 @@ def teacher_path(output_dir, data):
 
 
 def get_teacher(data, strategy, arch, output_dir):
-    """Loads the teacher from its .keras file, or trains and saves it."""
+    """Loads the teacher from its .keras file, or trains and saves it.
+
+    Reads no evaluation split: callers measure the teacher on theirs.
+    """
     path = teacher_path(output_dir, data)
-    test_ds = pipeline(data, data.test_images, data.test_labels, False)
     if os.path.exists(path):
         with strategy.scope():
             teacher = keras.saving.load_model(path, compile=False)
@@ -421,7 +423,7 @@ def get_teacher(data, strategy, arch, output_dir):
         # never leaves a truncated teacher for the next run to load.
         saving.replace_atomically(path, teacher.save)
         logging.info("Saved the teacher to %s.", path)
-    return teacher, experiment.accuracy(teacher, test_ds)
+    return teacher
 
 
 def evaluation_split(data):
@@ -514,11 +516,10 @@ def run(output_dir):
     subsets = {
         (spc, seed): subset(data, spc, seed) for spc in spcs for seed in seeds
     }
-    teacher, teacher_acc = get_teacher(data, strategy, teacher_arch, output_dir)
+    teacher = get_teacher(data, strategy, teacher_arch, output_dir)
     eval_images, eval_labels, split = evaluation_split(data)
     eval_ds = pipeline(data, eval_images, eval_labels, False)
-    if split != "test":
-        teacher_acc = experiment.accuracy(teacher, eval_ds)
+    teacher_acc = experiment.accuracy(teacher, eval_ds)
     print(
         f"Teacher {split} accuracy: {teacher_acc:.2f}% "
         f"({time.time() - start:.0f} s)",

@@ -51,7 +51,7 @@ import json
 import os
 import shlex
 
-import common_flags  # noqa: F401  (defines the shared flags)
+import common_flags
 import distill
 import experiment
 import keras
@@ -112,11 +112,20 @@ def distill_command(values, spc):
     ):
         if FLAGS[name].present or FLAGS[name].value != FLAGS[name].default:
             args[name] = str(FLAGS[name].value)
+    # The training setup the search ran with, always: a default may change.
+    args["learning_rate"] = f"{distill.learning_rate():g}"
+    args["batch_size"] = str(FLAGS.batch_size)
+    args["min_steps_per_epoch"] = str(FLAGS.min_steps_per_epoch)
+    batch_norm = common_flags.value(
+        "student_batch_norm", distill.DEFAULT_STUDENT_BATCH_NORM
+    )
+    args["student_batch_norm"] = str(bool(batch_norm)).lower()
     args["teacher_width"] = str(FLAGS.teacher_width)
     args["student_width"] = str(FLAGS.student_width)
     args["student_epochs"] = str(FLAGS.tuning_epochs)
     if distill.augment():
         args["augment"] = "true"
+        args["flip"] = str(FLAGS.flip).lower()
     return "python examples/distill.py " + " ".join(
         f"--{k}={shlex.quote(v)}" for k, v in args.items()
     )
@@ -143,12 +152,12 @@ def run(output_dir):
     strategy = experiment.get_strategy(FLAGS.strategy)
     data = distill.load_data(FLAGS.validation_fraction)
     images, labels = distill.subset(data, spc, FLAGS.seed)
-    teacher, teacher_acc = distill.get_teacher(
-        data, strategy, teacher_arch, output_dir
-    )
-    print(f"Teacher test accuracy: {teacher_acc:.2f}%", flush=True)
+    teacher = distill.get_teacher(data, strategy, teacher_arch, output_dir)
     train = distill.pipeline(data, images, labels, True, FLAGS.seed).repeat()
     val = distill.pipeline(data, data.val_images, data.val_labels, False)
+    # The search reads the validation split only.
+    teacher_acc = experiment.accuracy(teacher, val)
+    print(f"Teacher validation accuracy: {teacher_acc:.2f}%", flush=True)
     steps = experiment.steps_per_epoch(
         len(labels), FLAGS.batch_size, FLAGS.min_steps_per_epoch
     )

@@ -79,15 +79,13 @@ from keras_jacobian.version import __version__
 
 _moved.install()
 
-# Module attributes of 0.1.0 that moved; `keras_jacobian.<name>` still
-# works for one release, with a DeprecationWarning.
-_MOVED_ATTRIBUTES = ("attention", "data", "models", "multi_worker", "plotting")
-
 
 def __getattr__(name):
     import importlib
 
-    if name in _MOVED_ATTRIBUTES:
+    # Module attributes of 0.1.0 that moved: `keras_jacobian.<name>` still
+    # works for one release, with a DeprecationWarning.
+    if f"keras_jacobian.{name}" in _moved.MOVED:
         return importlib.import_module(f"keras_jacobian.{name}")
     if name == "experiments":
         return importlib.import_module("keras_jacobian.experiments")

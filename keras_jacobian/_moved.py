@@ -9,6 +9,7 @@ paths will be removed in 0.3.0.
 import importlib
 import importlib.abc
 import importlib.util
+import os
 import sys
 import types
 import warnings
@@ -29,12 +30,34 @@ MOVED = {
 }
 
 
-def warn_moved(old, new, stacklevel=3):
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+IMPORTLIB_INIT = os.path.join("importlib", "__init__.py")
+
+
+def warn_moved(old, new):
+    """Warns at the first frame outside keras_jacobian and importlib.
+
+    Python shows a `DeprecationWarning` only when it is attributed to the
+    user's code (`__main__`), so `stacklevel` must reach the line that
+    imports the old path, through `import` statements,
+    `importlib.import_module` or the package's `__getattr__`. Frames of
+    `importlib._bootstrap` are skipped by `warnings` itself and are not
+    counted.
+    """
+    level, frame = 1, sys._getframe(0)
+    while frame.f_back is not None:
+        frame = frame.f_back
+        name = frame.f_code.co_filename
+        if "importlib" in name and "_bootstrap" in name:
+            continue
+        level += 1
+        if not (name.startswith(PACKAGE_DIR) or name.endswith(IMPORTLIB_INIT)):
+            break
     warnings.warn(
         f"`{old}` moved to `{new}` in keras_jacobian 0.2.0; the old path "
         f"will be removed in 0.3.0. Import `{new}` instead.",
         DeprecationWarning,
-        stacklevel=stacklevel,
+        stacklevel=level,
     )
 
 
@@ -60,7 +83,7 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec):
         new = MOVED[spec.name]
-        warn_moved(spec.name, new, stacklevel=4)
+        warn_moved(spec.name, new)
         return _Forwarder(spec.name, importlib.import_module(new))
 
     def exec_module(self, module):

@@ -208,9 +208,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         student_shapes = _shapes(self.student_endpoints, student_shape)
         for term in terms:
             term.build(teacher_shapes, student_shapes)
-            check_models = getattr(term, "check_models", None)
-            if check_models is not None:
-                check_models(self.teacher_endpoints, self.student_endpoints)
+            term.check_models(self.teacher_endpoints, self.student_endpoints)
         self.term_layers = [layer for t in terms for layer in t.layers]
         if self.needs_input_gradients and check_differentiable:
             validation.probe_input_gradients(

@@ -8,6 +8,7 @@ from keras_jacobian import steps
 from keras_jacobian import validation
 from keras_jacobian.saving import SavingMixin
 from keras_jacobian.steps import LossStepsMixin
+from keras_jacobian.terms import projections
 from keras_jacobian.terms.jacobian import select_cotangents
 
 TARGETS = ("random", "all")
@@ -112,7 +113,7 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
                 "`num_projections` must be an integer >= 1. Received: "
                 f"num_projections={num_projections!r}"
             )
-        estimator = _check_estimator(target, estimator, step_size)
+        estimator = validation.check_estimator(target, estimator, step_size)
         input_shape, dtype = validation.input_spec(model, "model")
         validation.check_float_input(dtype, "model")
         if estimator in jacobians.DIFFERENCE_ESTIMATORS:
@@ -201,17 +202,13 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
             x,
             directions,
             step_size=self.step_size,
-            precision=jacobians.compute_precision(
-                x.dtype,
-                logits.dtype,
-                keras.config.dtype_policy().compute_dtype,
-            ),
+            precision=projections.precision_of(x, logits),
             outputs=logits,
         )
+        # The distance to a zero Jacobian: D * mean_r ||J v_r||^2.
         size = float(jacobians.input_size(x))
-        return jacobians.directional_distance(
-            tf.zeros_like(derivatives), derivatives, size, normalize=False
-        )
+        squared = tf.reduce_sum(tf.square(derivatives), axis=-1)
+        return size * tf.reduce_mean(squared, axis=0)
 
     def _step_losses(self, x, y, sample_weight, training):
         tape, logits, x = self._forward(x, training)
@@ -253,32 +250,3 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
         config = dict(config)
         config["model"] = keras.saving.deserialize_keras_object(config["model"])
         return cls(**config)
-
-
-def _check_estimator(target, estimator, step_size):
-    """Resolves `estimator=None` and rejects invalid combinations."""
-    if estimator is None:
-        return "vjp" if target == "random" else "exact"
-    if estimator not in jacobians.ESTIMATORS:
-        raise ValueError(
-            f"`estimator` must be one of {jacobians.ESTIMATORS} or None. "
-            f"Received: estimator={estimator!r}"
-        )
-    if target == "random" and estimator != "vjp":
-        raise ValueError(
-            "target='random' is the alias of target='all', "
-            f"estimator='vjp'. Received: estimator={estimator!r} with "
-            "target='random'. Use target='all' with the estimator."
-        )
-    if step_size is not None and (
-        estimator not in jacobians.DIFFERENCE_ESTIMATORS
-        or not isinstance(step_size, (int, float))
-        or step_size <= 0
-    ):
-        raise ValueError(
-            "`step_size` must be a positive number, used with "
-            "estimator='finite_difference' or 'forward_difference' only. "
-            "Received: "
-            f"step_size={step_size!r} with estimator={estimator!r}."
-        )
-    return estimator

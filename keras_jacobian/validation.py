@@ -325,17 +325,14 @@ def check_label_terms(terms, distillation_output):
         )
 
 
-# Layers whose output is random in training mode: two forward passes
-# then differ by more than the input shift, and differences of them are
-# not derivatives.
+# Layers whose output is random in training mode (subclasses included:
+# `SpatialDropout*` are `Dropout`s): two forward passes then differ by
+# more than the input shift, and differences of them are not derivatives.
 STOCHASTIC_LAYERS = (
-    "Dropout",
-    "SpatialDropout1D",
-    "SpatialDropout2D",
-    "SpatialDropout3D",
-    "GaussianDropout",
-    "GaussianNoise",
-    "AlphaDropout",
+    keras.layers.Dropout,
+    keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise,
+    keras.layers.AlphaDropout,
 )
 
 
@@ -351,16 +348,12 @@ def check_no_stochastic_layers(model, role, estimator):
         ValueError: when `model` holds a layer of `STOCHASTIC_LAYERS` with
             a positive rate (or standard deviation).
     """
-    found = []
-    stack = list(model.layers)
-    while stack:
-        layer = stack.pop()
-        stack.extend(getattr(layer, "layers", []))
-        if type(layer).__name__ not in STOCHASTIC_LAYERS:
-            continue
-        config = layer.get_config()
-        if config.get("rate", config.get("stddev", 1.0)):
-            found.append(layer.name)
+    found = [
+        layer.name
+        for layer in _all_layers(model)
+        if isinstance(layer, STOCHASTIC_LAYERS)
+        and getattr(layer, "rate", getattr(layer, "stddev", 1.0))
+    ]
     if found:
         raise ValueError(
             f"estimator={estimator!r} differences forward passes, but the "
@@ -403,3 +396,40 @@ def check_input_kinds(teacher_shape, student_shape):
             "same rank and number of channels. Received: teacher input "
             f"{teacher_shape}, student input {student_shape}."
         )
+
+
+def check_estimator(target, estimator, step_size):
+    """Resolves `estimator=None` and checks it with `target`, `step_size`.
+
+    The rules shared by `JacobianMatching` and `JacobianRegularizedModel`:
+    `None` means `"vjp"` for `target="random"` (its alias) and `"exact"`
+    otherwise; `step_size` belongs to the difference estimators and is a
+    positive finite number.
+
+    Returns:
+        The estimator's name.
+    """
+    from keras_jacobian import jacobians
+
+    if estimator is None:
+        return "vjp" if target == "random" else "exact"
+    if estimator not in jacobians.ESTIMATORS:
+        raise ValueError(
+            f"`estimator` must be one of {jacobians.ESTIMATORS} or None. "
+            f"Received: estimator={estimator!r}"
+        )
+    if target == "random" and estimator != "vjp":
+        raise ValueError(
+            "target='random' is the alias of target='all', "
+            f"estimator='vjp'. Received: estimator={estimator!r} with "
+            "target='random'. Use target='all' with the estimator."
+        )
+    if step_size is not None:
+        if estimator not in jacobians.DIFFERENCE_ESTIMATORS:
+            raise ValueError(
+                "`step_size` is only used with estimator="
+                "'finite_difference' or 'forward_difference'. Received: "
+                f"step_size={step_size!r} with estimator={estimator!r}."
+            )
+        check_number(step_size, "step_size", strict=True)
+    return estimator

@@ -10,7 +10,6 @@ every check on every registered case, so a new term gets them all by one
 """
 
 import dataclasses
-import inspect
 from typing import Callable
 from typing import Optional
 
@@ -89,11 +88,6 @@ def register(case):
         raise ValueError(f"Case {case.name!r} is registered twice.")
     REGISTRY[case.name] = case
     return case
-
-
-def accepts(cls, argument):
-    """Whether `cls(...)` takes `argument` (options that may not exist)."""
-    return argument in inspect.signature(cls.__init__).parameters
 
 
 def _teacher_targets(model, x, y):
@@ -181,15 +175,13 @@ def estimator_case(estimator, num_projections=1):
     )
 
 
-# Whole-Jacobian estimators: one line each, registered when the option
-# exists, so that this module runs before and after it is added.
-if accepts(kj.JacobianMatching, "estimator"):
-    estimator_case("exact")
-    estimator_case("vjp")
-    estimator_case("jvp")
-    estimator_case("jvp", num_projections=4)
-    estimator_case("finite_difference")
-    estimator_case("forward_difference")
+# Whole-Jacobian estimators: one line each.
+estimator_case("exact")
+estimator_case("vjp")
+estimator_case("jvp")
+estimator_case("jvp", num_projections=4)
+estimator_case("finite_difference")
+estimator_case("forward_difference")
 
 
 # Output-only terms.
@@ -282,19 +274,18 @@ def regularized_case(
 
 regularized_case("all")
 regularized_case("random", unbiased=True)
-# The penalty's estimators, one line each, when the option exists.
-if accepts(kj.JacobianRegularizedModel, "estimator"):
-    regularized_case("all", "regularized_jvp", True, estimator="jvp")
-    regularized_case(
-        "all",
-        "regularized_finite_difference",
-        True,
-        estimator="finite_difference",
-    )
-    regularized_case(
-        "all",
-        "regularized_forward_difference",
-        True,
-        estimator="forward_difference",
-        replica_tolerance=3e-3,
-    )
+# The penalty's estimators, one line each.
+regularized_case("all", "regularized_jvp", True, estimator="jvp")
+regularized_case(
+    "all",
+    "regularized_finite_difference",
+    True,
+    estimator="finite_difference",
+)
+regularized_case(
+    "all",
+    "regularized_forward_difference",
+    True,
+    estimator="forward_difference",
+    replica_tolerance=3e-3,
+)

@@ -4,6 +4,7 @@ Event files are read back with TensorBoard's own reader. Cost: about 20 s.
 """
 
 import io
+import types
 
 import keras
 import numpy as np
@@ -260,6 +261,12 @@ def test_chief_detection():
     assert not is_chief_task(
         resolver(with_chief, task_type="worker", task_id=0)
     )
+    # A strategy, or a model whose strategy it is (0.1.0's signature).
+    worker1 = types.SimpleNamespace(
+        cluster_resolver=resolver(cluster, task_type="worker", task_id=1)
+    )
+    assert not is_chief(worker1)
+    assert not is_chief(types.SimpleNamespace(distribute_strategy=worker1))
 
 
 def test_save_transfer_grid(tmp_path):

@@ -49,6 +49,7 @@ import pytest
 import tensorflow as tf
 
 import keras_jacobian as kj
+from keras_jacobian import jacobians
 from keras_jacobian import regularized
 from keras_jacobian.terms import jacobian as jacobian_terms
 from tests import conformance_cases as cc
@@ -147,14 +148,14 @@ def test_every_term_is_registered():
     }
     built = [case.term() for case in CASES if case.term is not None]
     assert terms <= {type(term) for term in built}
-    targets = {t.target for t in built if isinstance(t, kj.JacobianMatching)}
-    assert targets == set(jacobian_terms.TARGETS)
-    penalties = {
-        case.model(ref.net("s", 0)).target
-        for case in CASES
-        if case.model is not None
-    }
-    assert penalties == set(regularized.TARGETS)
+    matching = [t for t in built if isinstance(t, kj.JacobianMatching)]
+    assert {t.target for t in matching} == set(jacobian_terms.TARGETS)
+    assert {t.estimator for t in matching} == set(jacobians.ESTIMATORS)
+    models = [
+        case.model(ref.net("s", 0)) for case in CASES if case.model is not None
+    ]
+    assert {m.target for m in models} == set(regularized.TARGETS)
+    assert {m.estimator for m in models} == set(jacobians.ESTIMATORS)
 
 
 # (a) Values.

@@ -4,6 +4,7 @@ Cost on 2 CPU cores: about 2 minutes in all, 3 on a busy machine (each
 script trains a few one-epoch models of a few filters on 8x8 images).
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -120,6 +121,31 @@ def test_distill_on_digits_and_teacher_reuse(tmp_path, capsys):
         if r["method"] == "ce" and r["samples_per_class"] == "1"
     ]
     assert again["runs"][0]["accuracy"] == pytest.approx(first[0])
+
+
+@pytest.mark.slow
+def test_validation_runs_never_read_the_test_split(tmp_path, monkeypatch):
+    """`--evaluate_on=validation` (defaults are chosen this way) reads the
+    training and validation splits only, the teacher's score included."""
+    load = distill.load_data
+
+    def without_test_split(*args, **kwargs):
+        data = load(*args, **kwargs)
+        return dataclasses.replace(data, test_images=None, test_labels=None)
+
+    monkeypatch.setattr(distill, "load_data", without_test_split)
+    out = tmp_path / "out"
+    with flagsaver.flagsaver(
+        methods=["ce"],
+        samples_per_class=["1"],
+        evaluate_on="validation",
+        output_dir=str(out),
+        **TINY,
+    ):
+        distill.main(["distill.py"])
+    payload = json.loads((out / "results.json").read_text())
+    assert 0.0 <= payload["teacher_accuracy"] <= 100.0
+    assert len(payload["runs"]) == 1
 
 
 @pytest.mark.slow

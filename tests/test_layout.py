@@ -3,6 +3,7 @@ release (with a DeprecationWarning), and the core imports no experiment
 tooling."""
 
 import importlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -82,3 +83,30 @@ def test_the_core_imports_without_experiment_tooling_or_warnings():
     assert "MOVED 0" in out.stdout
     assert "EXPERIMENTS False" in out.stdout
     assert "TFDS False" in out.stdout
+
+
+def test_old_paths_warn_under_python_default_warning_filters():
+    """Python shows a DeprecationWarning only when it points at `__main__`.
+
+    A fresh process without warning filters, as users run: an `import`
+    statement, `importlib.import_module` and a package attribute.
+    """
+    code = textwrap.dedent(
+        """
+        import importlib
+        import keras_jacobian
+        import keras_jacobian.data
+        importlib.import_module("keras_jacobian.models")
+        keras_jacobian.plotting
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for line, old in ((4, "data"), (5, "models"), (6, "plotting")):
+        assert (
+            f"<string>:{line}: DeprecationWarning: `keras_jacobian.{old}` "
+            "moved to" in out.stderr
+        ), out.stderr[-3000:]

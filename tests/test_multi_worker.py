@@ -248,9 +248,14 @@ def _wait_or_kill_all(processes, timeout):
     return [p.returncode for p in processes]
 
 
+class KerasMultiWorkerFitFails(Exception):
+    """Keras' `Model.fit` failed on two workers for the known reason."""
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
+    raises=KerasMultiWorkerFitFails,
     reason="Keras 3.15's Model.fit fails under MultiWorkerMirroredStrategy "
     "with two workers (keras-team/keras#20585: 'Attempt to convert a "
     "value (PerReplica...)'; the TF trainer reduces scalar logs with "
@@ -284,8 +289,12 @@ def test_keras_model_fit_on_two_workers(tmp_path):
     ]
     codes = _wait_or_kill_all(workers, timeout=240)
     if any(codes):
-        with open(tmp_path / "worker0.err") as f:
-            print(f.read()[-2000:])
-    assert codes == [0, 0]
+        errors = "".join(
+            (tmp_path / f"worker{i}.err").read_text() for i in range(2)
+        )
+        # Only the known failure is expected; any other one fails the test.
+        if "PerReplica" in errors:
+            raise KerasMultiWorkerFitFails(errors[-2000:])
+        raise AssertionError(f"exit codes {codes}:\n{errors[-3000:]}")
     with open(tmp_path / "output" / "results.json") as f:
         assert json.load(f)["iterations"] == 2

@@ -137,9 +137,14 @@ def _difference_error(model, x, v, step, scheme="central"):
         fd = jacobians.forward_differences(
             model, inputs, model(inputs), tf.constant(v), steps
         )
-    jac = full_jacobians(model, x)
-    expected = np.einsum("bkd,rbd->rbk", jac, v.reshape(len(v), len(x), -1))
+    expected = tape_jvp(model, x, v)
     return np.max(np.abs(fd.numpy() - expected)) / np.max(np.abs(expected))
+
+
+def tape_jvp(model, x, v):
+    """`J(x) v` for each direction, from the plain-tape Jacobians."""
+    jac = full_jacobians(model, x)
+    return np.einsum("bkd,rbd->rbk", jac, v.reshape(len(v), len(x), -1))
 
 
 def test_finite_differences_error_shrinks_as_step_squared():
@@ -159,8 +164,9 @@ def test_finite_differences_error_shrinks_as_step_squared():
     default = jacobians.directional_derivatives(
         "finite_difference", model, tf.constant(x), tf.constant(v)
     )
-    forward = jacobians.jvp(model, tf.constant(x), tf.constant(v))
-    np.testing.assert_allclose(default.numpy(), forward.numpy(), rtol=1e-7)
+    np.testing.assert_allclose(
+        default.numpy(), tape_jvp(model, x, v), rtol=1e-7
+    )
 
 
 def test_finite_differences_exact_for_relu_away_from_kinks():
@@ -187,7 +193,7 @@ def test_default_float32_step_is_accurate(estimator, bound):
     got = jacobians.directional_derivatives(
         estimator, model, tf.constant(x), tf.constant(v)
     )
-    expected = jacobians.jvp(model, tf.constant(x), tf.constant(v))
+    expected = tape_jvp(model, x, v)
     error = np.max(np.abs(got - expected)) / np.max(np.abs(expected))
     assert error < bound, error
 
@@ -377,8 +383,24 @@ def test_invalid_combinations_are_refused():
         kj.JacobianMatching("all", estimator="jvp", loss="alignment")
     with pytest.raises(ValueError, match="only used with"):
         kj.JacobianMatching("all", estimator="jvp", step_size=0.1)
-    with pytest.raises(ValueError, match="positive number"):
-        kj.JacobianMatching("all", estimator="finite_difference", step_size=0)
+    for bad in (0, float("nan"), True):
+        with pytest.raises(ValueError, match="positive finite number"):
+            kj.JacobianMatching(
+                "all", estimator="finite_difference", step_size=bad
+            )
+        with pytest.raises(ValueError, match="positive finite number"):
+            kj.JacobianRegularizedModel(
+                tiny.conv_net(),
+                target="all",
+                estimator="forward_difference",
+                step_size=bad,
+            )
+    term = kj.JacobianMatching(
+        "all", estimator="finite_difference", step_size=np.float32(0.5)
+    )
+    assert term.step_size == 0.5
+    with pytest.raises(ValueError, match="needs target='all'"):
+        kj.JacobianMatching("teacher_top1", estimator="vjp")
     with pytest.raises(ValueError, match="alias of target='all'"):
         kj.JacobianRegularizedModel(
             tiny.conv_net(), target="random", estimator="jvp"
@@ -572,6 +594,23 @@ def test_difference_estimators_refuse_random_layers():
     kj.Distiller(
         teacher, student, [kj.JacobianMatching("all", estimator="jvp")]
     )
+
+    # Subclasses of the random layers too (Monte Carlo dropout), inside a
+    # nested model; a rate of 0 draws nothing.
+    class MonteCarloDropout(keras.layers.Dropout):
+        pass
+
+    def student_with(layer):
+        inner = keras.Sequential([keras.layers.Flatten(), layer])
+        outputs = keras.layers.Dense(5)(inner(inputs))
+        return keras.Model(inputs, outputs)
+
+    term = kj.JacobianMatching("all", estimator="forward_difference")
+    with pytest.raises(ValueError, match=r"random values.*\['mc'\]"):
+        kj.Distiller(
+            teacher, student_with(MonteCarloDropout(0.3, name="mc")), [term]
+        )
+    kj.Distiller(teacher, student_with(keras.layers.Dropout(0.0)), [term])
 
 
 # Measured relative to float32 (16 examples, 8 directions each): float16

@@ -135,6 +135,9 @@ def test_tune_script_searches_and_resumes(tmp_path, capsys):
     assert best["num_trials"] == 2
     assert best["command"].startswith("python examples/distill.py ")
     assert "--samples_per_class=2" in best["command"]
+    # The command repeats the training setup the search ran with.
+    for flag in ("--min_steps_per_epoch=2", "--batch_size=16"):
+        assert flag in best["command"]
     printed = capsys.readouterr().out
     assert "Best of 2 trials" in printed
     trial_files = sorted(

@@ -60,6 +60,11 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         # Overrides Keras' method of the same name, which
         # `on_epoch_end` and `on_train_batch_end` call; a test checks that
         # it is still the method that saves.
+        if "://" in str(self.backup_dir):
+            # Remote storage (`gs://...`): no rename here; Keras' own
+            # save, through its file utilities.
+            super()._save_model()
+            return
         os.makedirs(self.backup_dir, exist_ok=True)
         replace_atomically(
             self._weights_path,

@@ -181,11 +181,15 @@ def is_chief(strategy=None):
     is the default one, which knows no cluster.
 
     Args:
-        strategy: a `tf.distribute.Strategy`; default the current one.
+        strategy: a `tf.distribute.Strategy`, or a model (its
+            `distribute_strategy` is read, as 0.1.0's
+            `callbacks.chief.is_chief(model)` did); default the current
+            strategy.
 
     Returns:
         A Python bool.
     """
+    strategy = getattr(strategy, "distribute_strategy", strategy)
     strategy = strategy or tf.distribute.get_strategy()
     return is_chief_task(getattr(strategy, "cluster_resolver", None))
 

@@ -401,22 +401,9 @@ class JacobianMatching(DistillationTerm):
 
 
 def _check_estimator(target, estimator, loss, step_size):
-    """Resolves `estimator=None` and rejects invalid combinations."""
-    if estimator is None:
-        return "vjp" if target == "random" else "exact"
-    if estimator not in jacobians.ESTIMATORS:
-        raise ValueError(
-            f"`estimator` must be one of {jacobians.ESTIMATORS} or None. "
-            f"Received: estimator={estimator!r}"
-        )
-    if target == "random":
-        if estimator != "vjp":
-            raise ValueError(
-                "target='random' is the alias of target='all', "
-                f"estimator='vjp'. Received: estimator={estimator!r} with "
-                "target='random'. Use target='all' with the estimator."
-            )
-    elif estimator != "exact" and target != "all":
+    """The shared rules, then those of matching a teacher's rows."""
+    estimator = validation.check_estimator(target, estimator, step_size)
+    if estimator != "exact" and target not in ("all", "random"):
         raise ValueError(
             f"estimator={estimator!r} estimates the whole Jacobian "
             "(every class), so it needs target='all'. Received: "
@@ -429,25 +416,14 @@ def _check_estimator(target, estimator, loss, step_size):
             f"class, which estimator={estimator!r} does not compute. Use "
             "estimator='exact' with loss='alignment'."
         )
-    if step_size is not None:
-        if estimator not in jacobians.DIFFERENCE_ESTIMATORS:
-            raise ValueError(
-                "`step_size` is only used with estimator="
-                "'finite_difference' or 'forward_difference'. Received: "
-                f"step_size={step_size!r} with estimator={estimator!r}."
-            )
-        if not isinstance(step_size, (int, float)) or step_size <= 0:
-            raise ValueError(
-                "`step_size` must be a positive number or None. Received: "
-                f"step_size={step_size!r}"
-            )
     return estimator
 
 
 def _check_same_inputs(teacher_input, student_input):
     if tuple(teacher_input[1:]) != tuple(student_input[1:]):
         raise ValueError(
-            "Input-direction estimators ('jvp', 'finite_difference') move "
+            "Input-direction estimators ('jvp', 'finite_difference', "
+            "'forward_difference') move "
             "both networks along the same input directions, so their "
             f"input shapes must agree. Received: teacher {teacher_input}, "
             f"student {student_input}. Use estimator='exact' or 'vjp' for "

@@ -14,12 +14,10 @@ from keras_jacobian import jacobians
 from keras_jacobian.terms.base import OUTPUT
 
 
-def precision_of(ctx):
+def precision_of(inputs, outputs):
     """The coarsest float dtype among the input, the output and the policy."""
     return jacobians.compute_precision(
-        ctx.inputs.dtype,
-        ctx.outputs[OUTPUT].dtype,
-        keras.config.dtype_policy().compute_dtype,
+        inputs.dtype, outputs.dtype, keras.config.dtype_policy().compute_dtype
     )
 
 
@@ -31,7 +29,7 @@ def derivatives(term, ctx, directions):
         ctx.inputs,
         directions,
         step_size=term.step_size,
-        precision=precision_of(ctx),
+        precision=precision_of(ctx.inputs, ctx.outputs[OUTPUT]),
         outputs=ctx.outputs[OUTPUT],
     )
 
@@ -52,11 +50,9 @@ def teacher_targets(term, ctx):
 def per_example_loss(term, targets, ctx):
     """The estimate of `||J_T - J_S||_F^2` (or its normalised form)."""
     student = derivatives(term, ctx, _swap(targets["directions"]))
-    size = 1
-    for dim in ctx.input_shape:
-        size *= dim
+    size = float(jacobians.input_size(ctx.inputs))
     return jacobians.directional_distance(
-        _swap(targets["derivatives"]), student, float(size), term.normalize
+        _swap(targets["derivatives"]), student, size, term.normalize
     )
 
 
