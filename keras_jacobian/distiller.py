@@ -315,7 +315,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         outputs = dict(self.student_endpoints(x, training=training))
         return outputs
 
-    def _context(self, forward, x, y, input_shape):
+    def _context(self, forward, x, y, input_shape, sample_weight=None):
         if self.needs_input_gradients:
             tape = tf.GradientTape(
                 persistent=True, watch_accessed_variables=False
@@ -334,6 +334,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             seed=self.seed_generator,
             forward=forward,
             input_shape=input_shape,
+            sample_weight=sample_weight,
         )
 
     def teacher_targets(self, x, y=None):
@@ -384,6 +385,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             xs,
             y,
             self.student_input_shape,
+            sample_weight,
         )
         batch = tf.shape(xs)[0]
         term_values = []

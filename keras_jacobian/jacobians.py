@@ -442,27 +442,18 @@ def _broadcastable(values, rank):
     return tf.reshape(values, [-1] + [1] * (rank - 1))
 
 
-def directional_distance(teacher, student, input_size, normalize):
-    """Per-example loss between directional derivatives `(R, batch, K)`.
+def directional_distance(teacher, student, input_size):
+    """`D * mean_r ||J_T v_r - J_S v_r||^2` per example, `(batch,)`.
 
-    With `normalize=False`: `D * mean_r ||J_T v_r - J_S v_r||^2`, an
-    unbiased estimate of `||J_T - J_S||_F^2` (`D = input_size`). With
-    `normalize=True`: `mean_r ||u_T - u_S||^2 = 2 - 2 cos`, where
-    `u = J v / ||J v||` is the direction, over classes, in which the
-    logits move along `v` (a zero vector stays zero).
-
-    Returns:
-        A float32 tensor `(batch,)`.
+    Directional derivatives `(R, batch, K)` along directions `v_r` uniform
+    on the unit sphere of the `D = input_size` input values: an unbiased
+    estimate of `||J_T - J_S||_F^2` (`E[v v^T] = I / D`).
     """
     dtype = "float64" if teacher.dtype == student.dtype == tf.float64 else None
     teacher = tf.cast(teacher, dtype or "float32")
     student = tf.cast(student, dtype or "float32")
-    if normalize:
-        teacher = normalize_rows(teacher)
-        student = normalize_rows(student)
     squared = tf.reduce_sum(tf.square(teacher - student), axis=-1)
-    mean = tf.reduce_mean(squared, axis=0)
-    return mean if normalize else input_size * mean
+    return input_size * tf.reduce_mean(squared, axis=0)
 
 
 def directional_derivatives(

@@ -40,6 +40,11 @@ class Case:
         reuse_skip: why "the same term in two Distillers" is not defined.
         replica_tolerance: largest weight difference, relative to how far
             the weights moved, between 2 replicas and one device.
+        weighted_reference: for terms scaled by a weighted mean over the
+            batch (`normalize="teacher"`), `weighted_reference(weights)`
+            gives the reference under those sample weights; for unbiased
+            cases, `True` (no per-example reference: only the weighting's
+            invariances are checked).
     """
 
     name: str
@@ -52,6 +57,7 @@ class Case:
     copy_skip: Optional[str] = None
     reuse_skip: Optional[str] = None
     replica_tolerance: float = 1e-6
+    weighted_reference: Optional[Callable] = None
 
     @property
     def loss_key(self):
@@ -117,17 +123,29 @@ def jacobian_case(
     **options,
 ):
     """A `JacobianMatching` case; `options` go to the constructor."""
-    norm = "norm" if normalize else "raw"
+    norm = {True: "norm", False: "raw", "teacher": "rel"}[normalize]
     alignment = "_alignment" if loss == "alignment" else ""
     name = name or f"jacobian_{target}_{norm}{alignment}"
+    if target == "all":
+        options.setdefault("estimator", "exact")
     kwargs = dict(target=target, normalize=normalize, loss=loss, **options)
     if k is not None:
         kwargs["k"] = k
-    reference = (
-        ref.frobenius
-        if unbiased
-        else ref.jacobian_matching(target, normalize, loss, k, 1.0)
-    )
+    weighted = None
+    if unbiased:
+        reference = (
+            ref.relative_frobenius if normalize == "teacher" else ref.frobenius
+        )
+        weighted = True if normalize == "teacher" else None
+    else:
+        reference = ref.jacobian_matching(target, normalize, loss, k, 1.0)
+        if normalize == "teacher":
+
+            def weighted(weights):
+                return ref.jacobian_matching(
+                    target, normalize, loss, k, 1.0, weights
+                )
+
     return register(
         Case(
             name=name,
@@ -136,38 +154,44 @@ def jacobian_case(
             read_draws=cotangent_draws if target == "random" else None,
             unbiased=unbiased,
             replica_tolerance=replica_tolerance,
+            weighted_reference=weighted,
         )
     )
 
 
 for _target in ("teacher_top1", "label", "top_k", "all", "random"):
     _k = 2 if _target == "top_k" else None
-    for _normalize in (True, False):
+    for _normalize in (True, False, "teacher"):
+        if _target == "random" and _normalize is True:
+            continue  # refused: no projection estimates unit rows
+        if _target in ("label", "top_k") and _normalize == "teacher":
+            continue  # the same scaling as "teacher_top1" and "all"
         jacobian_case(_target, _normalize, k=_k)
-        if _target != "random":
+        if _target != "random" and _normalize != "teacher":
             jacobian_case(_target, _normalize, loss="alignment", k=_k)
 
 
-def estimator_case(estimator, num_projections=1):
-    """`JacobianMatching(target="all", estimator=...)`, raw rows.
+def estimator_case(estimator, num_projections=1, normalize=False):
+    """`JacobianMatching(target="all", estimator=...)`, raw or relative.
 
     Every estimator but `"exact"` draws projections (input directions
     for `"jvp"` and `"finite_difference"`), so its value is checked as an
     unbiased (finite differences: nearly unbiased) estimate of the raw
     Frobenius term; the gradient, copy, round-trip, replica, precision
-    and reuse checks hold the draws fixed like every other case. What
-    `normalize=True` means for input directions is the estimator's own
-    definition: register it with its reference once documented.
+    and reuse checks hold the draws fixed like every other case. With
+    `normalize="teacher"` the target is the relative error
+    `||J_T - J_S||_F^2 / ||J_T||_F^2`; `normalize=True` is refused.
     """
     suffix = "" if num_projections == 1 else f"_{num_projections}"
+    suffix += "_rel" if normalize == "teacher" else "_raw"
     # Differences divide float32 round-off, which depends on how the batch
     # is split across replicas, by the relative step c (4e-3 central,
     # 2.4e-4 one-sided): u / c is about 1.5e-5 and 2.5e-4.
     tolerance = {"finite_difference": 1e-4, "forward_difference": 3e-3}
     return jacobian_case(
         "all",
-        normalize=False,
-        name=f"jacobian_{estimator}{suffix}_raw",
+        normalize=normalize,
+        name=f"jacobian_{estimator}{suffix}",
         unbiased=estimator != "exact",
         estimator=estimator,
         num_projections=num_projections,
@@ -182,6 +206,10 @@ estimator_case("jvp")
 estimator_case("jvp", num_projections=4)
 estimator_case("finite_difference")
 estimator_case("forward_difference")
+# The relative error, what `JacobianMatching(target="all")` optimises.
+# ("random" is "vjp"; the difference estimators share one scaling.)
+estimator_case("jvp", normalize="teacher")
+estimator_case("forward_difference", normalize="teacher")
 
 
 # Output-only terms.

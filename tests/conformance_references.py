@@ -148,8 +148,11 @@ def selected(target, teacher_logits, y, k, draws):
     return _np(draws["cotangents"])
 
 
-def jacobian_matching(target, normalize, loss, k, temperature):
-    """`JacobianMatching`: rows `v^T J` of logits or probabilities."""
+def jacobian_matching(target, normalize, loss, k, temperature, weights=None):
+    """`JacobianMatching`: rows `v^T J` of logits or probabilities.
+
+    `weights`: the sample weights of the batch mean of `normalize="teacher"`.
+    """
 
     def reference(teacher, student, model, x, y, draws):
         if loss == "squared":
@@ -160,6 +163,14 @@ def jacobian_matching(target, normalize, loss, k, temperature):
         v = selected(target, logits(teacher, x), y, k, draws)
         t = np.einsum("brc,bcd->brd", v, jt)
         s = np.einsum("brc,bcd->brd", v, js)
+        if normalize == "teacher":
+            # Relative to the batch mean of the teacher's squared norm of
+            # the same rows (estimated like the distance for projections).
+            scale = CLASSES / v.shape[1] if target == "random" else 1.0
+            norms = np.sum(t**2, axis=(1, 2))
+            norm = scale * np.average(norms, weights=weights)
+            raw = jacobian_matching(target, False, loss, k, temperature)
+            return raw(teacher, student, model, x, y, draws) / norm
         if normalize:
             t, s = np_unit(t), np_unit(s)
         if loss == "alignment":
@@ -185,6 +196,13 @@ def jacobian_matching(target, normalize, loss, k, temperature):
 def frobenius(teacher, student, model, x, y, draws):
     """`||J_T - J_S||_F^2`: what every estimator of the raw term targets."""
     return np.sum((jacobian(teacher, x) - jacobian(student, x)) ** 2, (1, 2))
+
+
+def relative_frobenius(teacher, student, model, x, y, draws):
+    """`||J_T - J_S||_F^2 / mean_batch ||J_T||_F^2`: every estimator's
+    target under `normalize="teacher"`."""
+    norm = np.mean(np.sum(jacobian(teacher, x) ** 2, (1, 2)))
+    return frobenius(teacher, student, model, x, y, draws) / norm
 
 
 def knowledge_distillation(temperature):

@@ -41,6 +41,8 @@ class StepContext:
         forward: a function `forward(inputs) -> outputs dict` that runs the
             same network again on other inputs (used by noise terms only).
         input_shape: the network's input shape, without the batch axis.
+        sample_weight: the batch's sample weights `(batch,)`, or `None`
+            (read by terms whose scale is a mean over the batch).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class StepContext:
         seed,
         forward,
         input_shape,
+        sample_weight=None,
     ):
         self.inputs = inputs
         self.outputs = outputs
@@ -60,6 +63,7 @@ class StepContext:
         self.seed = seed
         self.forward = forward
         self.input_shape = input_shape
+        self.sample_weight = sample_weight
 
     def rows(self, endpoint, cotangents):
         """Jacobian rows `v^T d(endpoint)/dx`, shape `(batch, rows, ...)`."""

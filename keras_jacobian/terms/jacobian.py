@@ -7,12 +7,19 @@ from keras_jacobian import jacobians
 from keras_jacobian import steps
 from keras_jacobian import validation
 from keras_jacobian.terms import projections
+from keras_jacobian.terms import whole
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
 from keras_jacobian.terms.base import labels_to_indices
 
 TARGETS = ("teacher_top1", "label", "top_k", "all", "random")
 CLASS_INDEXED = ("teacher_top1", "label", "top_k", "all")
+# What `JacobianMatching(target="all")` means when nothing else is given.
+RECOMMENDED = {
+    "estimator": "forward_difference",
+    "num_projections": 4,
+    "normalize": whole.TEACHER,
+}
 LOSSES = ("squared", "alignment")
 # Floor for the student's probability in the alignment weight 1 / p_S.
 PROBABILITY_FLOOR = 1e-4
@@ -219,8 +226,8 @@ class JacobianMatching(DistillationTerm):
         self,
         target="teacher_top1",
         k=None,
-        num_projections=1,
-        normalize=True,
+        num_projections=None,
+        normalize=None,
         loss="squared",
         temperature=1.0,
         name=None,
@@ -245,7 +252,9 @@ class JacobianMatching(DistillationTerm):
                 f"with target={target!r}. Remove `k` or set "
                 "target='top_k'."
             )
-        if not isinstance(num_projections, int) or num_projections < 1:
+        if num_projections is not None and (
+            not isinstance(num_projections, int) or num_projections < 1
+        ):
             raise ValueError(
                 "`num_projections` must be an integer >= 1. Received: "
                 f"num_projections={num_projections!r}"
@@ -264,11 +273,20 @@ class JacobianMatching(DistillationTerm):
         temperature = validation.check_number(
             temperature, "temperature", strict=True
         )
+        if target == "all" and estimator is None:
+            # Unit rows and the alignment loss are computed exactly only.
+            if normalize is True or loss == "alignment":
+                estimator = "exact"
+            else:
+                estimator = RECOMMENDED["estimator"]
+                if num_projections is None:
+                    num_projections = RECOMMENDED["num_projections"]
         estimator = _check_estimator(target, estimator, loss, step_size)
+        normalize = _check_normalize(target, estimator, normalize, loss)
         self.target = target
         self.k = k
-        self.num_projections = num_projections
-        self.normalize = bool(normalize)
+        self.num_projections = 1 if num_projections is None else num_projections
+        self.normalize = normalize
         self.loss = loss
         self.temperature = float(temperature)
         self.estimator = estimator
@@ -355,17 +373,21 @@ class JacobianMatching(DistillationTerm):
         )
         t = jacobians.flatten_rows(teacher_rows)
         s = jacobians.flatten_rows(student_rows)
-        if self.normalize:
+        if self.normalize is True:
             t = jacobians.normalize_rows(t)
             s = jacobians.normalize_rows(s)
         if self.loss == "alignment":
             return self._alignment(t, s, cotangents, student_logits)
         distances = tf.reduce_sum(tf.square(t - s), axis=-1)
-        if self.normalize:
+        if self.normalize is True:
             return tf.reduce_mean(distances, axis=-1)
         total = tf.reduce_sum(distances, axis=-1)
+        norms = tf.reduce_sum(tf.square(t), axis=[1, 2])
         if self._row_target == "random":
             total *= student_logits.shape[-1] / self.num_projections
+            norms *= student_logits.shape[-1] / self.num_projections
+        if self.normalize == whole.TEACHER:
+            total = whole.relative(total, norms, ctx.sample_weight)
         return total
 
     def _alignment(self, t, s, cotangents, student_logits):
@@ -417,6 +439,32 @@ def _check_estimator(target, estimator, loss, step_size):
             "estimator='exact' with loss='alignment'."
         )
     return estimator
+
+
+def _check_normalize(target, estimator, normalize, loss):
+    """Resolves `normalize=None` and checks it against the estimator."""
+    if normalize is None:
+        if target in ("all", "random"):
+            return RECOMMENDED["normalize"]
+        return True
+    normalize = whole.check_normalize(normalize)
+    if normalize is True and estimator != "exact":
+        raise ValueError(
+            "normalize=True unit-normalises every class row of both "
+            "networks; the student's row norms are not linear in its "
+            "Jacobian, so no projection estimates that loss without bias "
+            f"and estimator={estimator!r} cannot compute it. Use "
+            "normalize='teacher' (the relative error "
+            "||J_T - J_S||^2 / ||J_T||^2, the teacher's norm computed "
+            "exactly) or normalize=False, or estimator='exact'."
+        )
+    if normalize == whole.TEACHER and loss == "alignment":
+        raise ValueError(
+            "normalize='teacher' scales squared distances; "
+            "loss='alignment' has its own weights 1 / p_S. Use "
+            "normalize=True or False with loss='alignment'."
+        )
+    return normalize
 
 
 def _check_same_inputs(teacher_input, student_input):

@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from keras_jacobian import jacobians
+from keras_jacobian.terms import whole
 from keras_jacobian.terms.base import OUTPUT
 
 
@@ -48,12 +49,18 @@ def teacher_targets(term, ctx):
 
 
 def per_example_loss(term, targets, ctx):
-    """The estimate of `||J_T - J_S||_F^2` (or its normalised form)."""
+    """The estimate of `||J_T - J_S||_F^2`, relative to the batch mean
+    of `||J_T||_F^2` under `normalize="teacher"`."""
     student = derivatives(term, ctx, _swap(targets["directions"]))
+    teacher = _swap(targets["derivatives"])
     size = float(jacobians.input_size(ctx.inputs))
-    return jacobians.directional_distance(
-        _swap(targets["derivatives"]), student, size, term.normalize
-    )
+    loss = jacobians.directional_distance(teacher, student, size)
+    if term.normalize == whole.TEACHER:
+        norms = jacobians.directional_distance(
+            teacher, tf.zeros_like(teacher), size
+        )
+        loss = whole.relative(loss, norms, ctx.sample_weight)
+    return loss
 
 
 def _swap(values):
