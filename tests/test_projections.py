@@ -343,3 +343,48 @@ def test_relative_scale_bias_on_relu_batch_norm_nets():
             copies, batch_size=4, verbose=0, return_dict=True
         )["jacobian_matching_loss"]
         assert abs(got / exact - 1.0) < bound, (num_projections, got, exact)
+
+
+def test_directions_are_orthonormal_and_uniform():
+    v = jacobians.orthogonal_directions(2000, 5, 3, seed=0).numpy()
+    gram = np.einsum("rbd,sbd->brs", v, v)
+    np.testing.assert_allclose(
+        gram, np.tile(np.eye(3), (2000, 1, 1)), atol=1e-5
+    )
+    # Uniform on the sphere: E[v v^T] = I / 5 for every direction.
+    second = np.einsum("rbd,rbe->rde", v, v) / 2000
+    for r in range(3):
+        np.testing.assert_allclose(second[r], np.eye(5) / 5, atol=0.02)
+    # R > D: orthogonal in blocks of D.
+    w = jacobians.orthogonal_directions(4, 2, 5, seed=1).numpy()
+    assert w.shape == (5, 4, 2)
+    np.testing.assert_allclose(
+        np.einsum("rbd,sbd->brs", w[:2], w[:2]),
+        np.tile(np.eye(2), (4, 1, 1)),
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("estimator", INPUT_ESTIMATORS)
+def test_as_many_directions_as_inputs_is_exact(estimator):
+    # R = D orthonormal directions span the input space: one draw gives
+    # ||J_T - J_S||_F^2 exactly (independent directions would not).
+    teacher = tiny.mlp(seed=0, name="t")
+    student = tiny.mlp(seed=10, name="s")
+    x = np.random.default_rng(2).normal(size=(5, 3))
+    xx = tf.constant(x)
+    jacobians_ = []
+    for model in (teacher, student):
+        with tf.GradientTape() as tape:
+            tape.watch(xx)
+            y = model(xx)
+        jacobians_.append(tape.batch_jacobian(y, xx).numpy())
+    expected = np.mean(np.sum((jacobians_[0] - jacobians_[1]) ** 2, (1, 2)))
+    for seed in (0, 1):
+        term = kj.JacobianMatching(
+            "all", estimator=estimator, normalize=False, num_projections=3
+        )
+        got = evaluate(teacher, student, [term], x, seed=seed)
+        np.testing.assert_allclose(
+            got["jacobian_matching_loss"], expected, rtol=1e-4
+        )
