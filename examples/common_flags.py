@@ -135,6 +135,11 @@ flags.DEFINE_float(
     "activation_weight", 1.0, "Weight of the activation (logit) matching."
 )
 flags.DEFINE_float("jacobian_weight", 1.0, "Weight of the Jacobian matching.")
+flags.DEFINE_float(
+    "whole_jacobian_weight",
+    30.0,
+    "Weight of the whole-Jacobian term (methods with 'whole').",
+)
 flags.DEFINE_float("temperature", 4.0, "Softmax temperature of KD (kl).")
 flags.DEFINE_enum(
     "activation_loss", "kl", ["kl", "mse"], "Activation matching loss."

@@ -11,9 +11,12 @@ subset and initialises the student), with each method of `--methods`:
   act_jac_ce  activations + Jacobian matching + cross-entropy
   act         activation matching only (labels unused)
   act_jac     activations + Jacobians (labels unused)
+  act_whole   activations + the whole Jacobian, every class
+              (`JacobianMatching(target="all")`, weight
+              `--whole_jacobian_weight`; not in the default run)
 
-(any combination of `act`, `jac` and `ce` joined by `_` is accepted, e.g.
-`jac_ce`). The loss of a method is `student_loss_weight * CE +
+(any combination of `act`, `jac`, `whole` and `ce` joined by `_` is
+accepted, e.g. `jac_ce`). The loss of a method is `student_loss_weight * CE +
 activation_weight * KD + jacobian_weight * JacobianMatching`, the terms a
 method leaves out having weight 0. All methods share one compiled
 `Distiller` whose loss weights are variables, so the training step is traced
@@ -182,7 +185,14 @@ PAPER_METHODS = ("ce", "act_ce", "act_jac_ce", "act", "act_jac")
 # The paper's comparisons, (method, baseline): Jacobians on top of
 # activation matching with and without cross-entropy, and distillation
 # against cross-entropy alone.
-COMPARISONS = (("act_jac_ce", "act_ce"), ("act_jac", "act"), ("act_ce", "ce"))
+COMPARISONS = (
+    ("act_jac_ce", "act_ce"),
+    ("act_jac", "act"),
+    ("act_ce", "ce"),
+    ("act_whole", "act"),
+    ("act_whole", "act_jac"),
+    ("act_whole_ce", "act_ce"),
+)
 DEFAULT_SAMPLES_PER_CLASS = ("1", "5")
 DEFAULT_AUGMENT = False
 DEFAULT_LEARNING_RATE = 1e-3
@@ -190,7 +200,7 @@ DEFAULT_LR_SCHEDULE = "constant"
 TEACHER_LEARNING_RATE = 3e-3
 DEFAULT_TEACHER_ARCH = "vgg9"
 DEFAULT_OUTPUT_DIR = "/tmp/keras_jacobian/distill"
-PARTS = ("act", "jac", "ce")
+PARTS = ("act", "jac", "whole", "ce")
 LABELS = {
     "ce": "cross-entropy only",
     "act_ce": "activations + CE",
@@ -199,6 +209,8 @@ LABELS = {
     "act_jac": "activations + Jacobians only",
     "jac_ce": "Jacobians + CE",
     "jac": "Jacobians only",
+    "act_whole": "activations + whole Jacobian",
+    "act_whole_ce": "activations + whole Jacobian + CE",
 }
 
 
@@ -206,7 +218,7 @@ def parse_method(name):
     """Parses a method name into its parts, e.g. "act_ce" -> {act, ce}.
 
     Args:
-        name: parts among "act", "jac" and "ce" joined by "_".
+        name: parts among "act", "jac", "whole" and "ce" joined by "_".
 
     Returns:
         A frozenset of parts.
@@ -228,16 +240,18 @@ def parse_method(name):
 
 
 def canonical_method(parts):
-    """The method name of a set of parts, in the order act, jac, ce."""
+    """The method name of a set of parts, in the order act, jac, whole, ce."""
     return "_".join(p for p in PARTS if p in parts)
 
 
 def method_weights(parts):
-    """(student_loss_weight, activation_weight, jacobian_weight) of a method."""
+    """(student_loss_weight, activation_weight, jacobian_weight,
+    whole_jacobian_weight) of a method."""
     return (
         FLAGS.student_loss_weight if "ce" in parts else 0.0,
         FLAGS.activation_weight if "act" in parts else 0.0,
         FLAGS.jacobian_weight if "jac" in parts else 0.0,
+        FLAGS.whole_jacobian_weight if "whole" in parts else 0.0,
     )
 
 
@@ -257,7 +271,12 @@ def check_flags():
             f"Expected --teacher_arch in {sorted(models.MODELS)}. Received: "
             f"{teacher_arch!r}."
         )
-    for name in ("student_loss_weight", "activation_weight", "jacobian_weight"):
+    for name in (
+        "student_loss_weight",
+        "activation_weight",
+        "jacobian_weight",
+        "whole_jacobian_weight",
+    ):
         if getattr(FLAGS, name) < 0:
             raise app.UsageError(f"Expected --{name} >= 0.")
     if FLAGS.jacobian_target == "top_k" and not FLAGS.jacobian_k:
@@ -444,6 +463,8 @@ def make_terms():
             k=FLAGS.jacobian_k if FLAGS.jacobian_target == "top_k" else None,
             normalize=FLAGS.jacobian_normalize,
         ),
+        # The whole Jacobian, every class, with the library's defaults.
+        keras_jacobian.JacobianMatching(target="all", name="whole_jacobian"),
     ]
 
 
@@ -533,12 +554,14 @@ def run(output_dir):
         for seed in seeds:
             images, labels = subsets[spc, seed]
             for method in methods:
-                ce_w, act_w, jac_w = method_weights(parse_method(method))
+                weights = method_weights(parse_method(method))
+                ce_w, act_w, jac_w, whole_w = weights
                 distiller.student.set_weights(inits[seed])
                 experiment.reset_optimizer(distiller.optimizer)
                 distiller.student_loss_weight_variable.assign(ce_w)
                 distiller.term_weights[0].assign(act_w)
                 distiller.term_weights[1].assign(jac_w)
+                distiller.term_weights[2].assign(whole_w)
                 run_name = f"{method}_spc{experiment.spc_label(spc)}_s{seed}"
                 t0 = time.time()
                 keras.utils.set_random_seed(seed)

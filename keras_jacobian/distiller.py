@@ -399,11 +399,15 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
                 )
                 return tf.cast(term.per_example_loss(targets, sctx), "float32")
 
-            per_example = tf.cond(
-                self.term_weights[i] > 0.0,
-                compute,
-                lambda: tf.zeros([batch], "float32"),
-            )
+            if term.synchronizes and steps.num_replicas() > 1:
+                # A collective across replicas cannot sit in a tf.cond.
+                per_example = compute()
+            else:
+                per_example = tf.cond(
+                    self.term_weights[i] > 0.0,
+                    compute,
+                    lambda: tf.zeros([batch], "float32"),
+                )
             term_values.append(
                 steps.reduce_per_example(per_example, sample_weight)
             )

@@ -298,8 +298,8 @@ def test_parse_method_and_weights():
     with flagsaver.flagsaver(
         student_loss_weight=0.5, activation_weight=2.0, jacobian_weight=3.0
     ):
-        assert distill.method_weights({"ce"}) == (0.5, 0.0, 0.0)
-        assert distill.method_weights({"act", "jac"}) == (0.0, 2.0, 3.0)
+        assert distill.method_weights({"ce"}) == (0.5, 0.0, 0.0, 0.0)
+        assert distill.method_weights({"act", "jac"}) == (0.0, 2.0, 3.0, 0.0)
 
 
 @pytest.mark.slow

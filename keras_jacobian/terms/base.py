@@ -89,6 +89,10 @@ class DistillationTerm:
             or the student, so the step must watch the input.
         cacheable: the teacher targets depend on the example only (not on
             random draws), so they may be computed once and reused.
+        synchronizes: the term's value reads a mean over the global batch
+            (an all-reduce across replicas), so on several replicas the
+            step computes it even at weight 0 (a collective cannot sit in
+            a `tf.cond`).
         reads_labels: the term reads the batch's labels as classes of the
             distillation output (`JacobianMatching(target="label")`), so
             it cannot serve a student whose labels belong to another head
@@ -102,6 +106,7 @@ class DistillationTerm:
     needs_input_gradients = False
     cacheable = True
     reads_labels = False
+    synchronizes = False
 
     def __init__(self, name=None):
         if name is not None and not isinstance(name, str):

@@ -297,6 +297,10 @@ class JacobianMatching(DistillationTerm):
         return self.estimator == "exact"
 
     @property
+    def synchronizes(self):
+        return self.normalize == whole.TEACHER
+
+    @property
     def needs_input_gradients(self):
         return self.estimator not in jacobians.INPUT_ESTIMATORS
 
