@@ -166,9 +166,10 @@ def jacobian_matching(target, normalize, loss, k, temperature, weights=None):
         if normalize == "teacher":
             # Relative to the batch mean of the teacher's squared norm of
             # the same rows (estimated like the distance for projections).
-            scale = CLASSES / v.shape[1] if target == "random" else 1.0
-            norms = np.sum(t**2, axis=(1, 2))
-            norm = scale * np.average(norms, weights=weights)
+            # The teacher's mean squared row norm (for projections, the
+            # mean of ||u^T J_T||^2, an estimate of ||J_T||^2 / K).
+            norms = np.sum(t**2, axis=(1, 2)) / v.shape[1]
+            norm = np.average(norms, weights=weights)
             raw = jacobian_matching(target, False, loss, k, temperature)
             return raw(teacher, student, model, x, y, draws) / norm
         if normalize:
@@ -199,9 +200,9 @@ def frobenius(teacher, student, model, x, y, draws):
 
 
 def relative_frobenius(teacher, student, model, x, y, draws):
-    """`||J_T - J_S||_F^2 / mean_batch ||J_T||_F^2`: every estimator's
-    target under `normalize="teacher"`."""
-    norm = np.mean(np.sum(jacobian(teacher, x) ** 2, (1, 2)))
+    """`||J_T - J_S||_F^2 / (mean_batch ||J_T||_F^2 / K)`: every
+    estimator's target under `normalize="teacher"`."""
+    norm = np.mean(np.sum(jacobian(teacher, x) ** 2, (1, 2))) / CLASSES
     return frobenius(teacher, student, model, x, y, draws) / norm
 
 

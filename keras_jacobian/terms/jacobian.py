@@ -16,8 +16,8 @@ TARGETS = ("teacher_top1", "label", "top_k", "all", "random")
 CLASS_INDEXED = ("teacher_top1", "label", "top_k", "all")
 # What `JacobianMatching(target="all")` means when nothing else is given.
 RECOMMENDED = {
-    "estimator": "forward_difference",
-    "num_projections": 4,
+    "estimator": "vjp",
+    "num_projections": 1,
     "normalize": whole.TEACHER,
 }
 LOSSES = ("squared", "alignment")
@@ -386,10 +386,10 @@ class JacobianMatching(DistillationTerm):
         if self.normalize is True:
             return tf.reduce_mean(distances, axis=-1)
         total = tf.reduce_sum(distances, axis=-1)
-        norms = tf.reduce_sum(tf.square(t), axis=[1, 2])
+        # The teacher's mean squared row norm, per example.
+        norms = tf.reduce_mean(tf.reduce_sum(tf.square(t), axis=-1), axis=-1)
         if self._row_target == "random":
             total *= student_logits.shape[-1] / self.num_projections
-            norms *= student_logits.shape[-1] / self.num_projections
         if self.normalize == whole.TEACHER:
             total = whole.relative(total, norms, ctx.sample_weight)
         return total

@@ -56,8 +56,9 @@ def per_example_loss(term, targets, ctx):
     size = float(jacobians.input_size(ctx.inputs))
     loss = jacobians.directional_distance(teacher, student, size)
     if term.normalize == whole.TEACHER:
+        # Estimates of the teacher's mean squared row norm.
         norms = jacobians.directional_distance(
-            teacher, tf.zeros_like(teacher), size
+            teacher, tf.zeros_like(teacher), size / teacher.shape[-1]
         )
         loss = whole.relative(loss, norms, ctx.sample_weight)
     return loss
