@@ -146,7 +146,10 @@ _jacobian_variant("jacobian_top1", target="teacher_top1")
 _jacobian_variant("jacobian_label", target="label")
 _jacobian_variant("jacobian_top5", target="top_k", k=5)
 _jacobian_variant("jacobian_top10", target="top_k", k=10)
-_jacobian_variant("jacobian_all", fraction=0.2, target="all")
+_jacobian_variant("jacobian_all", fraction=0.2, target="all", estimator="exact")
+# `JacobianMatching(target="all")` with its defaults (one output
+# projection, relative to the teacher's rows).
+_jacobian_variant("jacobian_all_default", target="all")
 _jacobian_variant("jacobian_random1", target="random", num_projections=1)
 _jacobian_variant("jacobian_random4", target="random", num_projections=4)
 

@@ -54,7 +54,10 @@ CASES = {
         LogitsDistillation(),
         JacobianMatching("top_k", k=3),
     ],
-    "jacobian_all": lambda: [LogitsDistillation(), JacobianMatching("all")],
+    "jacobian_all": lambda: [
+        LogitsDistillation(),
+        JacobianMatching("all", estimator="exact"),
+    ],
     "jacobian_random": lambda: [
         LogitsDistillation(),
         JacobianMatching("random"),
