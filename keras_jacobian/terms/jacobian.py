@@ -112,6 +112,17 @@ class JacobianMatching(DistillationTerm):
     which makes it an unbiased estimate of the same Frobenius norm
     (`E[v v^T] = I / classes` on the unit sphere).
 
+    With `normalize="teacher"` (the default of `target="all"` and
+    `"random"`) the raw sum is divided by a scale of the teacher's alone:
+    the mean over the (global, sample-weighted) batch and the selected
+    rows of the teacher's squared row norm. For `target="all"`:
+
+        ||J_T(x) - J_S(x)||_F^2 / (mean_batch ||J_T||_F^2 / classes)
+
+    the squared error of every class row in units of the teacher's mean
+    squared row norm, summed over classes. The weight of the term then
+    does not depend on the input's units or the teacher's sharpness.
+
     With `loss="alignment"` the term is built on the one the paper's
     cross-entropy proposition adds under noise,
     `-sum_c (grad p_T,c . grad p_S,c) / p_S,c`, with rows of the Jacobians
@@ -141,15 +152,19 @@ class JacobianMatching(DistillationTerm):
     recording the teacher's weights); the student's take a second-order
     pass. One row roughly doubles a logit-distillation step.
 
-    Estimators of the whole Jacobian (`target="all"`, `normalize=False`
-    estimates `||J_T - J_S||_F^2`):
+    Estimators of the whole Jacobian (`target="all"`). Each estimates the
+    same quantity for a given `normalize` (`estimator` changes cost and
+    variance only):
 
-    - `estimator="exact"` (default for class targets): one
-      reverse-mode row per class.
-    - `"vjp"`: `num_projections` random output vectors `u`, rows
-      `u^T J` (the same as `target="random"`).
+    - `estimator="vjp"` (the default of `target="all"`, with one
+      projection): `num_projections` random output vectors `u`, rows
+      `u^T J` (the same as `target="random"`). It costs one row, like
+      the top-1 row.
+    - `"exact"`: one reverse-mode row per class (`classes` times the cost
+      of a row).
     - `"jvp"`: `num_projections` random input directions `v`, uniform on
-      the unit sphere of the `D` input values, and the estimate
+      the unit sphere of the `D` input values and orthogonal to each
+      other per example, and the estimate
       `D * mean_r ||(J_T - J_S) v_r||^2`, unbiased because
       `E[v v^T] = I / D`. `J v` (every class at once) comes from forward
       mode (`tf.autodiff.ForwardAccumulator`), differentiated with respect
@@ -157,21 +172,32 @@ class JacobianMatching(DistillationTerm):
     - `"finite_difference"`: the same estimate with central differences
       `J v ~= (F(x + eps v) - F(x - eps v)) / (2 eps)`, the `2R` shifted
       copies of the batch run through each network as one batch. No
-      input gradient and no second-order autodiff: the student's part
-      trains by ordinary backprop. The error is O(eps^2) for smooth
-      networks, zero for piecewise-linear ones (ReLU) when no kink lies
-      within `eps`; the default step `eps` is the cube root of the unit
-      round-off times the example's norm `||x||` (4e-3 `||x||` in
-      float32, 8e-2 in float16, 0.16 in bfloat16, see
-      `jacobians.RELATIVE_STEPS`), which balances truncation and
-      round-off at a relative error of about 1e-5 in float32.
-    - `"forward_difference"` (recommended: the fastest): one-sided
-      differences `(F(x + eps v) - F(x)) / eps` that reuse the step's own
-      forward pass `F(x)`, so each network runs on only `R` extra copies.
-      Error O(eps), with the default step `sqrt(u) ||x||` (2.4e-4 `||x||`
-      in float32) about 2e-4 relative in float32 (2e-2 in float16),
-      orders of magnitude below the spread of the one-direction
-      estimate itself (see docs/performance-projections.md).
+      input gradient and no second-order autodiff. The value's error is
+      O(eps^2) for smooth networks; the default step `eps` is the cube
+      root of the unit round-off times the example's norm `||x||`
+      (`jacobians.RELATIVE_STEPS`).
+    - `"forward_difference"`: one-sided differences
+      `(F(x + eps v) - F(x)) / eps` that reuse the step's own forward pass
+      `F(x)`, so each network runs on only `R` extra copies. The value's
+      error is O(eps) (about 2e-4 relative in float32).
+
+    The difference estimators get the value right but not always its
+    gradient: on a ReLU network with max pooling the shifted copy crosses
+    kinks, and the weight gradient of the difference quotient is wrong by
+    O(1 / eps) there (measured on a VGG-4 student: gradient cosine -0.01
+    against forward mode for `"forward_difference"`, 0.24 for central
+    differences; `benchmarks/estimator_gradients.py`). Use them for
+    smooth networks (tanh, GELU, SiLU) only; `"vjp"` and `"jvp"` are
+    exact autodiff.
+
+    With `normalize=True` each class row of both networks is
+    unit-normalised; the student's row norms are not linear in its
+    Jacobian, so no projection estimates that loss without bias: only
+    `estimator="exact"` computes it (the others refuse it). With
+    `normalize="teacher"`, the estimators divide by the teacher's own
+    estimate of its scale from the same projections: a ratio whose bias
+    is O(1 / (batch * num_projections)) (1.6% at batch 4 with one output
+    projection, measured in `tests/test_projections.py`).
 
     The difference estimators refuse a student with dropout or noise
     layers (two training passes would differ by more than the shift).
@@ -181,24 +207,27 @@ class JacobianMatching(DistillationTerm):
     student in training mode: BatchNorm statistics update once more per
     step, as with `NoiseDistillation`), and cannot be cached
     (`cache_teacher` refuses them: the directions change every step).
-    With `normalize=True` they compare, per direction, the unit vectors
-    `J v / ||J v||` over classes: the loss is the mean over directions of
-    `||u_T - u_S||^2 = 2 - 2 cos`, which matches the direction in which
-    the logits move along `v` and ignores its rate.
 
     Args:
         target: which rows, one of `"teacher_top1"`, `"label"`, `"top_k"`,
             `"all"`, `"random"`.
         k: number of classes for `target="top_k"`.
-        num_projections: number of random vectors for `target="random"`.
-        normalize: L2-normalise each row per example before comparing.
+        num_projections: number of random vectors of the estimators
+            other than `"exact"`; `None` for 1.
+        normalize: `True` (unit rows, the paper's form; the default of
+            the class-indexed targets), `"teacher"` (relative to the
+            teacher's mean squared row norm; the default of `"all"` and
+            `"random"`) or `False` (raw); `None` for the target's default.
         loss: `"squared"` (distance) or `"alignment"` (inner product of
             probability Jacobians, from the cross-entropy proposition).
         temperature: softmax temperature of `loss="alignment"`.
         name: metric name prefix, default `"jacobian_matching"`.
-        estimator: `None` (`"exact"`, or `"vjp"` for `target="random"`),
-            `"exact"`, `"vjp"`, `"jvp"`, `"finite_difference"` or
-            `"forward_difference"`; all but `"exact"` need `target="all"`.
+        estimator: `None` (`"vjp"` for `"all"` and `"random"`, but
+            `"exact"` for `"all"` with `normalize=True` or
+            `loss="alignment"`, which only it computes; `"exact"` for
+            the class-indexed targets), `"exact"`, `"vjp"`, `"jvp"`,
+            `"finite_difference"` or `"forward_difference"`; all but
+            `"exact"` need `target="all"`.
         step_size: for the difference estimators, the Euclidean length of
             the step `eps * v` in input units; `None` for the default step
             relative to each example's norm.
@@ -215,10 +244,9 @@ class JacobianMatching(DistillationTerm):
         ],
         distillation_loss_weights=[1.0, 1.0],
     )
-    # The whole Jacobian at about the cost of one row:
-    whole = keras_jacobian.JacobianMatching(
-        target="all", estimator="forward_difference", normalize=False
-    )
+    # The whole Jacobian at the cost of one row (one output projection,
+    # relative to the teacher's rows):
+    whole = keras_jacobian.JacobianMatching(target="all")
     ```
     """
 
