@@ -8,6 +8,8 @@ models distributed variables. Cost: about 30 s on 2 CPU cores.
 """
 
 import os
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -236,10 +238,17 @@ def test_backup_callback_writes_through_its_atomic_save(tmp_path, monkeypatch):
     backup = kj.callbacks.BackupAndRestore(
         str(tmp_path / "backup"), save_freq=1, delete_checkpoint=False
     )
-    # Left by a save that a kill cut short; the next save removes it.
+    # Left by a save that a kill cut short (its process is dead); the next
+    # run removes it.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     os.makedirs(tmp_path / "backup")
-    stale = tmp_path / "backup" / ".latest.0123456789ab.tmp.weights.h5"
-    stale.write_bytes(b"partial")
+    name = saving.temporary_name("latest.weights.h5", pid=int(dead.stdout))
+    (tmp_path / "backup" / name).write_bytes(b"partial")
     model.fit(x_data, y_data, batch_size=8, callbacks=[backup], verbose=0)
     assert replaced.count("training_metadata.json") == 2  # 2 steps
     assert "latest.weights.h5" in replaced

@@ -2,10 +2,22 @@
 
 import json
 import os
+import socket
 
 import keras
 
-from keras_jacobian.saving import replace_atomically
+from keras_jacobian import saving
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+LOCK_NAME = ".backup.lock"
+
+# Backup folders this process holds (their real path): the lock's file
+# descriptor and the callback that holds it.
+_HELD = {}
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -27,10 +39,26 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     that epoch again from the newer weights, as Keras does after any
     restart (it resumes at the start of the backed-up epoch).
 
-    Restoring, the resumed epoch and `delete_checkpoint` are Keras' own.
-    The backup holds everything the model's `save_weights` stores; for a
-    `Distiller` that includes the optimizer's variables, the term weights
-    and the seed generator's state.
+    One run at a time: `on_train_begin` locks `backup_dir` (`flock` on
+    `.backup.lock`, which records the process id and host) and raises a
+    `RuntimeError` naming the process that holds it if another live run
+    does; two runs sharing a folder would overwrite each other's backups.
+    The lock ends with its process, so a killed run never blocks the next
+    one; a later `fit` of the same process (after one that raised) takes
+    the folder over. Without `fcntl` (Windows) the folder is not locked.
+
+    The callback touches only its own files: `latest.weights.h5`,
+    `training_metadata.json`, the lock, and its temporary files, named
+    `.<name>.<host>-<pid>-<token>.tmp<suffix>`. At `on_train_begin` it
+    removes those temporaries left by dead processes of this host (a kill
+    during a save); any other file in the folder is left alone.
+    `delete_checkpoint` removes the backup files, then the folder if
+    nothing else is in it (Keras' callback removes the whole folder).
+
+    Restoring and the resumed epoch are Keras' own. The backup holds
+    everything the model's `save_weights` stores; for a `Distiller` that
+    includes the optimizer's variables, the term weights and the seed
+    generator's state.
 
     Args:
         backup_dir: directory of the backup, used by this run only.
@@ -55,6 +83,121 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             double_checkpoint=False,
             delete_checkpoint=delete_checkpoint,
         )
+        self._created_folder = False
+
+    @property
+    def _local(self):
+        return "://" not in str(self.backup_dir)
+
+    def on_train_begin(self, logs=None):
+        if self._local:
+            self._lock()
+            try:
+                names = ("latest.weights.h5", "training_metadata.json")
+                for path in saving.stale_temporaries(self.backup_dir, names):
+                    os.remove(path)
+                super().on_train_begin(logs)
+            except BaseException:
+                self._unlock()
+                raise
+        else:
+            super().on_train_begin(logs)
+
+    def on_train_end(self, logs=None):
+        if not self._local:
+            super().on_train_end(logs)
+            return
+        try:
+            if self.delete_checkpoint:
+                for path in (self._weights_path, self._training_metadata_path):
+                    if os.path.lexists(path):
+                        os.remove(path)
+        finally:
+            self._unlock()
+        if self.delete_checkpoint or self._created_folder:
+            try:
+                os.rmdir(self.backup_dir)  # only if nothing else is in it
+            except OSError:
+                pass
+
+    def _lock(self):
+        """Takes the folder's lock, or raises if another run holds it."""
+        self._created_folder = False
+        if not os.path.isdir(self.backup_dir):
+            os.makedirs(self.backup_dir, exist_ok=True)
+            self._created_folder = True
+        folder = os.path.realpath(self.backup_dir)
+        if folder in _HELD:
+            # An earlier run of this process (it raised, so it never
+            # reached `on_train_end`), or this callback's own.
+            _HELD[folder] = (_HELD[folder][0], self)
+            return
+        if fcntl is None:
+            return
+        path = os.path.join(folder, LOCK_NAME)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read_owner(fd)
+                os.close(fd)
+                raise RuntimeError(self._in_use_message(owner)) from None
+            except OSError:
+                # No `flock` on this file system: the recorded owner, if
+                # it is a live process of this host, holds the folder.
+                owner = _read_owner(fd)
+                if (
+                    owner.get("host") == socket.gethostname()
+                    and isinstance(owner.get("pid"), int)
+                    and owner["pid"] != os.getpid()
+                    and saving._process_alive(owner["pid"])
+                ):
+                    os.close(fd)
+                    raise RuntimeError(self._in_use_message(owner)) from None
+            # The run that held the lock may have removed its file between
+            # our `open` and our `flock`: then lock the new file.
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        owner = {"pid": os.getpid(), "host": socket.gethostname()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(owner).encode(), 0)
+        _HELD[folder] = (fd, self)
+
+    def _unlock(self):
+        folder = os.path.realpath(self.backup_dir)
+        held = _HELD.get(folder)
+        if held is None or held[1] is not self:
+            return
+        del _HELD[folder]
+        fd, _ = held
+        try:
+            # Removed while still locked, so that no other run locks it
+            # in between (see `_lock`).
+            os.remove(os.path.join(folder, LOCK_NAME))
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+
+    def _in_use_message(self, owner):
+        if "pid" in owner:
+            who = f"process {owner['pid']} on host {owner.get('host')!r}"
+        else:
+            who = "another process"
+        return (
+            f"The backup folder {str(self.backup_dir)!r} is in use by another "
+            f"training run: {who} holds its lock file "
+            f"{os.path.join(str(self.backup_dir), LOCK_NAME)!r}. Two runs "
+            "sharing one backup folder would overwrite each other's "
+            "backups. Give this run its own folder (a different "
+            "`backup_dir`), or wait until that run ends. "
+            f"Received: backup_dir={self.backup_dir!r}"
+        )
 
     def _save_model(self):
         # Overrides Keras' method of the same name, which
@@ -66,7 +209,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             super()._save_model()
             return
         os.makedirs(self.backup_dir, exist_ok=True)
-        replace_atomically(
+        saving.replace_atomically(
             self._weights_path,
             lambda path: self.model.save_weights(path, overwrite=True),
         )
@@ -78,8 +221,13 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             with open(path, "w") as f:
                 f.write(metadata)
 
-        replace_atomically(self._training_metadata_path, write)
-        # Temporary files of saves cut short by a kill.
-        for name in os.listdir(self.backup_dir):
-            if name.startswith(".") and ".tmp" in name:
-                os.remove(os.path.join(self.backup_dir, name))
+        saving.replace_atomically(self._training_metadata_path, write)
+
+
+def _read_owner(fd):
+    """The `{"pid": ..., "host": ...}` a lock file records, or `{}`."""
+    try:
+        owner = json.loads(os.pread(fd, 4096, 0).decode())
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
