@@ -73,6 +73,7 @@ flags.DEFINE_string("dataset", "digits", "load_dataset name.")
 flags.DEFINE_string("output", "/tmp/whole/runs.jsonl", "JSON lines file.")
 flags.DEFINE_string("summarize", None, "Print the summary of this file.")
 flags.DEFINE_integer("steps", STEPS, "Training steps per student.")
+flags.DEFINE_integer("threads", 0, "TensorFlow threads per pool (0: all).")
 FLAGS = flags.FLAGS
 
 
@@ -225,8 +226,13 @@ def main(argv):
         print(summarize(FLAGS.summarize, "val"))
         print(summarize(FLAGS.summarize, "test"))
         return
+    import tensorflow as tf
+
     from keras_jacobian.experiments.data import datasets
 
+    if FLAGS.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
     out = pathlib.Path(FLAGS.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {_key(r) for r in _load(out)}
@@ -242,10 +248,10 @@ def main(argv):
         name = config.partition("@")[0]
         if name not in CONFIGS:
             raise app.UsageError(f"Unknown config {name!r}: {list(CONFIGS)}")
-    for bn in FLAGS.batch_norm:
-        batch_norm = bn.lower() in ("true", "1", "yes")
-        for k in map(int, FLAGS.samples_per_class):
-            for seed in map(int, FLAGS.seeds):
+    norms = [bn.lower() in ("true", "1", "yes") for bn in FLAGS.batch_norm]
+    for k in map(int, FLAGS.samples_per_class):
+        for seed in map(int, FLAGS.seeds):
+            for batch_norm in norms:
                 for config in FLAGS.configs:
                     key = (config, k, seed, batch_norm)
                     if key in done:
