@@ -429,8 +429,10 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
                 # A collective across replicas cannot sit in a tf.cond.
                 per_example = compute()
             else:
+                # Skipped at weight 0, and on a replica left without
+                # examples (Jacobians of an empty batch fail in TensorFlow).
                 per_example = tf.cond(
-                    self.term_weights[i] > 0.0,
+                    (self.term_weights[i] > 0.0) & (batch > 0),
                     compute,
                     lambda: tf.zeros([batch], "float32"),
                 )
