@@ -11,6 +11,8 @@ The models you train
   Jacobian-norm penalty (robustness to input noise).
 - `steps.py`: the `train_step`/`test_step` both share: loss scaling for
   `tf.distribute` replicas (done once), random draws per replica.
+- `label_range.py`: out-of-range labels in XLA-compiled steps, reported
+  after the step.
 - `saving.py`: saving the random-draw state with the weights, and atomic
   `save`/`save_weights` (a kill never leaves a half-written file).
 

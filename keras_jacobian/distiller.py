@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_jacobian import endpoints
+from keras_jacobian import label_range
 from keras_jacobian import steps
 from keras_jacobian import validation
 from keras_jacobian.saving import SavingMixin
@@ -210,6 +211,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             term.build(teacher_shapes, student_shapes)
             term.check_models(self.teacher_endpoints, self.student_endpoints)
         self.term_layers = [layer for t in terms for layer in t.layers]
+        self._label_monitor = _label_monitor(terms, teacher_shapes)
         if self.needs_input_gradients and check_differentiable:
             validation.probe_input_gradients(
                 self.teacher_endpoints_output(),
@@ -372,9 +374,33 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             check_random=check_random,
         )
 
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force=force)
+        self.train_function = label_range.checked(
+            self.train_function, self, self._label_monitor
+        )
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        if self.test_function is not None and not force:
+            return self.test_function
+        super().make_test_function(force=force)
+        self.test_function = label_range.checked(
+            self.test_function, self, self._label_monitor
+        )
+        return self.test_function
+
     def _step_losses(self, x, y, sample_weight, training):
         """Forward passes and every loss, inside the caller's tape."""
         xs, xt, cached = self._split_inputs(x)
+        if (
+            self._label_monitor is not None
+            and self.jit_compile
+            and y is not None
+        ):
+            self._label_monitor.record(y)
         tctx = None
         if cached is None:
             tctx = self._context(
@@ -403,8 +429,10 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
                 # A collective across replicas cannot sit in a tf.cond.
                 per_example = compute()
             else:
+                # Skipped at weight 0, and on a replica left without
+                # examples (Jacobians of an empty batch fail in TensorFlow).
                 per_example = tf.cond(
-                    self.term_weights[i] > 0.0,
+                    (self.term_weights[i] > 0.0) & (batch > 0),
                     compute,
                     lambda: tf.zeros([batch], "float32"),
                 )
@@ -478,6 +506,20 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             for t in config["distillation_losses"]
         ]
         return cls(**config)
+
+
+def _label_monitor(terms, teacher_shapes):
+    """A `LabelRangeMonitor` when a term reads labels, else `None`."""
+    if not any(t.reads_labels for t in terms):
+        return None
+    classes = teacher_shapes[OUTPUT][-1]
+    return label_range.LabelRangeMonitor(
+        classes,
+        f"target='label' needs class indices in [0, {classes}): the "
+        f"distillation output has {classes} classes. Fix the labels (e.g. "
+        "shift labels numbered from 1, drop 'unlabelled' markers such as "
+        "-1), or pick target='teacher_top1', which needs no labels.",
+    )
 
 
 def _ordered_union(groups):

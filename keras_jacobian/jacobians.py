@@ -85,7 +85,16 @@ def vjp_rows(tape, outputs, inputs, cotangents):
         with tape:
             flat = tf.reshape(outputs, [batch, 1, -1])
             projected = tf.reduce_sum(flat * flat_v, axis=-1)
-        rows = tape.batch_jacobian(projected, inputs)
+        # `batch_jacobian` divides by the batch size: a replica left
+        # without examples by an uneven last batch gets its empty rows.
+        rows = tf.cond(
+            batch > 0,
+            lambda: tape.batch_jacobian(projected, inputs),
+            lambda: tf.zeros(
+                tf.concat([[0, stop - start], tf.shape(inputs)[1:]], 0),
+                inputs.dtype,
+            ),
+        )
         _check_connected(rows)
         chunks.append(rows)
     rows = chunks[0] if len(chunks) == 1 else tf.concat(chunks, axis=1)

@@ -213,8 +213,10 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
     def _step_losses(self, x, y, sample_weight, training):
         tape, logits, x = self._forward(x, training)
         batch = tf.shape(x)[0]
+        # Skipped at weight 0, and on a replica left without examples
+        # (Jacobians of an empty batch fail in TensorFlow).
         per_example = tf.cond(
-            self.weight_variable > 0.0,
+            (self.weight_variable > 0.0) & (batch > 0),
             lambda: self._penalty(tape, logits, x, training),
             lambda: tf.zeros([batch], "float32"),
         )

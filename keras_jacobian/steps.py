@@ -18,13 +18,34 @@ def reduce_per_example(values, sample_weight=None):
     """Mean over the replica's batch of per-example values, float32.
 
     With `sample_weight`, the weighted sum divided by the batch size, as
-    Keras' `"sum_over_batch_size"` reduction does.
+    Keras' `"sum_over_batch_size"` reduction does. An empty batch (a
+    replica left without examples by an uneven last batch) gives 0, not
+    the NaN of a mean over nothing; the step gives it no weight.
     """
     values = tf.cast(values, "float32")
     if sample_weight is not None:
         weights = tf.cast(tf.reshape(sample_weight, [-1]), "float32")
         values = values * weights
-    return tf.reduce_mean(values)
+    count = tf.cast(tf.size(values), "float32")
+    return tf.math.divide_no_nan(tf.reduce_sum(values), count)
+
+
+def replica_share(batch):
+    """This replica's share of the global batch, `batch / global_batch`.
+
+    A replica's loss is a mean over its own examples; weighted by this
+    share, the losses summed over replicas (as gradients are) make the
+    mean over the global batch, as on one device, also when the last
+    batch splits unevenly or leaves a replica empty. (Dividing by the
+    number of replicas, as Keras does, is right for even splits only.)
+    One scalar all-reduce per step; none on a single replica.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tf.ones((), "float32")
+    batch = tf.cast(batch, "float32")
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, batch)
+    return tf.math.divide_no_nan(batch, total)
 
 
 def draw_for_replica(draw, batch, axis=0):
@@ -63,9 +84,11 @@ class LossStepsMixin:
     A subclass implements `_step_losses(x, y, sample_weight, training)`,
     returning `(y_pred, logged, total)`: the predictions the compiled
     metrics read, a list of `(metric, value)` pairs to log, and the total
-    loss of the replica's batch. The step divides the total by the number
-    of replicas once (gradients are summed across replicas), applies the
-    optimizer's loss scale, and logs the total as Keras' `loss`.
+    loss of the replica's batch (means over its examples, 0 for none).
+    The step weights the total once by the replica's share of the global
+    batch (gradients are summed across replicas), applies the optimizer's
+    loss scale, and logs the total as Keras' `loss`, each logged value
+    weighted by the replica's number of examples.
     """
 
     def supervised_loss(self, y, y_pred, sample_weight, weight=1.0):
@@ -88,11 +111,12 @@ class LossStepsMixin:
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.trainable_variables
+        share = replica_share(tf.shape(tf.nest.flatten(x)[0])[0])
         with tf.GradientTape() as tape:
             y_pred, logged, total = self._step_losses(
                 x, y, sample_weight, training=True
             )
-            scaled = total / num_replicas()
+            scaled = total * share
             scaled = self.optimizer.scale_loss(scaled)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)

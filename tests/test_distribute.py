@@ -153,6 +153,46 @@ def test_documented_paths_with_defaults_on_two_replicas(tmp_path):
 
 
 @pytest.mark.slow
+def test_empty_replica_matches_one_device_and_bad_labels_raise(tmp_path):
+    """A last batch of 1 example on 2 replicas: one replica gets none.
+
+    `evaluate` logged NaN for every distillation loss (a mean over no
+    examples) and `fit` failed (Jacobians of an empty batch); now both
+    log what one device logs, and train the same weights (the uneven
+    step is weighted by each replica's share of the batch). The same job
+    checks that out-of-range labels raise on 2 replicas.
+    """
+    stderr_path = tmp_path / "stderr.txt"
+    process = cluster.start("uneven_batch_job.py", [], stderr_path=stderr_path)
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr_path.read_text()[-3000:]
+    line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT ") :])
+    errors = result.pop("bad_labels")
+    assert set(result) == {"distiller", "regularized"}
+    for case, values in result.items():
+        one, mirrored = values["evaluate_one"], values["evaluate_mirrored"]
+        assert set(one) == set(mirrored), case
+        for key in one:
+            assert np.isfinite(mirrored[key]), (case, key)
+            np.testing.assert_allclose(
+                mirrored[key], one[key], rtol=1e-5, err_msg=f"{case} {key}"
+            )
+        one, mirrored = values["fit_one"], values["fit_mirrored"]
+        assert set(one) == set(mirrored), case
+        for key in one:
+            assert np.all(np.isfinite(mirrored[key])), (case, key)
+            np.testing.assert_allclose(
+                mirrored[key], one[key], rtol=1e-5, err_msg=f"{case} {key}"
+            )
+        assert values["max_weight_diff"] < EQUALITY_TOLERANCE, case
+    assert set(errors) == {"fit", "evaluate"}
+    for method, message in errors.items():
+        assert message is not None, method
+        assert "[0, 3)" in message and "7" in message, message
+
+
+@pytest.mark.slow
 def test_determinism_two_runs_bitwise_equal(tmp_path):
     runs = [("1", "a"), ("1", "b"), ("2", "c")]
     processes = [

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import keras_jacobian as kj
 from keras_jacobian import inspection
+from keras_jacobian import label_range
 from keras_jacobian.callbacks import LossWeightScheduler
 from keras_jacobian.terms.base import OUTPUT
 from tests import tiny
@@ -90,6 +91,40 @@ def test_out_of_range_label_fails_in_fit(bad):
         distiller.fit(x, y, batch_size=4, verbose=0)
     assert str(bad) in str(info.value)
     assert "teacher_top1" in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["fit", "evaluate"])
+def test_out_of_range_label_fails_under_xla(method):
+    """XLA drops in-step assertions; the error comes after the step."""
+    distiller = kj.Distiller(
+        tiny.conv_net(seed=0),
+        tiny.conv_net(seed=1),
+        [kj.JacobianMatching(target="label")],
+    )
+    distiller.compile(optimizer="sgd", jit_compile=True)
+    assert distiller.jit_compile
+    x = tiny.images(8)
+    y = np.array([0, 1, 2, 3, 4, 0, 1, 2])
+    bad = y.copy()
+    bad[[5, 6]] = [-1, 9]
+    with pytest.raises(ValueError, match=r"\[0, 5\).*2 label.* -1 to 9"):
+        getattr(distiller, method)(x, bad, batch_size=8, verbose=0)
+    # The record is cleared: good labels then run.
+    getattr(distiller, method)(x, y, batch_size=8, verbose=0)
+
+
+def test_label_range_monitor_records_under_xla():
+    monitor = label_range.LabelRangeMonitor(3, "Labels index 3 classes.")
+    record = tf.function(monitor.record, jit_compile=True)
+    record(np.eye(3)[[0, 2]])  # one-hot: always a class
+    record(np.array([[0], [2], [1]]))
+    strategy = tf.distribute.get_strategy()
+    monitor.check(strategy)  # nothing recorded: no error
+    record(np.array([4, 0, 3]))
+    record(np.array([-2, 1]))
+    with pytest.raises(ValueError, match=r"3 classes\. .*3 label.* -2 to 4"):
+        monitor.check(strategy)
+    monitor.check(strategy)  # cleared
 
 
 @pytest.mark.parametrize("bad", [7, -1])

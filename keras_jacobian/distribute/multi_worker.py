@@ -29,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_jacobian import label_range
 from keras_jacobian.distribute import strategies
 
 
@@ -384,4 +385,6 @@ def _train_function(model, strategy):
         strategy.run(step, args=(next(iterator),))
         return model.get_metrics_result()
 
-    return train_function
+    return label_range.checked(
+        train_function, model, getattr(model, "_label_monitor", None)
+    )
