@@ -250,6 +250,8 @@ class JacobianMatching(DistillationTerm):
     ```
     """
 
+    reads_logits = True
+
     def __init__(
         self,
         target="teacher_top1",
@@ -269,23 +271,21 @@ class JacobianMatching(DistillationTerm):
                 f"target={target!r}"
             )
         if target == "top_k":
-            if not isinstance(k, int) or k < 1:
+            if k is None:
                 raise ValueError(
                     "target='top_k' needs an integer `k` >= 1. Received: "
                     f"k={k!r}"
                 )
+            k = validation.check_count(k, "k")
         elif k is not None:
             raise ValueError(
                 f"`k` is only used with target='top_k'. Received: k={k!r} "
                 f"with target={target!r}. Remove `k` or set "
                 "target='top_k'."
             )
-        if num_projections is not None and (
-            not isinstance(num_projections, int) or num_projections < 1
-        ):
-            raise ValueError(
-                "`num_projections` must be an integer >= 1. Received: "
-                f"num_projections={num_projections!r}"
+        if num_projections is not None:
+            num_projections = validation.check_count(
+                num_projections, "num_projections"
             )
         if loss not in LOSSES:
             raise ValueError(
@@ -333,6 +333,10 @@ class JacobianMatching(DistillationTerm):
         return self.estimator not in jacobians.INPUT_ESTIMATORS
 
     @property
+    def uses_input_jacobians(self):
+        return True
+
+    @property
     def _row_target(self):
         """The `select_cotangents` target of the row estimators."""
         return "random" if self.estimator == "vjp" else self.target
@@ -370,6 +374,13 @@ class JacobianMatching(DistillationTerm):
             validation.check_no_stochastic_layers(
                 student, "student", self.estimator
             )
+            for role, model in (("teacher", teacher), ("student", student)):
+                validation.check_step_size(
+                    self.step_size,
+                    jacobians.network_precision(model),
+                    model.inputs[0].shape[1:] if model.inputs else None,
+                    role,
+                )
 
     def teacher_targets(self, ctx):
         if self.estimator in jacobians.INPUT_ESTIMATORS:
