@@ -210,9 +210,7 @@ def test_token_models_are_refused_by_the_gradient_probe():
     # The embedding hides behind a cast: only the probe sees it.
     def hidden_token_model():
         inputs = keras.Input((5,))
-        ids = keras.layers.Lambda(lambda t: keras.ops.cast(t, "int32"))(
-            inputs
-        )
+        ids = keras.layers.Lambda(lambda t: keras.ops.cast(t, "int32"))(inputs)
         h = keras.layers.Flatten()(keras.layers.Embedding(10, 4)(ids))
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 

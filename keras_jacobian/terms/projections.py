@@ -38,9 +38,7 @@ def derivatives(term, ctx, directions):
         ctx.inputs,
         directions,
         step_size=term.step_size,
-        precision=precision_of(
-            ctx.inputs, ctx.outputs[OUTPUT], ctx.precision
-        ),
+        precision=precision_of(ctx.inputs, ctx.outputs[OUTPUT], ctx.precision),
         outputs=ctx.outputs[OUTPUT],
     )
 
