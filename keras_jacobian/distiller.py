@@ -83,9 +83,11 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
     BatchNorm (or with LayerNorm or GroupNorm) for Jacobian terms.
 
     Args:
-        teacher: a Keras model returning logits. It is frozen
+        teacher: a Keras model returning logits (a final softmax is
+            refused when a term reads logits). It is frozen
             (`trainable=False`) and always called with `training=False`.
-        student: a Keras model returning logits (or, with
+        student: a Keras model returning logits, not probabilities
+            (or, with
             `distillation_output`, a task output and a head that mimics the
             teacher), with weights of its own: the teacher is frozen, so a
             student that is the teacher or shares its trainable layers is

@@ -52,7 +52,8 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
     metrics. `call` returns the model's output.
 
     Args:
-        model: the Keras model to train, returning logits.
+        model: the Keras model to train, returning logits (a final
+            softmax is refused: apply it outside the model).
         weight: penalty weight (a `keras.Variable`, see `weight_variable`).
         target: `"random"` or `"all"`.
         estimator: `None` (`"vjp"` for `"random"`, `"exact"` for

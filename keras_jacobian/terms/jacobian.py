@@ -199,7 +199,10 @@ class JacobianMatching(DistillationTerm):
     is O(1 / (batch * num_projections)) (1.6% at batch 4 with one output
     projection, measured in `tests/test_projections.py`).
 
-    The difference estimators refuse a student with dropout or noise
+    Every estimator needs floating-point inputs that the networks are
+    differentiable in: token models (an `Embedding` on the input) are
+    refused; match Jacobians at the embedding output instead. The
+    difference estimators refuse a student with dropout or noise
     layers (two training passes would differ by more than the shift).
     The input-direction estimators need teacher and student inputs of the
     same shape, draw the same `v` for both networks from the `Distiller`'s
@@ -230,7 +233,9 @@ class JacobianMatching(DistillationTerm):
             `"exact"` need `target="all"`.
         step_size: for the difference estimators, the Euclidean length of
             the step `eps * v` in input units; `None` for the default step
-            relative to each example's norm.
+            relative to each example's norm. A step the network's
+            precision cannot resolve relative to an example (below
+            `jacobians.MIN_RELATIVE_STEP` times its norm) is an error.
 
     Example:
 
