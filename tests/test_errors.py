@@ -234,7 +234,7 @@ def test_position_embeddings_are_not_token_inputs():
     )
 
 
-@pytest.mark.parametrize("bad", [True, False, 2**31, 1.0, "2", None])
+@pytest.mark.parametrize("bad", [True, False, 2**31, 1.0, "2"])
 def test_counts_refuse_bools_floats_and_sizes_beyond_int32(bad):
     with pytest.raises(ValueError, match="num_projections.*int32"):
         kj.JacobianMatching("random", num_projections=bad)
