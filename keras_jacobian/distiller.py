@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_jacobian import endpoints
+from keras_jacobian import jacobians
 from keras_jacobian import label_range
 from keras_jacobian import steps
 from keras_jacobian import validation
@@ -83,9 +84,11 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
     BatchNorm (or with LayerNorm or GroupNorm) for Jacobian terms.
 
     Args:
-        teacher: a Keras model returning logits. It is frozen
+        teacher: a Keras model returning logits (a final softmax is
+            refused when a term reads logits). It is frozen
             (`trainable=False`) and always called with `training=False`.
-        student: a Keras model returning logits (or, with
+        student: a Keras model returning logits, not probabilities
+            (or, with
             `distillation_output`, a task output and a head that mimics the
             teacher), with weights of its own: the teacher is frozen, so a
             student that is the teacher or shares its trainable layers is
@@ -183,9 +186,12 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         self.teacher_input_shape = teacher_shape
         self.student_input_shape = student_shape
         self.needs_input_gradients = any(t.needs_input_gradients for t in terms)
-        if self.needs_input_gradients:
+        uses_input_jacobians = any(t.uses_input_jacobians for t in terms)
+        if uses_input_jacobians:
             validation.check_float_input(teacher_dtype, "teacher")
             validation.check_float_input(student_dtype, "student")
+            validation.check_token_inputs(teacher, "teacher")
+            validation.check_token_inputs(student, "student")
 
         teacher_endpoints = _ordered_union(t.teacher_endpoints for t in terms)
         student_endpoints = _ordered_union(t.student_endpoints for t in terms)
@@ -205,6 +211,16 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             ),
         )
 
+        if any(t.reads_logits for t in terms):
+            validation.check_logits_output(
+                self.teacher_endpoints.output[OUTPUT], "teacher"
+            )
+            validation.check_logits_output(
+                self.student_endpoints.output[OUTPUT], "student"
+            )
+        self.teacher_precision = jacobians.network_precision(teacher)
+        self.student_precision = jacobians.network_precision(student)
+
         teacher_shapes = _shapes(self.teacher_endpoints, teacher_shape)
         student_shapes = _shapes(self.student_endpoints, student_shape)
         for term in terms:
@@ -212,7 +228,9 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             term.check_models(self.teacher_endpoints, self.student_endpoints)
         self.term_layers = [layer for t in terms for layer in t.layers]
         self._label_monitor = _label_monitor(terms, teacher_shapes)
-        if self.needs_input_gradients and check_differentiable:
+        # Every estimator needs an output differentiable in the input;
+        # reverse-mode rows of the student are differentiated again.
+        if uses_input_jacobians and check_differentiable:
             validation.probe_input_gradients(
                 self.teacher_endpoints_output(),
                 teacher_shape,
@@ -223,7 +241,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
                 self.student_endpoints_output(),
                 student_shape,
                 "student",
-                second_order=True,
+                second_order=self.needs_input_gradients,
             )
 
         self.term_weights = [
@@ -317,7 +335,9 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         outputs = dict(self.student_endpoints(x, training=training))
         return outputs
 
-    def _context(self, forward, x, y, input_shape, sample_weight=None):
+    def _context(
+        self, forward, x, y, input_shape, sample_weight=None, precision=None
+    ):
         if self.needs_input_gradients:
             tape = tf.GradientTape(
                 persistent=True, watch_accessed_variables=False
@@ -337,6 +357,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             forward=forward,
             input_shape=input_shape,
             sample_weight=sample_weight,
+            precision=precision,
         )
 
     def teacher_targets(self, x, y=None):
@@ -350,7 +371,11 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             A list with one dict of per-example tensors per term.
         """
         ctx = self._context(
-            self._teacher_forward, x, y, self.teacher_input_shape
+            self._teacher_forward,
+            x,
+            y,
+            self.teacher_input_shape,
+            precision=self.teacher_precision,
         )
         return [term.teacher_targets(ctx) for term in self.distillation_losses]
 
@@ -404,7 +429,11 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         tctx = None
         if cached is None:
             tctx = self._context(
-                self._teacher_forward, xt, y, self.teacher_input_shape
+                self._teacher_forward,
+                xt,
+                y,
+                self.teacher_input_shape,
+                precision=self.teacher_precision,
             )
         sctx = self._context(
             lambda inputs: self._student_forward(inputs, training),
@@ -412,6 +441,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             y,
             self.student_input_shape,
             sample_weight,
+            precision=self.student_precision,
         )
         batch = tf.shape(xs)[0]
         term_values = []

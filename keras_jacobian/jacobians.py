@@ -239,8 +239,25 @@ FORWARD_RELATIVE_STEPS = {
     "float16": 2.2e-2,
     "bfloat16": 6.2e-2,
 }
-# Floor of the per-value root mean square used to scale the step, so that
-# an all-zero example still gets a step in the network's working range.
+# Unit round-off of each precision (half the machine epsilon).
+UNIT_ROUNDOFF = {
+    "float64": 2.0**-53,
+    "float32": 2.0**-24,
+    "float16": 2.0**-11,
+    "bfloat16": 2.0**-8,
+}
+# The smallest step, relative to the example's norm, that a precision
+# resolves: the round-off error of a difference is about `u / c` of the
+# derivative at a relative step `c`, so 10% at `c = 10 u`; at `c < u` the
+# shifted inputs round back to `x` (a zero derivative) or by a whole
+# unit (a derivative many times too large). Below every default step.
+MIN_RELATIVE_STEP = {p: 10.0 * u for p, u in UNIT_ROUNDOFF.items()}
+# The default step scales with the example's norm, floored at this
+# fraction of the batch's root-mean-square norm, so that an all-zero
+# example in a batch still gets a step in the data's own range.
+BATCH_FLOOR = 1e-2
+# Per-value scale of the step when the whole batch is zero (no scale to
+# follow).
 MIN_INPUT_RMS = 1e-3
 
 
@@ -376,16 +393,56 @@ def compute_precision(*dtypes):
     return max(names, key=order.index)
 
 
+def network_precision(model):
+    """The coarsest float dtype a Keras model computes in.
+
+    Reads the `compute_dtype` of every layer, nested models and the
+    sublayers of custom layers included, and of the model's inputs: a
+    model built under `mixed_bfloat16` keeps computing in bfloat16 under
+    any later global policy, and its difference steps must follow.
+
+    Returns:
+        A dtype name, e.g. `"bfloat16"`; `"float32"` when none is float.
+    """
+    dtypes = [getattr(layer, "compute_dtype", None) for layer in _layers(model)]
+    try:
+        dtypes += [t.dtype for t in model.inputs or []]
+    except (AttributeError, ValueError):
+        pass
+    return compute_precision(*dtypes)
+
+
+def _layers(model):
+    """The model and every layer inside it, recursively."""
+    flatten = getattr(model, "_flatten_layers", None)
+    if flatten is not None:
+        return list(flatten(include_self=True, recursive=True))
+    found = [model]
+    for layer in getattr(model, "layers", []):
+        found.extend(_layers(layer))
+    return found
+
+
 def finite_difference_step(
     inputs, step_size=None, precision="float32", scheme="central"
 ):
     """The length `eps` of each example's step `eps * v`, `(batch,)`.
 
+    The default step is relative to the data: `c * max(||x||, f)`, with
+    `c = RELATIVE_STEPS[precision]` (or `FORWARD_RELATIVE_STEPS`) and the
+    floor `f` a fraction (`BATCH_FLOOR`) of the batch's root-mean-square
+    norm, so inputs scaled by any factor get steps scaled by it (an
+    all-zero batch gets `MIN_INPUT_RMS` per value). A `step_size` that
+    the precision cannot resolve relative to an example
+    (`eps < MIN_RELATIVE_STEP[precision] * ||x||`) is an error: a
+    `ValueError` eagerly, an `InvalidArgumentError` in a compiled step.
+    Under XLA, which drops assertions, such a step is raised to that
+    minimum instead, so that the estimate stays a derivative.
+
     Args:
         inputs: the batch `x`.
         step_size: a positive float, the step's Euclidean length in input
-            units; `None` for `RELATIVE_STEPS[precision]` times the
-            example's norm `||x||` (floored at `MIN_INPUT_RMS * sqrt(D)`).
+            units; `None` for the default step.
         precision: the network's coarsest float dtype name.
         scheme: `"central"` (`RELATIVE_STEPS`) or `"forward"`
             (`FORWARD_RELATIVE_STEPS`), for the default step.
@@ -396,13 +453,65 @@ def finite_difference_step(
     """
     batch = tf.shape(inputs)[0]
     wide = _wide(inputs.dtype)
-    if step_size is not None:
-        return tf.fill([batch], tf.constant(step_size, wide))
     flat = tf.reshape(tf.cast(inputs, wide), [batch, -1])
+    norms = tf.stop_gradient(tf.norm(flat, axis=-1))
+    if step_size is not None:
+        steps = tf.fill([batch], tf.constant(step_size, wide))
+        return check_resolvable_steps(steps, norms, precision)
     size = float(input_size(inputs))
-    norms = tf.maximum(tf.norm(flat, axis=-1), MIN_INPUT_RMS * size**0.5)
+    batch_rms = tf.sqrt(tf.reduce_mean(tf.square(norms)))
+    floor = tf.where(
+        batch_rms > 0,
+        BATCH_FLOOR * batch_rms,
+        tf.constant(MIN_INPUT_RMS * size**0.5, wide),
+    )
     relative = FORWARD_RELATIVE_STEPS if scheme == "forward" else RELATIVE_STEPS
-    return tf.stop_gradient(relative[precision] * norms)
+    return relative[precision] * tf.maximum(norms, floor)
+
+
+def check_resolvable_steps(steps, norms, precision):
+    """Refuses steps below what `precision` resolves for each example.
+
+    Args:
+        steps: `(batch,)` step lengths `eps`.
+        norms: `(batch,)` norms `||x||` of the examples.
+        precision: the network's coarsest float dtype name.
+
+    Returns:
+        `steps`, raised to `MIN_RELATIVE_STEP[precision] * ||x||` where
+        below it (only reached under XLA, where the assertion is dropped).
+    """
+    minimum = MIN_RELATIVE_STEP[precision] * norms
+    message = (
+        f"`step_size` is too small for {precision}, the coarsest dtype "
+        "the network computes in: the shifted inputs `x + eps v` round "
+        "back to `x` (a zero derivative) or by a whole unit (a "
+        "derivative many times too large). A step must be at least "
+        f"{MIN_RELATIVE_STEP[precision]:.1e} times the example's norm "
+        "||x||. Use step_size=None (a step relative to each example's "
+        "norm) or a step_size of at least the minimum received here."
+    )
+    if tf.executing_eagerly():
+        low = steps < minimum
+        if bool(tf.reduce_any(low)):
+            raise ValueError(
+                f"{message} Received: step_size="
+                f"{float(tf.reduce_max(steps)):g} for an example of norm "
+                f"{float(tf.reduce_max(tf.boolean_mask(norms, low))):g} "
+                f"(minimum {float(tf.reduce_max(minimum)):g})."
+            )
+        return steps
+    check = tf.debugging.Assert(
+        tf.reduce_all(steps >= minimum),
+        [
+            message,
+            "Received (step_size, minimum):",
+            tf.reduce_max(steps),
+            tf.reduce_max(minimum),
+        ],
+    )
+    with tf.control_dependencies([check]):
+        return tf.maximum(steps, minimum)
 
 
 def central_differences(forward, inputs, directions, steps):

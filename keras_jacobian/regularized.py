@@ -52,7 +52,8 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
     metrics. `call` returns the model's output.
 
     Args:
-        model: the Keras model to train, returning logits.
+        model: the Keras model to train, returning logits (a final
+            softmax is refused: apply it outside the model).
         weight: penalty weight (a `keras.Variable`, see `weight_variable`).
         target: `"random"` or `"all"`.
         estimator: `None` (`"vjp"` for `"random"`, `"exact"` for
@@ -108,23 +109,33 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
                 f"`target` must be one of {TARGETS}. Received: "
                 f"target={target!r}"
             )
-        if not isinstance(num_projections, int) or num_projections < 1:
-            raise ValueError(
-                "`num_projections` must be an integer >= 1. Received: "
-                f"num_projections={num_projections!r}"
-            )
+        num_projections = validation.check_count(
+            num_projections, "num_projections"
+        )
         estimator = validation.check_estimator(target, estimator, step_size)
         input_shape, dtype = validation.input_spec(model, "model")
         validation.check_float_input(dtype, "model")
+        validation.check_token_inputs(model, "model")
+        try:
+            outputs = model.outputs
+        except (AttributeError, ValueError):
+            outputs = None
+        if outputs:
+            validation.check_logits_output(outputs[0], "model")
+        self.precision = jacobians.network_precision(model)
         if estimator in jacobians.DIFFERENCE_ESTIMATORS:
             validation.check_no_stochastic_layers(model, "model", estimator)
-        # Input-direction estimators take no input gradient (as in the
-        # `Distiller`, whose terms then need none): nothing to probe.
-        if check_differentiable and estimator not in (
-            jacobians.INPUT_ESTIMATORS
-        ):
+            validation.check_step_size(
+                step_size, self.precision, input_shape, "model"
+            )
+        # Every estimator needs an output differentiable in the input;
+        # only reverse-mode rows are differentiated again.
+        if check_differentiable:
             validation.probe_input_gradients(
-                model, input_shape, "model", second_order=True
+                model,
+                input_shape,
+                "model",
+                second_order=estimator not in jacobians.INPUT_ESTIMATORS,
             )
         self.model = model
         self.target = target
@@ -202,7 +213,7 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
             x,
             directions,
             step_size=self.step_size,
-            precision=projections.precision_of(x, logits),
+            precision=projections.precision_of(x, logits, self.precision),
             outputs=logits,
         )
         # The distance to a zero Jacobian: D * mean_r ||J v_r||^2.

@@ -38,17 +38,149 @@ def input_spec(model, role):
     return tuple(shapes[0][1:]), "float32"
 
 
+TOKEN_FIX = (
+    "For token inputs, split the network after its embedding and match "
+    "Jacobians at the embedding output (a model that maps embedded, "
+    "floating-point sequences to logits), or use output-only terms such "
+    "as LogitsDistillation or FeatureDistillation."
+)
+
+
 def check_float_input(dtype, role):
     """Raises unless the input dtype has an input Jacobian."""
     if not keras.backend.is_float_dtype(dtype):
         raise ValueError(
             f"The {role} model takes {dtype} inputs, which have no input "
             "Jacobian: Jacobian terms need floating-point inputs (images, "
-            "features). For token inputs, split the network after its "
-            "embedding and distil the part that maps embedded (float) "
-            "sequences to logits, or use output-only terms such as "
-            "LogitsDistillation."
+            f"features). {TOKEN_FIX}"
         )
+
+
+def check_token_inputs(model, role):
+    """Raises when the model's input feeds an `Embedding` directly.
+
+    An embedding looks its input up as integer token ids, whatever the
+    input's dtype, so the output has no input Jacobian: reverse and
+    forward mode give no gradient, and differences of forward passes
+    give zero or jumps of whole embedding rows.
+
+    Args:
+        model: a Keras model (Functional or Sequential; others pass).
+        role: `"teacher"`, `"student"` or `"model"`, for messages.
+    """
+    found = _embeddings_on_inputs(model)
+    if found:
+        raise ValueError(
+            f"The {role} model {model.name!r} feeds its input to the "
+            f"embedding layer(s) {found}, which read it as token ids: it "
+            "has no input Jacobian, and Jacobian terms (every estimator) "
+            "need a floating-point input that the network is "
+            f"differentiable in. {TOKEN_FIX}"
+        )
+
+
+def _embeddings_on_inputs(model):
+    """Names of `Embedding` layers called on `model`'s own inputs."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if not inputs:
+        return []
+    input_ids = {id(t) for t in inputs}
+    found = []
+    for layer in getattr(model, "layers", []):
+        for node in getattr(layer, "_inbound_nodes", []):
+            args = getattr(node, "arguments", None)
+            tensors = getattr(args, "keras_tensors", []) if args else []
+            if not any(id(t) in input_ids for t in tensors):
+                continue
+            if isinstance(layer, keras.layers.Embedding):
+                found.append(layer.name)
+            elif isinstance(layer, keras.Model):
+                found.extend(_embeddings_on_inputs(layer))
+    return found
+
+
+def check_logits_output(tensor, role):
+    """Raises when a model's output tensor is a softmax (probabilities).
+
+    Terms that read logits (knowledge distillation, Jacobian matching,
+    noise matching) would otherwise soften probabilities again or match
+    the Jacobians of probabilities, without any error.
+
+    Args:
+        tensor: the symbolic output (a `KerasTensor`); anything else
+            passes (subclassed models are not inspected).
+        role: `"teacher"`, `"student"` or `"model"`, for messages.
+    """
+    layer = _final_softmax(tensor)
+    if layer is None:
+        return
+    hint = (
+        " This looks like a keras.applications model: build it with "
+        "`classifier_activation=None` to get logits."
+        if layer.name == "predictions"
+        else ""
+    )
+    raise ValueError(
+        f"The {role} model's output ends in a softmax (layer "
+        f"{layer.name!r}, {type(layer).__name__}), but logits are "
+        "expected: the terms apply their own softmax (with a "
+        "temperature) and differentiate the logits. Remove the final "
+        "activation (e.g. `Dense(classes)` instead of "
+        "`Dense(classes, activation='softmax')`, no `Softmax` layer) and "
+        "apply `keras.ops.softmax` outside the model where probabilities "
+        f"are needed.{hint}"
+    )
+
+
+def _final_softmax(tensor):
+    """The layer or op that makes `tensor` a softmax, or None."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None
+    operation, _, index = history
+    if isinstance(operation, keras.Model):
+        try:
+            outputs = operation.outputs
+        except (AttributeError, ValueError):
+            return None
+        return _final_softmax(outputs[index]) if outputs else None
+    if type(operation).__name__ == "Softmax":
+        return operation
+    activation = getattr(operation, "activation", None)
+    if activation is keras.activations.softmax:
+        return operation
+    return None
+
+
+# Counts (projections, samples, classes) become int32 tensor shapes.
+INT32_MAX = 2**31 - 1
+
+
+def check_count(value, name, minimum=1):
+    """Checks a count argument and returns it as a Python `int`.
+
+    Accepts Python and NumPy integers from `minimum` to `INT32_MAX`
+    (TensorFlow builds int32 shapes from them; larger counts fail
+    there, deep in a traced step); refuses booleans, floats and others.
+
+    Raises:
+        ValueError: saying what was expected and what was received.
+    """
+    if (
+        isinstance(value, bool)
+        or isinstance(value, np.bool_)
+        or not isinstance(value, numbers.Integral)
+        or not minimum <= int(value) <= INT32_MAX
+    ):
+        raise ValueError(
+            f"`{name}` must be an integer from {minimum} to {INT32_MAX} "
+            f"(an int32 tensor shape), not a bool. Received: "
+            f"{name}={value!r}"
+        )
+    return int(value)
 
 
 def probe_input_gradients(model, input_shape, role, second_order):
@@ -118,9 +250,11 @@ def _probe(model, x, role, second_order):
                 raise ValueError(
                     f"The {role} model {model.name!r} has no gradient with "
                     "respect to its input, so Jacobian terms cannot use "
-                    "it. Look for a `stop_gradient`, a cast to an integer "
+                    "it: input Jacobians need a floating-point input the "
+                    "output is differentiable in. Look for an embedding "
+                    "(token ids), a `stop_gradient`, a cast to an integer "
                     "type or an op without a gradient between input and "
-                    "output."
+                    f"output. {TOKEN_FIX}"
                 )
             penalty = tf.reduce_sum(tf.cast(grad, "float32") ** 2)
         if not second_order or not kernels:
@@ -433,3 +567,48 @@ def check_estimator(target, estimator, step_size):
             )
         check_number(step_size, "step_size", strict=True)
     return estimator
+
+
+# Smallest positive normal number of each precision: a shift whose values
+# fall below it is flushed to zero or loses its digits.
+SMALLEST_NORMAL = {
+    "float64": 2.0**-1022,
+    "float32": 2.0**-126,
+    "float16": 2.0**-14,
+    "bfloat16": 2.0**-126,
+}
+
+
+def check_step_size(step_size, precision, input_shape, role):
+    """Refuses a `step_size` that `precision` cannot represent as a shift.
+
+    The step `eps * v` spreads `eps` over the `D` input values
+    (`|v_i| ~ 1 / sqrt(D)`): below the precision's smallest normal
+    number per value, the shift is lost whatever the data. Whether the
+    step is resolved relative to the data is checked at run time
+    (`jacobians.check_resolvable_steps`).
+
+    Args:
+        step_size: the step length, or `None` (the default step).
+        precision: the network's coarsest float dtype name.
+        input_shape: the input shape without the batch axis (`None`
+            entries or `None` skip the check).
+        role: `"teacher"`, `"student"` or `"model"`, for messages.
+    """
+    if step_size is None or input_shape is None:
+        return
+    if any(d is None for d in input_shape):
+        return
+    size = int(np.prod(input_shape))
+    per_value = step_size / math.sqrt(size)
+    if per_value < SMALLEST_NORMAL[precision]:
+        smallest = SMALLEST_NORMAL[precision] * math.sqrt(size)
+        raise ValueError(
+            f"`step_size` is too small for the {role}, which computes in "
+            f"{precision}: spread over its {size} input values, the step "
+            f"shifts each by about {per_value:.2g}, below the smallest "
+            f"normal {precision} number ({SMALLEST_NORMAL[precision]:.2g})"
+            ", so the shifted inputs equal the inputs. Use step_size=None "
+            "(a step relative to each example's norm) or a step_size well "
+            f"above {smallest:.2g}. Received: step_size={step_size!r}"
+        )

@@ -160,3 +160,153 @@ def test_zero_jacobian_gives_no_nan():
     assert np.all(np.isfinite(history.history["loss"]))
     for w in student.get_weights():
         assert np.all(np.isfinite(w))
+
+
+# Token models, counts, softmax outputs and labels.
+
+ESTIMATORS = ("exact", "jvp", "finite_difference", "forward_difference")
+
+
+def token_model(dtype, nested=False):
+    inputs = keras.Input((5,), dtype=dtype)
+    embed = keras.layers.Embedding(10, 4, name="tokens")
+    if nested:
+        embed = keras.Sequential([embed], name="embedder")
+    h = keras.layers.Flatten()(embed(inputs))
+    return keras.Model(inputs, keras.layers.Dense(3)(h))
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_token_models_are_refused_by_every_estimator(estimator):
+    term = kj.JacobianMatching(
+        "all", estimator=estimator, normalize=False, num_projections=1
+    )
+    cases = [
+        ("int32", False, "int32 inputs"),
+        ("float32", False, r"embedding layer\(s\) \['tokens'\]"),
+        ("float32", True, r"embedding layer\(s\) \['tokens'\]"),
+    ]
+    for dtype, nested, message in cases:
+        # Before this check, the difference estimators accepted these and
+        # trained to inf or NaN.
+        with pytest.raises(ValueError, match=message) as info:
+            kj.Distiller(
+                token_model(dtype, nested),
+                token_model(dtype, nested),
+                [term],
+                check_differentiable=False,
+            )
+        assert "embedding output" in str(info.value)
+        with pytest.raises(ValueError, match=message):
+            kj.JacobianRegularizedModel(
+                token_model(dtype, nested),
+                target="all",
+                estimator=estimator,
+                check_differentiable=False,
+            )
+
+
+def test_token_models_are_refused_by_the_gradient_probe():
+    # The embedding hides behind a cast: only the probe sees it.
+    def hidden_token_model():
+        inputs = keras.Input((5,))
+        ids = keras.layers.Lambda(lambda t: keras.ops.cast(t, "int32"))(inputs)
+        h = keras.layers.Flatten()(keras.layers.Embedding(10, 4)(ids))
+        return keras.Model(inputs, keras.layers.Dense(3)(h))
+
+    term = kj.JacobianMatching("all", estimator="forward_difference")
+    with pytest.raises(ValueError, match="floating-point input"):
+        kj.Distiller(hidden_token_model(), hidden_token_model(), [term])
+    with pytest.raises(ValueError, match="floating-point input"):
+        kj.JacobianRegularizedModel(
+            hidden_token_model(), target="all", estimator="jvp"
+        )
+
+
+def test_position_embeddings_are_not_token_inputs():
+    inputs = keras.Input((4, 3))
+    positions = keras.layers.Lambda(lambda t: keras.ops.arange(4))(inputs)
+    h = inputs + keras.layers.Embedding(4, 3)(positions)
+    h = keras.layers.Flatten()(keras.layers.Dense(3, activation="tanh")(h))
+    model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    kj.JacobianRegularizedModel(
+        model, target="all", estimator="forward_difference"
+    )
+
+
+@pytest.mark.parametrize("bad", [True, False, 2**31, 1.0, "2"])
+def test_counts_refuse_bools_floats_and_sizes_beyond_int32(bad):
+    with pytest.raises(ValueError, match="num_projections.*int32"):
+        kj.JacobianMatching("random", num_projections=bad)
+    with pytest.raises(ValueError, match="num_projections.*int32"):
+        kj.JacobianRegularizedModel(tiny.conv_net(), num_projections=bad)
+    with pytest.raises(ValueError, match="num_samples.*int32"):
+        kj.NoiseDistillation(0.1, num_samples=bad)
+    with pytest.raises(ValueError, match="`k`"):
+        kj.JacobianMatching("top_k", k=bad)
+
+
+def test_counts_accept_numpy_integers():
+    term = kj.JacobianMatching("random", num_projections=np.int64(3))
+    assert term.num_projections == 3 and type(term.num_projections) is int
+    assert kj.JacobianMatching("top_k", k=np.int32(2)).k == 2
+    assert kj.JacobianMatching("random", num_projections=2**31 - 1)
+
+
+def softmax_student(kind):
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Flatten(name="features")(inputs)
+    if kind == "dense":
+        outputs = keras.layers.Dense(5, activation="softmax", name="d")(h)
+    elif kind == "layer":
+        outputs = keras.layers.Softmax(name="s")(keras.layers.Dense(5)(h))
+    elif kind == "op":
+        outputs = keras.ops.softmax(keras.layers.Dense(5)(h))
+    else:  # a softmax model nested as the last layer
+        inner = keras.Sequential(
+            [keras.Input((64,)), keras.layers.Dense(5, activation="softmax")]
+        )
+        outputs = inner(h)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("kind", ["dense", "layer", "op", "nested"])
+def test_softmax_outputs_are_refused_where_logits_are_read(kind):
+    for term in (
+        kj.LogitsDistillation(),
+        kj.JacobianMatching(),
+        kj.NoiseDistillation(0.1),
+    ):
+        with pytest.raises(ValueError, match="logits are expected") as info:
+            kj.Distiller(tiny.conv_net(), softmax_student(kind), [term])
+        assert "Remove the final activation" in str(info.value)
+        with pytest.raises(ValueError, match="teacher.*softmax"):
+            kj.Distiller(softmax_student(kind), tiny.conv_net(), [term])
+    with pytest.raises(ValueError, match="logits are expected"):
+        kj.JacobianRegularizedModel(softmax_student(kind))
+    # Terms that read features only do not care about the output.
+    kj.Distiller(
+        tiny.conv_net(),
+        softmax_student(kind),
+        [kj.FeatureDistillation("logits", "features", adapter="dense")],
+    )
+
+
+def test_keras_applications_softmax_names_classifier_activation():
+    def mobilenet(**kwargs):
+        return keras.applications.MobileNet(
+            input_shape=(32, 32, 3),
+            alpha=0.25,
+            weights=None,
+            classes=5,
+            **kwargs,
+        )
+
+    student = tiny.conv_net((32, 32, 3))
+    with pytest.raises(ValueError, match="classifier_activation=None"):
+        kj.Distiller(mobilenet(), student, [kj.LogitsDistillation()])
+    kj.Distiller(
+        mobilenet(classifier_activation=None),
+        student,
+        [kj.LogitsDistillation()],
+    )

@@ -393,3 +393,145 @@ def test_as_many_directions_as_inputs_is_exact(estimator):
         np.testing.assert_allclose(
             got["jacobian_matching_loss"], expected, rtol=1e-4
         )
+
+
+# Steps that follow the network's dtypes and the data's scale.
+
+
+def bfloat16_hidden_net(seed):
+    """float32 input and logits, bfloat16 hidden layers (nested)."""
+    init = keras.initializers.RandomNormal(stddev=0.5, seed=seed)
+    hidden = keras.Sequential(
+        [
+            keras.layers.Dense(16, activation="tanh", dtype="mixed_bfloat16"),
+            keras.layers.Dense(
+                16,
+                activation="tanh",
+                dtype="mixed_bfloat16",
+                kernel_initializer=init,
+            ),
+        ]
+    )
+    inputs = keras.Input((16,))
+    outputs = keras.layers.Dense(4, kernel_initializer=init)(hidden(inputs))
+    return keras.Model(inputs, outputs)
+
+
+def test_bfloat16_layers_under_float32_policy_get_bfloat16_steps():
+    assert keras.config.dtype_policy().name == "float32"
+    teacher = bfloat16_hidden_net(seed=0)
+    student = bfloat16_hidden_net(seed=10)
+    assert jacobians.network_precision(student) == "bfloat16"
+    x = np.random.default_rng(0).normal(size=(4, 16)).astype("float32")
+    copies = np.tile(x, (1000, 1))
+    # float32-sized steps gave 9x to 40x the exact penalty here.
+    robust = kj.JacobianRegularizedModel(
+        student, target="all", estimator="forward_difference", seed=1
+    )
+    estimate, _ = tf.function(robust.jacobian_penalty)(tf.constant(copies))
+    per_example = np.mean(estimate.numpy().reshape(1000, 4), axis=0)
+    exact = np.sum(full_jacobians(student, x) ** 2, axis=(1, 2))
+    np.testing.assert_allclose(per_example, exact, rtol=0.15)
+    term = kj.JacobianMatching(
+        "all", estimator="forward_difference", normalize=False
+    )
+    logs = evaluate(teacher, student, [term], copies)
+    gap = full_jacobians(teacher, x) - full_jacobians(student, x)
+    np.testing.assert_allclose(
+        logs["jacobian_matching_loss"],
+        np.mean(np.sum(gap**2, axis=(1, 2))),
+        rtol=0.15,
+    )
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e6])
+@pytest.mark.parametrize(
+    "estimator, bound",
+    [("finite_difference", 1e-3), ("forward_difference", 5e-3)],
+)
+def test_default_step_follows_the_input_scale(scale, estimator, bound):
+    # The same network seen through inputs scaled by `scale`.
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Rescaling(1.0 / scale),
+            tiny.conv_net(seed=7),
+        ]
+    )
+    x = tiny.images(4) * np.float32(scale)
+    v = random_directions(x.shape, 2, seed=8).astype("float32")
+    got = jacobians.directional_derivatives(
+        estimator, model, tf.constant(x), tf.constant(v)
+    )
+    expected = tape_jvp(model, x, v)
+    # With a 1e-3 absolute floor, central differences gave 0.5x at 1e-6.
+    error = np.max(np.abs(got - expected)) / np.max(np.abs(expected))
+    assert error < bound, error
+
+
+def test_default_step_of_zero_examples():
+    x = tiny.images(3)
+    x[1] = 0.0
+    steps = jacobians.finite_difference_step(tf.constant(x)).numpy()
+    norms = np.linalg.norm(x.reshape(3, -1), axis=1)
+    rms = np.sqrt(np.mean(norms**2))
+    c = jacobians.RELATIVE_STEPS["float32"]
+    np.testing.assert_allclose(steps[[0, 2]], c * norms[[0, 2]], rtol=1e-6)
+    np.testing.assert_allclose(steps[1], c * 1e-2 * rms, rtol=1e-6)
+    zeros = jacobians.finite_difference_step(tf.zeros((2, 8, 8, 1))).numpy()
+    np.testing.assert_allclose(zeros, c * 1e-3 * 8.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("step_size", [1e-8, 1e-12])
+def test_step_size_the_dtype_cannot_resolve_is_refused(step_size):
+    model = tiny.conv_net(seed=7)
+    x = tf.constant(tiny.images(4))  # norms about 8
+    v = tf.constant(random_directions(x.shape, 1, seed=8).astype("float32"))
+
+    def run(x):
+        return jacobians.directional_derivatives(
+            "finite_difference", model, x, v, step_size=step_size
+        )
+
+    # Used to give 0.3x (1e-8) and exactly 0 (1e-12) of J v.
+    with pytest.raises(ValueError, match="too small for float32"):
+        run(x)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="too small"):
+        tf.function(run)(x)
+    # XLA drops assertions: the step is raised to the smallest one the
+    # precision resolves, and the derivative stays right.
+    got = tf.function(run, jit_compile=True)(x).numpy()
+    expected = tape_jvp(model, x.numpy(), v.numpy())
+    error = np.max(np.abs(got - expected)) / np.max(np.abs(expected))
+    assert error < 0.2, error
+    # A distiller fails in fit, with the same message.
+    term = kj.JacobianMatching(
+        "all", estimator="forward_difference", step_size=step_size
+    )
+    distiller = kj.Distiller(tiny.conv_net(seed=0), model, [term])
+    distiller.compile(optimizer="sgd")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="too small"):
+        distiller.fit(x, batch_size=4, verbose=0)
+    # Relative to smaller data, the same step is resolved.
+    small = x * 1e-5 if step_size == 1e-8 else x * 1e-9
+    assert np.all(np.isfinite(run(small).numpy()))
+
+
+def test_step_size_below_the_smallest_normal_is_refused_at_construction():
+    term = kj.JacobianMatching(
+        "all", estimator="finite_difference", step_size=1e-5
+    )
+    with pytest.raises(ValueError, match="smallest normal float16"):
+        kj.Distiller(
+            tiny.conv_net(dtype="float16"),
+            tiny.conv_net(dtype="float16"),
+            [term],
+        )
+    with pytest.raises(ValueError, match="smallest normal float16"):
+        kj.JacobianRegularizedModel(
+            tiny.conv_net(dtype="float16"),
+            target="all",
+            estimator="forward_difference",
+            step_size=1e-5,
+        )
+    kj.Distiller(tiny.conv_net(), tiny.conv_net(), [term])

@@ -43,6 +43,8 @@ class StepContext:
         input_shape: the network's input shape, without the batch axis.
         sample_weight: the batch's sample weights `(batch,)`, or `None`
             (read by terms whose scale is a mean over the batch).
+        precision: the coarsest float dtype name the network computes in
+            (`jacobians.network_precision`), or `None` if unknown.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class StepContext:
         forward,
         input_shape,
         sample_weight=None,
+        precision=None,
     ):
         self.inputs = inputs
         self.outputs = outputs
@@ -64,6 +67,7 @@ class StepContext:
         self.forward = forward
         self.input_shape = input_shape
         self.sample_weight = sample_weight
+        self.precision = precision
 
     def rows(self, endpoint, cotangents):
         """Jacobian rows `v^T d(endpoint)/dx`, shape `(batch, rows, ...)`."""
@@ -97,6 +101,9 @@ class DistillationTerm:
             distillation output (`JacobianMatching(target="label")`), so
             it cannot serve a student whose labels belong to another head
             (`distillation_output`).
+        reads_logits: the term reads the distillation output as logits
+            (it applies a softmax, or differentiates them), so networks
+            whose output is already a softmax are refused.
 
     Args:
         name: the term's name; its metric is logged as `f"{name}_loss"`.
@@ -107,6 +114,7 @@ class DistillationTerm:
     cacheable = True
     reads_labels = False
     synchronizes = False
+    reads_logits = False
 
     def __init__(self, name=None):
         if name is not None and not isinstance(name, str):
@@ -114,6 +122,12 @@ class DistillationTerm:
                 f"`name` must be a string or None. Received: name={name!r}"
             )
         self.name = name or _snake_case(type(self).__name__)
+
+    @property
+    def uses_input_jacobians(self):
+        """The term differentiates the networks with respect to their
+        input, by any method (reverse mode, forward mode, differences)."""
+        return self.needs_input_gradients
 
     @property
     def teacher_endpoints(self):
@@ -189,11 +203,12 @@ def labels_to_indices(labels, num_classes, batch_size=None):
     """Turns sparse or one-hot labels into int32 class indices `(batch,)`.
 
     Labels must be class indices in `[0, num_classes)`, of shape `(batch,)`
-    or `(batch, 1)`, or one-hot rows of shape `(batch, num_classes)`. A
-    wrong shape is a `ValueError` when the shape is known (at trace time);
-    a label out of range, or a number of labels other than `batch_size`,
-    is a `ValueError` when run eagerly and an `InvalidArgumentError` with
-    the same message inside a compiled step.
+    or `(batch, 1)` (integers, or floats with integer values), or one-hot
+    rows of shape `(batch, num_classes)` with a positive entry. A wrong
+    shape is a `ValueError` when the shape is known (at trace time); the
+    value checks (`check_labels`) are a `ValueError` when run eagerly and
+    an `InvalidArgumentError` with the same message inside a compiled
+    step.
 
     Args:
         labels: the batch's labels.
@@ -226,59 +241,109 @@ def labels_to_indices(labels, num_classes, batch_size=None):
             raise ValueError(
                 f"{expected} Received labels of shape {tuple(shape)}."
             )
-        indices = tf.cast(tf.reshape(labels, [-1]), "int32")
-    in_range = (indices >= 0) & (indices < num_classes)
-    range_message = (
-        f"target='label' needs class indices in [0, {num_classes}): the "
-        f"distillation output has {num_classes} classes. Fix the labels "
-        "(e.g. shift labels numbered from 1, drop 'unlabelled' markers "
-        "such as -1), or pick target='teacher_top1', which needs no labels."
-    )
-    count_message = f"{expected} The number of labels differs from the batch"
+        labels = tf.reshape(labels, [-1])
+        indices = tf.cast(labels, "int32")
     if isinstance(batch_size, int) and indices.shape[0] not in (
         None,
         batch_size,
     ):
         raise ValueError(
-            f"{count_message}. Received {indices.shape[0]} labels for "
-            f"{batch_size} examples."
+            f"{expected} The number of labels differs from the batch. "
+            f"Received {indices.shape[0]} labels for {batch_size} examples."
         )
-    if tf.executing_eagerly():
-        bad = tf.boolean_mask(indices, ~in_range).numpy().tolist()
-        if bad:
-            raise ValueError(
-                f"{range_message} Received labels: {sorted(set(bad))[:10]}"
+    return check_labels(
+        labels, indices, num_classes, batch_size, one_hot, expected
+    )
+
+
+def check_labels(labels, indices, num_classes, batch_size, one_hot, expected):
+    """Every run-time check of class labels, in one place.
+
+    Eagerly each failed check is a `ValueError` naming the values
+    received; in a graph (`fit`, `tf.function`) it is a
+    `tf.debugging.Assert`, an `InvalidArgumentError` with the same
+    message. XLA (`jit_compile=True`) drops assertions: there the labels
+    are not checked.
+
+    Args:
+        labels: the labels as given: one-hot rows `(batch, classes)`, or
+            flattened indices `(batch,)`.
+        indices: their int32 class indices `(batch,)`.
+        num_classes: the number of classes of the output.
+        batch_size: the number of examples, or `None`.
+        one_hot: whether `labels` are one-hot rows.
+        expected: the sentence saying which labels are expected.
+
+    Returns:
+        `indices`, after the checks.
+    """
+    fix = "or pick target='teacher_top1', which needs no labels."
+    # (condition, message, prefix, values shown on failure) per check; a
+    # condition of one value per example shows the failing values only.
+    checks = []
+    if one_hot:
+        peaks = tf.reduce_max(labels, axis=-1)
+        checks.append(
+            (
+                peaks > 0,
+                f"{expected} A one-hot row has no positive entry (e.g. all "
+                "zeros), so it names no class. Fix the labels, " + fix,
+                "Received rows of the examples:",
+                tf.range(tf.shape(peaks)[0]),
             )
-        count = int(tf.shape(indices)[0])
-        if batch_size is not None and count != int(batch_size):
-            raise ValueError(
-                f"{count_message}. Received {count} labels for "
-                f"{int(batch_size)} examples."
-            )
-        return indices
-    checks = [
-        tf.debugging.Assert(
-            tf.reduce_all(in_range),
-            [
-                range_message,
-                "Received labels from (min, max):",
-                tf.reduce_min(indices),
-                tf.reduce_max(indices),
-            ],
         )
-    ]
+    else:
+        if labels.dtype.is_floating:
+            checks.append(
+                (
+                    tf.equal(labels, tf.round(labels)),
+                    "target='label' needs whole-number class indices: a "
+                    "float label is not truncated to a class. Cast "
+                    "integer-valued labels, fix the others (probabilities "
+                    "or soft labels are not class indices), " + fix,
+                    "Received labels:",
+                    labels,
+                )
+            )
+        in_range = (indices >= 0) & (indices < num_classes)
+        checks.append(
+            (
+                in_range,
+                f"target='label' needs class indices in [0, {num_classes}): "
+                f"the distillation output has {num_classes} classes. Fix "
+                "the labels (e.g. shift labels numbered from 1, drop "
+                "'unlabelled' markers such as -1), " + fix,
+                "Received labels:",
+                indices,
+            )
+        )
     if batch_size is not None:
         count = tf.shape(indices)[0]
         checks.append(
-            tf.debugging.Assert(
+            (
                 tf.equal(count, batch_size),
-                [
-                    count_message,
-                    "Received (labels, examples):",
-                    count,
-                    batch_size,
-                ],
+                f"{expected} The number of labels differs from the batch.",
+                "Received (labels, examples):",
+                tf.stack([count, tf.cast(batch_size, "int32")]),
             )
         )
-    with tf.control_dependencies(checks):
+    if tf.executing_eagerly():
+        for ok, message, prefix, values in checks:
+            if not bool(tf.reduce_all(ok)):
+                if ok.shape.rank == 1:
+                    values = tf.boolean_mask(values, ~ok)
+                shown = sorted(set(values.numpy().tolist()))[:10]
+                raise ValueError(f"{message} {prefix} {shown}")
+        return indices
+    asserts = []
+    for ok, message, prefix, values in checks:
+        shown = values
+        if ok.shape.rank == 1:
+            shown = tf.boolean_mask(values, ~ok)
+        asserts.append(
+            tf.debugging.Assert(
+                tf.reduce_all(ok), [message, prefix, shown], summarize=10
+            )
+        )
+    with tf.control_dependencies(asserts):
         return tf.identity(indices)

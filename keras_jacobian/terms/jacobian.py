@@ -199,7 +199,10 @@ class JacobianMatching(DistillationTerm):
     is O(1 / (batch * num_projections)) (1.6% at batch 4 with one output
     projection, measured in `tests/test_projections.py`).
 
-    The difference estimators refuse a student with dropout or noise
+    Every estimator needs floating-point inputs that the networks are
+    differentiable in: token models (an `Embedding` on the input) are
+    refused; match Jacobians at the embedding output instead. The
+    difference estimators refuse a student with dropout or noise
     layers (two training passes would differ by more than the shift).
     The input-direction estimators need teacher and student inputs of the
     same shape, draw the same `v` for both networks from the `Distiller`'s
@@ -230,7 +233,9 @@ class JacobianMatching(DistillationTerm):
             `"exact"` need `target="all"`.
         step_size: for the difference estimators, the Euclidean length of
             the step `eps * v` in input units; `None` for the default step
-            relative to each example's norm.
+            relative to each example's norm. A step the network's
+            precision cannot resolve relative to an example (below
+            `jacobians.MIN_RELATIVE_STEP` times its norm) is an error.
 
     Example:
 
@@ -249,6 +254,8 @@ class JacobianMatching(DistillationTerm):
     whole = keras_jacobian.JacobianMatching(target="all")
     ```
     """
+
+    reads_logits = True
 
     def __init__(
         self,
@@ -269,23 +276,21 @@ class JacobianMatching(DistillationTerm):
                 f"target={target!r}"
             )
         if target == "top_k":
-            if not isinstance(k, int) or k < 1:
+            if k is None:
                 raise ValueError(
                     "target='top_k' needs an integer `k` >= 1. Received: "
                     f"k={k!r}"
                 )
+            k = validation.check_count(k, "k")
         elif k is not None:
             raise ValueError(
                 f"`k` is only used with target='top_k'. Received: k={k!r} "
                 f"with target={target!r}. Remove `k` or set "
                 "target='top_k'."
             )
-        if num_projections is not None and (
-            not isinstance(num_projections, int) or num_projections < 1
-        ):
-            raise ValueError(
-                "`num_projections` must be an integer >= 1. Received: "
-                f"num_projections={num_projections!r}"
+        if num_projections is not None:
+            num_projections = validation.check_count(
+                num_projections, "num_projections"
             )
         if loss not in LOSSES:
             raise ValueError(
@@ -333,6 +338,10 @@ class JacobianMatching(DistillationTerm):
         return self.estimator not in jacobians.INPUT_ESTIMATORS
 
     @property
+    def uses_input_jacobians(self):
+        return True
+
+    @property
     def _row_target(self):
         """The `select_cotangents` target of the row estimators."""
         return "random" if self.estimator == "vjp" else self.target
@@ -370,6 +379,13 @@ class JacobianMatching(DistillationTerm):
             validation.check_no_stochastic_layers(
                 student, "student", self.estimator
             )
+            for role, model in (("teacher", teacher), ("student", student)):
+                validation.check_step_size(
+                    self.step_size,
+                    jacobians.network_precision(model),
+                    model.inputs[0].shape[1:] if model.inputs else None,
+                    role,
+                )
 
     def teacher_targets(self, ctx):
         if self.estimator in jacobians.INPUT_ESTIMATORS:

@@ -72,6 +72,8 @@ class LogitsDistillation(DistillationTerm):
     ```
     """
 
+    reads_logits = True
+
     def __init__(self, loss="kl", temperature=4.0, name=None):
         super().__init__(name=name)
         loss = LOSS_ALIASES.get(loss, loss)

@@ -33,15 +33,12 @@ class NoiseDistillation(DistillationTerm):
     """
 
     cacheable = False
+    reads_logits = True
 
     def __init__(self, stddev, num_samples=1, name=None):
         super().__init__(name=name)
         stddev = validation.check_number(stddev, "stddev", strict=True)
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(
-                "`num_samples` must be an integer >= 1. Received: "
-                f"num_samples={num_samples!r}"
-            )
+        num_samples = validation.check_count(num_samples, "num_samples")
         self.stddev = float(stddev)
         self.num_samples = num_samples
 

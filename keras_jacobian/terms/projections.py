@@ -15,11 +15,19 @@ from keras_jacobian.terms import whole
 from keras_jacobian.terms.base import OUTPUT
 
 
-def precision_of(inputs, outputs):
-    """The coarsest float dtype among the input, the output and the policy."""
-    return jacobians.compute_precision(
-        inputs.dtype, outputs.dtype, keras.config.dtype_policy().compute_dtype
-    )
+def precision_of(inputs, outputs, network=None):
+    """The coarsest float dtype the step's difference passes see.
+
+    Args:
+        inputs: the batch.
+        outputs: the network's output.
+        network: the dtype name the network computes in
+            (`jacobians.network_precision`); when `None` (unknown), the
+            global dtype policy's compute dtype stands for it.
+    """
+    if network is None:
+        network = keras.config.dtype_policy().compute_dtype
+    return jacobians.compute_precision(inputs.dtype, outputs.dtype, network)
 
 
 def derivatives(term, ctx, directions):
@@ -30,7 +38,7 @@ def derivatives(term, ctx, directions):
         ctx.inputs,
         directions,
         step_size=term.step_size,
-        precision=precision_of(ctx.inputs, ctx.outputs[OUTPUT]),
+        precision=precision_of(ctx.inputs, ctx.outputs[OUTPUT], ctx.precision),
         outputs=ctx.outputs[OUTPUT],
     )
 
