@@ -72,6 +72,7 @@ flags.DEFINE_list("batch_norm", ["false"], "Student BatchNorm: false,true.")
 flags.DEFINE_string("dataset", "digits", "load_dataset name.")
 flags.DEFINE_string("output", "/tmp/whole/runs.jsonl", "JSON lines file.")
 flags.DEFINE_string("summarize", None, "Print the summary of this file.")
+flags.DEFINE_string("plot", None, "With --summarize: write the Pareto plot.")
 flags.DEFINE_integer("steps", STEPS, "Training steps per student.")
 flags.DEFINE_integer("threads", 0, "TensorFlow threads per pool (0: all).")
 FLAGS = flags.FLAGS
@@ -177,6 +178,57 @@ def _load(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def paired(runs, config, k, batch_norm, split):
+    """Seed-paired gains over `act` and step-time ratios of one config."""
+    by = {_key(r): r for r in runs}
+    gains, ratios = [], []
+    for seed in sorted({r["seed"] for r in runs}):
+        r = by.get((config, k, seed, batch_norm))
+        a = by.get(("act", k, seed, batch_norm))
+        if r is not None and a is not None:
+            gains.append(r[split] - a[split])
+            ratios.append(r["step_ms"] / a["step_ms"])
+    return np.array(gains), np.array(ratios)
+
+
+def plot(path, output, split="val"):
+    """Pareto plot: paired gain (95% interval) against step-time ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from scipy import stats
+
+    runs = _load(pathlib.Path(path))
+    groups = sorted({(r["k"], r["batch_norm"]) for r in runs})
+    configs = sorted({r["config"] for r in runs} - {"act"})
+    fig = Figure(figsize=(5 * len(groups), 4.2))
+    for i, (k, bn) in enumerate(groups):
+        ax = fig.add_subplot(1, len(groups), i + 1)
+        for c in configs:
+            gains, ratios = paired(runs, c, k, bn, split)
+            if len(gains) < 2:
+                continue
+            half = stats.t.ppf(0.975, len(gains) - 1) * gains.std(ddof=1)
+            half /= np.sqrt(len(gains))
+            x = float(np.median(ratios))
+            ax.errorbar(x, gains.mean(), yerr=half, fmt="o", capsize=3)
+            ax.annotate(
+                c,
+                (x, gains.mean()),
+                fontsize=7,
+                xytext=(4, 2),
+                textcoords="offset points",
+            )
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xlabel("step time / activation-only step")
+        ax.set_ylabel(f"{split} accuracy gain over activations (points)")
+        norm = "BatchNorm" if bn else "plain"
+        ax.set_title(f"{k} image(s) per class, {norm} student")
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+
+
 def summarize(path, split="val"):
     runs = _load(pathlib.Path(path))
     by = {_key(r): r for r in runs}
@@ -225,6 +277,8 @@ def main(argv):
     if FLAGS.summarize:
         print(summarize(FLAGS.summarize, "val"))
         print(summarize(FLAGS.summarize, "test"))
+        if FLAGS.plot:
+            plot(FLAGS.summarize, FLAGS.plot)
         return
     import tensorflow as tf
 
