@@ -492,7 +492,7 @@ def _check_estimator(target, estimator, loss, step_size):
 def _check_normalize(target, estimator, normalize, loss):
     """Resolves `normalize=None` and checks it against the estimator."""
     if normalize is None:
-        if target in ("all", "random"):
+        if target in ("all", "random") and loss != "alignment":
             return RECOMMENDED["normalize"]
         return True
     normalize = whole.check_normalize(normalize)
