@@ -217,8 +217,8 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
             outputs=logits,
         )
         # The distance to a zero Jacobian: D * mean_r ||J v_r||^2.
-        size = float(jacobians.input_size(x))
         squared = tf.reduce_sum(tf.square(derivatives), axis=-1)
+        size = tf.cast(jacobians.input_size(x), squared.dtype)
         return size * tf.reduce_mean(squared, axis=0)
 
     def _step_losses(self, x, y, sample_weight, training):
@@ -228,7 +228,9 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
         # (Jacobians of an empty batch fail in TensorFlow).
         per_example = tf.cond(
             (self.weight_variable > 0.0) & (batch > 0),
-            lambda: self._penalty(tape, logits, x, training),
+            lambda: tf.cast(
+                self._penalty(tape, logits, x, training), "float32"
+            ),
             lambda: tf.zeros([batch], "float32"),
         )
         penalty = steps.reduce_per_example(per_example, sample_weight)

@@ -417,7 +417,7 @@ class JacobianMatching(DistillationTerm):
             )
         student_rows = ctx.rows(OUTPUT, vectors)
         teacher_rows = jacobians.match_spatial_size(
-            targets["rows"], ctx.input_shape
+            targets["rows"], ctx.input_dims()
         )
         t = jacobians.flatten_rows(teacher_rows)
         s = jacobians.flatten_rows(student_rows)
