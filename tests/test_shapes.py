@@ -344,3 +344,232 @@ def test_regularized_float64_model_with_input_directions(estimator):
         batch((8, 8)), np.zeros((3, 3)), verbose=0, return_dict=True
     )
     assert logs["jacobian_penalty"] > 0
+
+
+# Per-pixel outputs (segmentation): `(batch, H, W, classes)`.
+
+
+def seg(seed, size=None, classes=3, dtype="float64"):
+    """Per-pixel logits: conv, then a 1x1 conv to the classes."""
+    inputs = keras.Input((size, size, 1), dtype=dtype)
+    h = keras.layers.Conv2D(
+        3,
+        3,
+        padding="same",
+        activation="tanh",
+        kernel_initializer=keras.initializers.GlorotUniform(seed),
+        bias_initializer=keras.initializers.RandomNormal(seed=seed + 1),
+        dtype=dtype,
+        name="features",
+    )(inputs)
+    outputs = keras.layers.Conv2D(
+        classes,
+        1,
+        kernel_initializer=keras.initializers.GlorotUniform(seed + 2),
+        bias_initializer=keras.initializers.RandomNormal(seed=seed + 3),
+        dtype=dtype,
+    )(h)
+    return keras.Model(inputs, outputs)
+
+
+def np_softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("loss", ["kl", "mse"])
+def test_logits_distillation_averages_pixels_per_example(loss):
+    # Batch 4 and width 4: per-pixel losses broadcast against the sample
+    # weights along the width without the per-example mean.
+    teacher, student = seg(0, size=4), seg(10, size=4)
+    term = kj.LogitsDistillation(loss, temperature=2.0)
+    distiller = kj.Distiller(teacher, student, [term])
+    distiller.compile()
+    x = batch((4, 4), n=4)
+    weights = np.array([1.0, 0.0, 2.0, 0.5])
+    # (Keras drops sample weights given without labels.)
+    logs = distiller.evaluate(
+        x, np.zeros(4), sample_weight=weights, verbose=0, return_dict=True
+    )
+    t, s = teacher(x).numpy(), student(x).numpy()
+    if loss == "kl":
+        p, q = np_softmax(t / 2.0), np_softmax(s / 2.0)
+        pixels = 4.0 * np.sum(p * (np.log(p) - np.log(q)), axis=-1)
+    else:
+        pixels = np.sum((t - s) ** 2, axis=-1)
+    expected = np.mean(weights * pixels.mean(axis=(1, 2)))
+    np.testing.assert_allclose(
+        logs["logits_distillation_loss"], expected, rtol=1e-5
+    )
+
+
+def test_noise_distillation_averages_pixels_per_example():
+    teacher, student = seg(0, size=4), seg(10, size=4)
+    term = kj.NoiseDistillation(0.1, num_samples=2)
+    distiller = kj.Distiller(teacher, student, [term], seed=3)
+    distiller.compile()
+    x = batch((4, 4), n=4)
+    weights = np.array([1.0, 0.0, 2.0, 0.5])
+    state = distiller.seed_generator.state.numpy()
+    # (Keras drops sample weights given without labels.)
+    logs = distiller.evaluate(
+        x, np.zeros(4), sample_weight=weights, verbose=0, return_dict=True
+    )
+    distiller.seed_generator.state.assign(state)
+    targets = distiller.teacher_targets(tf.constant(x))[0]
+    noisy = targets["noisy_inputs"].numpy()
+    errors = np.sum((teacher(noisy).numpy() - student(noisy).numpy()) ** 2, -1)
+    per_example = errors.mean(axis=(1, 2)).reshape(2, 4).mean(axis=0)
+    np.testing.assert_allclose(
+        logs["noise_distillation_loss"],
+        np.mean(weights * per_example),
+        rtol=1e-5,
+    )
+
+
+def full_dense_jacobians(model, x):
+    """(batch, H * W * classes, D) input Jacobians with a plain tape."""
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = model(x, training=False)
+    jac = tape.batch_jacobian(out, x).numpy()
+    return jac.reshape(x.shape[0], int(np.prod(out.shape[1:])), -1)
+
+
+def class_masks(indices, classes):
+    """One-hot `(batch, H, W)` class indices, flattened to `(batch, K)`."""
+    return np.eye(classes)[indices].reshape(len(indices), -1)
+
+
+def expected_dense(case, teacher, student, x, labels, targets):
+    jt = full_dense_jacobians(teacher, x)
+    js = full_dense_jacobians(student, x)
+    n, size, d = jt.shape
+    logits = teacher(x).numpy()
+    if case in ("teacher_top1", "label", "top_k"):
+        if case == "teacher_top1":
+            picks = [np.argmax(logits, axis=-1)]
+        elif case == "label":
+            picks = [labels]
+        else:
+            order = np.argsort(-logits, axis=-1)
+            picks = [order[..., 0], order[..., 1]]
+        # One row per pick: the sum over pixels of the picked logits.
+        v = np.stack([class_masks(p, 3) for p in picks], axis=1)
+        t = unit3(np.einsum("brk,bkd->brd", v, jt))
+        s = unit3(np.einsum("brk,bkd->brd", v, js))
+        return np.mean(np.sum((t - s) ** 2, axis=-1))
+    diff = jt - js
+    if case == "all":
+        return np.mean(np.sum(diff**2, axis=(1, 2)))
+    if case == "random":
+        u = targets["cotangents"].numpy().reshape(n, -1, size)
+        rows = np.einsum("brk,bkd->brd", u, diff)
+        return np.mean(size / u.shape[1] * np.sum(rows**2, axis=(1, 2)))
+    v = targets["directions"].numpy().reshape(n, -1, d)
+    moved = np.einsum("bkd,brd->brk", diff, v)
+    return np.mean(d * np.mean(np.sum(moved**2, axis=-1), axis=-1))
+
+
+def unit3(rows):
+    return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
+
+
+DENSE_CASES = {
+    "teacher_top1": dict(target="teacher_top1"),
+    "label": dict(target="label"),
+    "top_k": dict(target="top_k", k=2),
+    "all": dict(target="all", normalize=False),
+    "random": dict(target="random", normalize=False, num_projections=2),
+    "jvp": dict(target="all", estimator="jvp", normalize=False),
+    "finite_difference": dict(
+        target="all", estimator="finite_difference", normalize=False
+    ),
+    "forward_difference": dict(
+        target="all", estimator="forward_difference", normalize=False
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(DENSE_CASES))
+def test_jacobian_matching_of_per_pixel_outputs(case):
+    # Unknown sizes but for target='all' (one row per output value).
+    # One backward pass per output value for 'all': a 3x3 image.
+    size = 3 if case == "all" else None
+    teacher, student = seg(0, size), seg(10, size)
+    term = kj.JacobianMatching(**DENSE_CASES[case])
+    distiller = kj.Distiller(teacher, student, [term], seed=2)
+    distiller.compile(optimizer="sgd")
+    x = batch((size or 4, 4 if size is None else size))
+    labels = np.random.default_rng(1).integers(0, 3, size=x.shape[:-1])
+    spec = tf.TensorSpec((None, None, None, 1), "float64")
+    data = tf.data.Dataset.from_tensors((x, labels)).map(
+        lambda a, b: (tf.ensure_shape(a, spec.shape), b)
+    )
+    distiller.fit(data, verbose=0)
+    state = distiller.seed_generator.state.numpy()
+    logs = distiller.evaluate(data, verbose=0, return_dict=True)
+    distiller.seed_generator.state.assign(state)
+    targets = distiller.teacher_targets(tf.constant(x), labels)[0]
+    expected = expected_dense(case, teacher, student, x, labels, targets)
+    rtol = 1e-3 if case == "forward_difference" else 1e-5
+    np.testing.assert_allclose(
+        logs["jacobian_matching_loss"], expected, rtol=rtol
+    )
+
+
+@pytest.mark.parametrize("estimator", ["exact", "vjp", "forward_difference"])
+def test_regularized_model_of_per_pixel_outputs(estimator):
+    model = seg(0, size=4)
+    robust = kj.JacobianRegularizedModel(
+        model, target="all", estimator=estimator, num_projections=2, seed=1
+    )
+    robust.compile(loss="mse")
+    x = batch((4, 4))
+    y = np.zeros((3, 4, 4, 3))
+    state = robust.seed_generator.state.numpy()
+    logs = robust.evaluate(x, y, verbose=0, return_dict=True)
+    robust.seed_generator.state.assign(state)
+    jac = full_dense_jacobians(model, x)
+    n, size, d = jac.shape
+    if estimator == "exact":
+        expected = np.sum(jac**2, axis=(1, 2))
+    elif estimator == "vjp":
+        u = jacobians.unit_vectors((n, 2, size), robust.seed_generator)
+        rows = np.einsum("brk,bkd->brd", u.numpy(), jac)
+        expected = size / 2 * np.sum(rows**2, axis=(1, 2))
+    else:
+        v = jacobians.input_directions(tf.constant(x), 2, robust.seed_generator)
+        moved = np.einsum("bkd,rbd->rbk", jac, v.numpy().reshape(2, n, d))
+        expected = d * np.mean(np.sum(moved**2, axis=-1), axis=0)
+    rtol = 1e-3 if estimator == "forward_difference" else 1e-5
+    np.testing.assert_allclose(
+        logs["jacobian_penalty"], np.mean(expected), rtol=rtol
+    )
+
+
+def test_feature_distillation_of_per_pixel_outputs():
+    teacher, student = seg(0), seg(10)
+    distiller = kj.Distiller(teacher, student, [kj.FeatureDistillation()])
+    x = batch((4, 6))
+    logs = evaluate(distiller, x)
+    np.testing.assert_allclose(
+        logs["feature_distillation_loss"],
+        np.mean((teacher(x).numpy() - student(x).numpy()) ** 2),
+        rtol=1e-5,
+    )
+
+
+def test_per_pixel_refusals():
+    with pytest.raises(ValueError, match="loss='squared'"):
+        kj.Distiller(seg(0), seg(1), [kj.JacobianMatching(loss="alignment")])
+    with pytest.raises(ValueError, match="forward_difference"):
+        kj.Distiller(seg(0), seg(1), [kj.JacobianMatching("all")])
+    with pytest.raises(ValueError, match="forward_difference"):
+        kj.JacobianRegularizedModel(seg(0), target="all")
+    with pytest.raises(ValueError, match="same shape"):
+        kj.Distiller(seg(0, size=8), seg(1, size=4), [kj.JacobianMatching()])
+    distiller = kj.Distiller(seg(0), seg(1), [kj.JacobianMatching("label")])
+    with pytest.raises(ValueError, match="one label per position"):
+        distiller.teacher_targets(tf.constant(batch((4, 4))), np.zeros((3,)))
