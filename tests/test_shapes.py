@@ -72,7 +72,8 @@ def full_jacobians(model, x):
 
 def evaluate(model, x):
     """The logs of one evaluation step traced with unknown sizes."""
-    model.compile(optimizer="sgd")
+    if not model.compiled:
+        model.compile(optimizer="sgd")
     state = model.seed_generator.state.numpy()
     logs = model.evaluate(unknown_sizes([x]), verbose=0, return_dict=True)
     model.seed_generator.state.assign(state)
