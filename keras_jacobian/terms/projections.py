@@ -66,8 +66,15 @@ def per_example_loss(term, targets, ctx):
     loss = jacobians.directional_distance(teacher, student, size)
     if term.normalize == whole.TEACHER:
         # Estimates of the teacher's mean squared row norm.
+        rows = teacher.shape[-1]
+        if rows is None or not isinstance(size, int):
+            # Sizes known only as the step runs.
+            rows = tf.shape(teacher)[-1] if rows is None else rows
+            per_row = tf.cast(size, "float64") / tf.cast(rows, "float64")
+        else:
+            per_row = size / rows
         norms = jacobians.directional_distance(
-            teacher, tf.zeros_like(teacher), size / teacher.shape[-1]
+            teacher, tf.zeros_like(teacher), per_row
         )
         loss = whole.relative(loss, norms, ctx.sample_weight)
     return loss
