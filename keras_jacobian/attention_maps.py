@@ -90,6 +90,43 @@ def area_weights(source, target):
     return weights
 
 
+def dynamic_area_weights(source, target):
+    """`area_weights` as a float32 tensor, for sizes known at run time.
+
+    Args:
+        source: the source length, an int or a scalar int tensor.
+        target: the target length, an int or a scalar int tensor.
+    """
+    source = tf.cast(source, "float32")
+    target = tf.cast(target, "float32")
+    scale = source / target
+    starts = tf.range(target)[:, None] * scale
+    cells = tf.range(source)[None, :]
+    overlap = tf.minimum(starts + scale, cells + 1.0) - tf.maximum(
+        starts, cells
+    )
+    return tf.maximum(overlap, 0.0) / scale
+
+
+def _weights(source, target):
+    if isinstance(source, int) and isinstance(target, int):
+        return tf.constant(area_weights(source, target))
+    return dynamic_area_weights(source, target)
+
+
+def _is_static(size):
+    return all(isinstance(s, int) for s in size)
+
+
+def _sizes(tensor, size, first, last):
+    """Source and target spatial sizes: ints where known, else tensors."""
+    size = tuple(
+        int(s) if isinstance(s, (int, np.integer)) else s for s in size
+    )
+    source = jacobians.known_shape(tensor)[first:last]
+    return tuple(source), size
+
+
 def resize_maps(maps, size):
     """Resizes spatial maps `(batch, H, W)` to `size = (h, w)` by area.
 
@@ -102,48 +139,54 @@ def resize_maps(maps, size):
 
     Args:
         maps: float tensor `(batch, H, W)` (or `(batch, T)` for sequences,
-            with `size = (t,)`), static spatial shape.
-        size: the target spatial shape.
+            with `size = (t,)`).
+        size: the target spatial shape; entries may be scalar int
+            tensors (sizes known only when the step runs), and so may
+            the spatial axes of `maps`, whose matrices are then built at
+            run time (the identity when the sizes agree).
 
     Returns:
         A float32 tensor `(batch, *size)`.
     """
-    size = tuple(int(s) for s in size)
-    source = tuple(maps.shape[1:])
+    maps = tf.convert_to_tensor(maps)
+    source, size = _sizes(maps, size, 1, None)
     if len(source) != len(size):
         raise ValueError(
-            f"Cannot resize maps of spatial shape {source} to {size}: the "
-            "number of spatial axes differs."
+            f"Cannot resize maps of spatial shape {tuple(maps.shape[1:])} "
+            f"to {size}: the number of spatial axes differs."
         )
     maps = tf.cast(maps, "float32")
-    if source == size:
+    if _is_static(source + size) and source == size:
         return maps
     if len(size) == 1:
-        r = tf.constant(area_weights(source[0], size[0]))
+        r = _weights(source[0], size[0])
         return tf.einsum("ij,bj->bi", r, maps)
     if len(size) != 2:
         raise ValueError(
             f"Maps with {len(size)} spatial axes are not supported. "
-            f"Received spatial shape {source}."
+            f"Received spatial shape {tuple(maps.shape[1:])}."
         )
-    rows = tf.constant(area_weights(source[0], size[0]))
-    cols = tf.constant(area_weights(source[1], size[1]))
+    rows = _weights(source[0], size[0])
+    cols = _weights(source[1], size[1])
     return tf.einsum("ih,bhw,jw->bij", rows, maps, cols)
 
 
 def resize_features(features, size):
-    """Resizes feature maps `(batch, H, W, C)` spatially by area weights."""
-    size = tuple(int(s) for s in size)
-    source = tuple(features.shape[1:-1])
-    if source == size:
+    """Resizes feature maps `(batch, H, W, C)` spatially by area weights.
+
+    Sizes may be known only at run time, as in `resize_maps`.
+    """
+    features = tf.convert_to_tensor(features)
+    source, size = _sizes(features, size, 1, -1)
+    if _is_static(source + size) and source == size:
         return features
-    if len(size) != 2:
+    if len(size) != 2 or len(source) != 2:
         raise ValueError(
             "Only 2-D feature maps can be resized. Received spatial shape "
-            f"{source} and target {size}."
+            f"{tuple(features.shape[1:-1])} and target {size}."
         )
-    rows = tf.constant(area_weights(source[0], size[0]))
-    cols = tf.constant(area_weights(source[1], size[1]))
+    rows = _weights(source[0], size[0])
+    cols = _weights(source[1], size[1])
     features = tf.cast(features, "float32")
     return tf.einsum("ih,bhwc,jw->bijc", rows, features, cols)
 

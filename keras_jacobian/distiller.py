@@ -443,6 +443,11 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             sample_weight,
             precision=self.student_precision,
         )
+        if tctx is not None:
+            tctx.student_shapes = {
+                name: jacobians.known_shape(tensor)
+                for name, tensor in sctx.outputs.items()
+            }
         batch = tf.shape(xs)[0]
         term_values = []
         for i, term in enumerate(self.distillation_losses):

@@ -124,7 +124,9 @@ def input_saliency(distiller, xs, xt, target="teacher_top1", labels=None):
         tape.watch(xs)
         s_logits = distiller.student_endpoints(xs, training=False)[OUTPUT]
     s_rows = jacobians.vjp_rows(tape, s_logits, xs, cotangents)
-    resized = jacobians.match_spatial_size(t_rows, tuple(s_rows.shape[2:]))
+    resized = jacobians.match_spatial_size(
+        t_rows, jacobians.known_shape(s_rows)[2:]
+    )
     t = jacobians.normalize_rows(jacobians.flatten_rows(resized))[:, 0]
     s = jacobians.normalize_rows(jacobians.flatten_rows(s_rows))[:, 0]
     cosine = tf.reduce_sum(t * s, axis=-1)

@@ -175,27 +175,79 @@ def match_spatial_size(rows, target_shape):
     Only the teacher's rows, which are constants for the student's
     update, are resized, so no derivative of a resize is ever needed;
     the result is a constant (`stop_gradient`).
+
+    Sizes unknown until the step runs (models built on
+    `keras.Input((None, None, C))`) are read from the tensors: the rows
+    are then resized only when the sizes differ (`tf.cond`).
+
+    Args:
+        rows: the teacher's rows `(batch, rows, H, W, C)`.
+        target_shape: the student's `(h, w, c)`; each entry an int or a
+            scalar int32 tensor (see `known_shape`).
     """
-    if rows.shape[2:] == tuple(target_shape):
+    target_shape = tuple(target_shape)
+    static = all(isinstance(d, int) for d in target_shape)
+    if static and rows.shape[2:] == target_shape:
         return rows
-    shape = tf.shape(rows)
     height, width, channels = target_shape
-    if rows.shape[-1] != channels:
+    if (
+        rows.shape[-1] is not None
+        and isinstance(channels, int)
+        and rows.shape[-1] != channels
+    ):
         raise ValueError(
             "Teacher and student inputs must have the same number of "
             f"channels to compare their Jacobians. Received: teacher "
-            f"{tuple(rows.shape[2:])}, student {tuple(target_shape)}."
+            f"{tuple(rows.shape[2:])}, student {_describe(target_shape)}."
         )
-    images = tf.reshape(rows, tf.concat([[-1], shape[2:]], axis=0))
-    # ResizeArea has no gradient: under tf.cond (graph mode) a stop_gradient
-    # on its input does not stop tf.gradients from asking for one.
-    images = tf.stop_gradient(
-        tf.image.resize(images, (height, width), method="area")
+    source = known_shape(rows)
+
+    def resize():
+        images = tf.reshape(rows, [-1] + source[2:])
+        # ResizeArea has no gradient: under tf.cond (graph mode) a
+        # stop_gradient on its input does not stop tf.gradients from
+        # asking for one.
+        images = tf.stop_gradient(
+            tf.image.resize(images, tf.stack([height, width]), method="area")
+        )
+        ratio = tf.cast(source[2] * source[3], "float32") / tf.cast(
+            height * width, "float32"
+        )
+        images = tf.cast(images, "float32") * ratio
+        return tf.reshape(
+            images, tf.stack([source[0], source[1], height, width, channels])
+        )
+
+    if static and None not in rows.shape[2:]:
+        return resize()
+    same = tf.reduce_all(
+        tf.equal(tf.shape(rows)[2:4], tf.stack([height, width]))
     )
-    source_height, source_width = rows.shape[2], rows.shape[3]
-    ratio = (source_height * source_width) / (height * width)
-    images = tf.cast(images, "float32") * ratio
-    return tf.reshape(images, [shape[0], shape[1], height, width, channels])
+    return tf.cond(same, lambda: tf.cast(rows, "float32"), resize)
+
+
+def known_shape(x, fallback=None):
+    """The shape of `x`, each axis an int where known, else a tensor.
+
+    Args:
+        x: a tensor.
+        fallback: a shape of the same rank whose known entries fill axes
+            that `x.shape` leaves unknown (e.g. a model's input shape).
+
+    Returns:
+        A list: Python ints for static axes, scalar int32 tensors (from
+        `tf.shape(x)`) for the others.
+    """
+    dynamic = tf.shape(x)
+    fallback = fallback or [None] * x.shape.rank
+    return [
+        d if d is not None else (f if f is not None else dynamic[i])
+        for i, (d, f) in enumerate(zip(x.shape, fallback))
+    ]
+
+
+def _describe(shape):
+    return tuple(d if isinstance(d, int) else None for d in shape)
 
 
 # Input-space projections: `J v` for random input directions `v`.
@@ -306,10 +358,21 @@ def orthogonal_directions(batch, size, count, seed):
     """
     import keras
 
+    if not isinstance(size, int):
+        # `D` known only as the step runs (images of varying size): one
+        # block, as for any static `D >= R`.
+        check = tf.debugging.assert_greater_equal(
+            size,
+            count,
+            message="Expected at least as many input values per example "
+            f"as directions ({count}).",
+        )
+        with tf.control_dependencies([check]):
+            size = tf.identity(size)
     blocks = []
     remaining = count
     while remaining > 0:
-        width = min(remaining, size)
+        width = min(remaining, size) if isinstance(size, int) else remaining
         gaussian = keras.random.normal(
             tf.stack([batch, size, width]), seed=seed, dtype="float32"
         )
@@ -324,15 +387,15 @@ def orthogonal_directions(batch, size, count, seed):
 
 
 def input_size(inputs):
-    size = 1
-    for dim in inputs.shape[1:]:
-        if dim is None:
-            raise ValueError(
-                "Input-direction estimators need a fully known input shape "
-                f"(batch axis excepted). Received: {inputs.shape}."
-            )
-        size *= dim
-    return size
+    """`D`, the number of input values of one example.
+
+    A Python int when the shape is static; a scalar int32 tensor when an
+    axis is known only when the step runs (e.g. images of varying size).
+    """
+    shape = inputs.shape[1:]
+    if shape.is_fully_defined():
+        return int(shape.num_elements())
+    return tf.reduce_prod(tf.shape(inputs)[1:])
 
 
 def _tile(inputs, num_projections):
@@ -458,12 +521,13 @@ def finite_difference_step(
     if step_size is not None:
         steps = tf.fill([batch], tf.constant(step_size, wide))
         return check_resolvable_steps(steps, norms, precision)
-    size = float(input_size(inputs))
+    size = input_size(inputs)
+    root = size**0.5 if isinstance(size, int) else tf.sqrt(tf.cast(size, wide))
     batch_rms = tf.sqrt(tf.reduce_mean(tf.square(norms)))
     floor = tf.where(
         batch_rms > 0,
         BATCH_FLOOR * batch_rms,
-        tf.constant(MIN_INPUT_RMS * size**0.5, wide),
+        tf.cast(MIN_INPUT_RMS * root, wide),
     )
     relative = FORWARD_RELATIVE_STEPS if scheme == "forward" else RELATIVE_STEPS
     return relative[precision] * tf.maximum(norms, floor)
@@ -606,7 +670,7 @@ def directional_distance(teacher, student, input_size):
     teacher = tf.cast(teacher, dtype or "float32")
     student = tf.cast(student, dtype or "float32")
     squared = tf.reduce_sum(tf.square(teacher - student), axis=-1)
-    return input_size * tf.reduce_mean(squared, axis=0)
+    return tf.cast(input_size, squared.dtype) * tf.reduce_mean(squared, axis=0)
 
 
 def directional_derivatives(

@@ -9,6 +9,7 @@ from keras_jacobian import validation
 from keras_jacobian.saving import SavingMixin
 from keras_jacobian.steps import LossStepsMixin
 from keras_jacobian.terms import projections
+from keras_jacobian.terms.jacobian import output_size
 from keras_jacobian.terms.jacobian import select_cotangents
 
 TARGETS = ("random", "all")
@@ -114,6 +115,8 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
         )
         estimator = validation.check_estimator(target, estimator, step_size)
         input_shape, dtype = validation.input_spec(model, "model")
+        if target == "all" and estimator == "exact":
+            _check_known_output_size(model)
         validation.check_float_input(dtype, "model")
         validation.check_token_inputs(model, "model")
         try:
@@ -199,7 +202,8 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
         )
         squared = tf.reduce_sum(tf.square(rows), axis=[1, 2])
         if self.estimator == "vjp":
-            squared *= logits.shape[-1] / self.num_projections
+            size = tf.cast(output_size(logits), squared.dtype)
+            squared *= size / self.num_projections
         return squared
 
     def _projected_penalty(self, logits, x, training):
@@ -217,8 +221,8 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
             outputs=logits,
         )
         # The distance to a zero Jacobian: D * mean_r ||J v_r||^2.
-        size = float(jacobians.input_size(x))
         squared = tf.reduce_sum(tf.square(derivatives), axis=-1)
+        size = tf.cast(jacobians.input_size(x), squared.dtype)
         return size * tf.reduce_mean(squared, axis=0)
 
     def _step_losses(self, x, y, sample_weight, training):
@@ -228,7 +232,9 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
         # (Jacobians of an empty batch fail in TensorFlow).
         per_example = tf.cond(
             (self.weight_variable > 0.0) & (batch > 0),
-            lambda: self._penalty(tape, logits, x, training),
+            lambda: tf.cast(
+                self._penalty(tape, logits, x, training), "float32"
+            ),
             lambda: tf.zeros([batch], "float32"),
         )
         penalty = steps.reduce_per_example(per_example, sample_weight)
@@ -263,3 +269,16 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
         config = dict(config)
         config["model"] = keras.saving.deserialize_keras_object(config["model"])
         return cls(**config)
+
+
+def _check_known_output_size(model):
+    outputs = getattr(model, "outputs", None) or []
+    shapes = [tuple(o.shape[1:]) for o in outputs]
+    if any(None in shape for shape in shapes):
+        raise ValueError(
+            "target='all' with estimator='exact' takes one row (backward "
+            "pass) per output value, so it needs an output of known size. "
+            f"Received: model output {(None,) + shapes[0]}. Use "
+            "estimator='forward_difference' (or 'jvp', 'vjp'), an unbiased "
+            "estimate of the same Frobenius norm."
+        )

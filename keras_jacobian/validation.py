@@ -197,10 +197,55 @@ def probe_input_gradients(model, input_shape, role, second_order):
             differentiable with respect to the model's kernels (double
             backprop), as a Jacobian term that trains the model needs.
     """
+    shape = probe_shape(model, input_shape, role)
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(2,) + tuple(input_shape)).astype("float32")
+    x = rng.normal(size=(2,) + shape).astype("float32")
     in_replica_context(
         lambda: _probe(model, tf.constant(x), role, second_order)
+    )
+
+
+# Sizes tried for the unknown spatial axes of a probe input, smallest
+# first. 32 = 2^5: the common image backbones (VGG, ResNet, MobileNet,
+# EfficientNet) downsample by 32 in five stride-2 stages and still have a
+# 1x1 map at 32x32, while a smaller input makes some of them pool empty
+# maps. Networks with large "valid" kernels need more: the first size at
+# which every layer's output is non-empty is used.
+PROBE_SIZES = (32, 64, 128, 256)
+
+
+def probe_shape(model, input_shape, role):
+    """A concrete input shape (without batch) for probing `model`.
+
+    Axes of `input_shape` that are None (a fully convolutional model built
+    on `keras.Input((None, None, C))`) get the smallest size of
+    `PROBE_SIZES` for which Keras' shape inference of the model succeeds
+    (it refuses layers whose output would be empty); known axes are kept.
+
+    Raises:
+        ValueError: when no size of `PROBE_SIZES` fits the model.
+    """
+    input_shape = tuple(input_shape)
+    if None not in input_shape:
+        return input_shape
+    last_error = None
+    for size in PROBE_SIZES:
+        shape = tuple(size if d is None else d for d in input_shape)
+        try:
+            spec = model.compute_output_spec(keras.KerasTensor((2,) + shape))
+        except (ValueError, TypeError) as error:
+            last_error = error
+            continue
+        shapes = [tuple(t.shape) for t in tf.nest.flatten(spec)]
+        if all(d is None or d > 0 for s in shapes for d in s):
+            return shape
+    raise ValueError(
+        f"The {role} model {model.name!r} takes inputs of unknown size "
+        f"{(None,) + input_shape}, and none of the sizes {PROBE_SIZES} "
+        "given to the unknown axes fits it, so its input gradients cannot "
+        f"be checked at construction (last error: {last_error}). Build the "
+        "model on a fixed `keras.Input(shape)`, or pass "
+        "`check_differentiable=False`."
     )
 
 

@@ -79,9 +79,15 @@ class _AttentionTerm(DistillationTerm):
 
     def _teacher_map(self, ctx, i):
         """The teacher's spatial map of pair `i`, at the student's size."""
-        features = ctx.outputs[self.layer_pairs[i][0]]
+        t_name, s_name = self.layer_pairs[i]
+        features = ctx.outputs[t_name]
         maps = attention_maps.spatial_attention_map(features, self.p)
-        return attention_maps.resize_maps(maps, self._student_sizes[i])
+        size = ctx.student_spatial_size(
+            s_name,
+            self._student_sizes[i],
+            f"{type(self).__name__} pair ({t_name!r}, {s_name!r})",
+        )
+        return attention_maps.resize_maps(maps, size)
 
     def get_config(self):
         config = super().get_config()
@@ -228,7 +234,7 @@ class AttentionJacobianMatching(_AttentionTerm):
                 flat = attention_maps.flatten_maps(maps)
             student = self._rows(ctx, flat, targets[f"positions_{i}"])
             teacher = jacobians.match_spatial_size(
-                targets[f"rows_{i}"], ctx.input_shape
+                targets[f"rows_{i}"], ctx.input_dims()
             )
             t = jacobians.flatten_rows(teacher)
             s = jacobians.flatten_rows(student)

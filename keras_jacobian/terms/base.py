@@ -45,6 +45,11 @@ class StepContext:
             (read by terms whose scale is a mean over the batch).
         precision: the coarsest float dtype name the network computes in
             (`jacobians.network_precision`), or `None` if unknown.
+        student_shapes: on the teacher's side of a training or evaluation
+            step, a dict from the student's endpoint names to their
+            shapes (ints where known, scalar int32 tensors otherwise), so
+            that the teacher's maps can be resized to the student's when
+            their sizes are known only as the step runs; else None.
     """
 
     def __init__(
@@ -68,6 +73,46 @@ class StepContext:
         self.input_shape = input_shape
         self.sample_weight = sample_weight
         self.precision = precision
+        self.student_shapes = None
+
+    def student_spatial_size(self, endpoint, known, where):
+        """The spatial size of a student's endpoint, for resizing to it.
+
+        Args:
+            endpoint: the student's endpoint name.
+            known: its spatial size from the model (None entries for
+                axes unknown until the step runs).
+            where: the term's description, for the message.
+
+        Returns:
+            `known` when fully known, else the size read from the
+            student's output of this step (ints and scalar tensors).
+        """
+        if None not in tuple(known):
+            return tuple(known)
+        if self.student_shapes is None:
+            raise ValueError(
+                f"{where} resizes the teacher's maps to the size of the "
+                f"student's {endpoint!r}, which is unknown until the "
+                f"student runs (size {tuple(known)}: a model built on "
+                "`keras.Input((None, None, C))`), so the teacher's "
+                "targets cannot be computed without the student, e.g. by "
+                "`cache_teacher`. Train without caching, or build the "
+                "networks on fixed input shapes."
+            )
+        return tuple(self.student_shapes[endpoint][1:-1])
+
+    def input_dims(self):
+        """The input's shape without batch: ints where known, else tensors.
+
+        Axes unknown in both `inputs.shape` and `input_shape` (models
+        built on `keras.Input((None, None, C))`) are read when the step
+        runs, as scalar int32 tensors.
+        """
+        fallback = (None,) + tuple(self.input_shape or ())
+        if len(fallback) != self.inputs.shape.rank:
+            fallback = None
+        return jacobians.known_shape(self.inputs, fallback)[1:]
 
     def rows(self, endpoint, cotangents):
         """Jacobian rows `v^T d(endpoint)/dx`, shape `(batch, rows, ...)`."""

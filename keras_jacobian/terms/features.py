@@ -199,7 +199,12 @@ class FeatureDistillation(DistillationTerm):
                 "(two feature maps, or two feature vectors)."
             )
         self._spatial_size = None
-        if len(t) > 2 and t[1:-1] != s[1:-1]:
+        unknown = None in t[1:-1] + s[1:-1]
+        if len(t) == 4 and unknown:
+            # Sizes known only as the step runs: resized then (to the
+            # identity when they agree).
+            self._spatial_size = s[1:-1]
+        elif len(t) > 2 and t[1:-1] != s[1:-1]:
             if len(t) != 4:
                 raise ValueError(
                     f"{where}: feature maps of different spatial sizes can "
@@ -244,9 +249,13 @@ class FeatureDistillation(DistillationTerm):
     def teacher_targets(self, ctx):
         features = tf.cast(ctx.outputs[self.teacher_layer_name], "float32")
         if self._spatial_size is not None:
-            features = attention_maps.resize_features(
-                features, self._spatial_size
+            size = ctx.student_spatial_size(
+                self.student_layer_name,
+                self._spatial_size,
+                f"FeatureDistillation({self.teacher_layer_name!r}, "
+                f"{self.student_layer_name!r})",
             )
+            features = attention_maps.resize_features(features, size)
         return {"features": features}
 
     def per_example_loss(self, targets, ctx):

@@ -28,41 +28,119 @@ PROBABILITY_FLOOR = 1e-4
 def select_cotangents(target, logits, labels, k, num_projections, seed):
     """The output-space vectors `v_r` whose rows `v_r^T J` are matched.
 
+    Outputs with spatial axes, `(batch, *positions, classes)` (per-pixel
+    logits of a segmentation network), are treated as one vector of
+    `positions * classes` values: a vector `v_r` has the output's shape,
+    and a class-indexed row picks one class at every position, so that
+    its row is the sum over positions of the input gradients of the
+    picked logits (one backward pass, as for one class of a classifier).
+
     Args:
         target: one of `TARGETS`.
-        logits: the teacher's logits `(batch, classes)`; they pick the
-            classes for `"teacher_top1"` and `"top_k"`.
-        labels: labels for `"label"` (sparse or one-hot), else unused.
+        logits: the teacher's logits `(batch, classes)` or
+            `(batch, *positions, classes)`; they pick the classes for
+            `"teacher_top1"` (the top class at each position) and
+            `"top_k"` (row `j`: the `j`-th class at each position).
+        labels: labels for `"label"` (sparse or one-hot, one per example,
+            or per position for outputs with spatial axes), else unused.
         k: number of classes for `"top_k"`.
         num_projections: number of random vectors for `"random"`.
         seed: a `keras.random.SeedGenerator` for `"random"`.
 
     Returns:
-        A float32 tensor `(batch, rows, classes)`: one-hot rows for the
-        class-indexed targets, unit vectors for `"random"`.
+        A float32 tensor `(batch, rows) + logits.shape[1:]`: one-hot rows
+        for the class-indexed targets (for `"all"`, one row per output
+        value), unit vectors over every output value for `"random"`.
     """
     num_classes = logits.shape[-1]
     batch = tf.shape(logits)[0]
+    dense = logits.shape.rank > 2
     if target == "teacher_top1":
         indices = tf.argmax(logits, axis=-1, output_type="int32")[:, None]
     elif target == "label":
-        examples = logits.shape[0]
-        if examples is None:
-            examples = batch
-        indices = labels_to_indices(labels, num_classes, examples)[:, None]
+        if dense:
+            indices = dense_labels_to_indices(labels, logits)[:, None]
+        else:
+            examples = logits.shape[0]
+            if examples is None:
+                examples = batch
+            indices = labels_to_indices(labels, num_classes, examples)
+            indices = indices[:, None]
     elif target == "top_k":
         indices = tf.math.top_k(tf.cast(logits, "float32"), k=k).indices
+        if dense:
+            # (batch, *positions, k) to (batch, k, *positions).
+            rank = indices.shape.rank
+            indices = tf.transpose(
+                indices, [0, rank - 1] + list(range(1, rank - 1))
+            )
     elif target == "all":
-        eye = tf.eye(num_classes, dtype="float32")
-        return tf.tile(eye[None], [batch, 1, 1])
+        size = output_size(logits)
+        if not isinstance(size, int):
+            raise ValueError(
+                "target='all' with estimator='exact' takes one row per "
+                "output value, so it needs an output of known size. "
+                f"Received an output of shape {tuple(logits.shape)}. Use "
+                "estimator='forward_difference' (or 'jvp', 'vjp'), an "
+                "unbiased estimate of the same Frobenius norm."
+            )
+        eye = tf.reshape(
+            tf.eye(size, dtype="float32"), (1, size) + tuple(logits.shape[1:])
+        )
+        return tf.tile(eye, [batch] + [1] * logits.shape.rank)
     else:
-        return steps.draw_for_replica(
+        size = output_size(logits)
+        vectors = steps.draw_for_replica(
             lambda n: jacobians.unit_vectors(
-                tf.stack([n, num_projections, num_classes]), seed
+                tf.stack([n, num_projections, size]), seed
             ),
             batch,
         )
+        if not dense:
+            return vectors
+        shape = tf.concat([[batch, num_projections], tf.shape(logits)[1:]], 0)
+        return tf.reshape(vectors, shape)
     return tf.one_hot(indices, num_classes, dtype="float32")
+
+
+def output_size(outputs):
+    """Values per example: a Python int when known, else a tensor."""
+    shape = outputs.shape[1:]
+    if shape.is_fully_defined():
+        return int(shape.num_elements())
+    return tf.reduce_prod(tf.shape(outputs)[1:])
+
+
+def dense_labels_to_indices(labels, logits):
+    """Per-position labels as int32 class indices `(batch, *positions)`.
+
+    Labels are class indices of shape `(batch, *positions)` or
+    `(batch, *positions, 1)`, or one-hot `(batch, *positions, classes)`;
+    the range and count checks are those of `labels_to_indices`.
+    """
+    num_classes = logits.shape[-1]
+    if labels is None:
+        return labels_to_indices(labels, num_classes)
+    labels = tf.convert_to_tensor(labels)
+    rank = logits.shape.rank
+    if labels.shape.rank == rank and labels.shape[-1] == num_classes != 1:
+        flat = tf.reshape(labels, [-1, num_classes])
+    elif labels.shape.rank == rank - 1 or (
+        labels.shape.rank == rank and labels.shape[-1] == 1
+    ):
+        flat = tf.reshape(labels, [-1])
+    else:
+        raise ValueError(
+            "target='label' with per-position outputs "
+            f"{tuple(logits.shape)} reads one label per position: class "
+            f"indices of shape {tuple(logits.shape[:-1])} (or with a "
+            f"trailing axis of 1), or one-hot labels of shape "
+            f"{tuple(logits.shape)}. Received labels of shape "
+            f"{tuple(labels.shape)}."
+        )
+    count = tf.reduce_prod(tf.shape(logits)[:-1])
+    indices = labels_to_indices(flat, num_classes, count)
+    return tf.reshape(indices, tf.shape(logits)[:-1])
 
 
 def softmax_cotangents(cotangents, logits, temperature):
@@ -365,6 +443,8 @@ class JacobianMatching(DistillationTerm):
                 f"{s}. For transfer between tasks, give the student a head "
                 "that mimics the teacher (see `keras_jacobian.transfer`)."
             )
+        if len(t) > 2 or len(s) > 2:
+            self._check_dense_outputs(t, s)
         if self.estimator in jacobians.INPUT_ESTIMATORS:
             _check_same_inputs(teacher_shapes["input"], student_shapes["input"])
         if self.target == "top_k" and self.k > t[-1]:
@@ -372,6 +452,42 @@ class JacobianMatching(DistillationTerm):
                 f"`k` cannot exceed the number of classes ({t[-1]}). "
                 f"Received: k={self.k}"
             )
+
+    def _check_dense_outputs(self, t, s):
+        """Outputs with spatial axes `(batch, *positions, classes)`."""
+        where = f"JacobianMatching(target={self.target!r})"
+        if self.estimator not in jacobians.INPUT_ESTIMATORS and (
+            len(t) != len(s)
+            or any(
+                a is not None and b is not None and a != b
+                for a, b in zip(t[1:], s[1:])
+            )
+        ):
+            raise ValueError(
+                f"{where} applies the same output vectors to both "
+                "networks, so outputs with spatial axes (per-pixel "
+                "logits) must have the same shape. Received: teacher "
+                f"output {t}, student output {s}. Give both networks "
+                "outputs of one resolution."
+            )
+        if self.loss == "alignment":
+            raise ValueError(
+                "loss='alignment' weights each row by 1 / p_S of its "
+                "class, but with per-pixel outputs a row sums the "
+                "gradients of many positions, each with its own "
+                f"probability. Received: outputs {t}, {s}. Use "
+                "loss='squared'."
+            )
+        if self.target == "all" and self.estimator == "exact":
+            if None in t[1:]:
+                raise ValueError(
+                    "target='all' with estimator='exact' takes one row "
+                    "(backward pass) per output value, so it needs an "
+                    f"output of known size. Received: teacher output {t}. "
+                    "Use estimator='forward_difference' (or 'jvp', "
+                    "'vjp'), an unbiased estimate of the same Frobenius "
+                    "norm."
+                )
 
     def check_models(self, teacher, student):
         # The teacher always runs in inference mode; the student trains.
@@ -415,9 +531,11 @@ class JacobianMatching(DistillationTerm):
             vectors = softmax_cotangents(
                 cotangents, student_logits, self.temperature
             )
+        if student_logits.shape.rank > 2:
+            vectors = _check_output_shape(vectors, student_logits)
         student_rows = ctx.rows(OUTPUT, vectors)
         teacher_rows = jacobians.match_spatial_size(
-            targets["rows"], ctx.input_shape
+            targets["rows"], ctx.input_dims()
         )
         t = jacobians.flatten_rows(teacher_rows)
         s = jacobians.flatten_rows(student_rows)
@@ -433,7 +551,8 @@ class JacobianMatching(DistillationTerm):
         # The teacher's mean squared row norm, per example.
         norms = tf.reduce_mean(tf.reduce_sum(tf.square(t), axis=-1), axis=-1)
         if self._row_target == "random":
-            total *= student_logits.shape[-1] / self.num_projections
+            size = tf.cast(output_size(student_logits), total.dtype)
+            total *= size / self.num_projections
         if self.normalize == whole.TEACHER:
             total = whole.relative(total, norms, ctx.sample_weight)
         return total
@@ -525,3 +644,23 @@ def _check_same_inputs(teacher_input, student_input):
             f"student {student_input}. Use estimator='exact' or 'vjp' for "
             "networks at different resolutions."
         )
+
+
+def _check_output_shape(vectors, logits):
+    """The teacher's output vectors, checked to fit the student's output."""
+    teacher, student = vectors.shape[2:], logits.shape[1:]
+    message = (
+        "JacobianMatching applies the teacher's output vectors to the "
+        "student, so per-pixel outputs must have the same shape (are "
+        "the networks fed images of different sizes?). Received "
+        "(teacher, student) output shapes:"
+    )
+    if teacher.is_fully_defined() and student.is_fully_defined():
+        if teacher != student:
+            raise ValueError(f"{message} {teacher}, {student}.")
+        return vectors
+    check = tf.debugging.assert_equal(
+        tf.shape(vectors)[2:], tf.shape(logits)[1:], message=message
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(vectors)

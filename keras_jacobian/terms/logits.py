@@ -42,6 +42,19 @@ def squared_logit_error(teacher_logits, student_logits):
     return tf.reduce_sum(tf.square(diff), axis=-1)
 
 
+def mean_over_positions(values):
+    """Per-position losses `(batch, *positions)` averaged to `(batch,)`.
+
+    Outputs with spatial axes (per-pixel logits of a segmentation
+    network) give one loss per position; their mean is the example's
+    loss, so that its scale does not depend on the resolution (as for
+    Keras' per-pixel cross-entropy).
+    """
+    if values.shape.rank == 1:
+        return values
+    return tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
+
+
 @keras.saving.register_keras_serializable(package="keras_jacobian")
 class LogitsDistillation(DistillationTerm):
     """Matches the student's logits to the teacher's.
@@ -54,7 +67,9 @@ class LogitsDistillation(DistillationTerm):
     "activation matching" of Srinivas & Fleuret (2018), whose first
     proposition links it to Jacobian matching.
 
-    Both are averaged over the batch by the `Distiller`.
+    Both are averaged over the batch by the `Distiller`. For outputs with
+    spatial axes, `(batch, H, W, classes)` (segmentation), the loss is
+    computed at every position (pixel) and averaged over positions.
 
     Args:
         loss: `"kl"` (default) or `"mse"`; Keras' names
@@ -104,8 +119,10 @@ class LogitsDistillation(DistillationTerm):
     def per_example_loss(self, targets, ctx):
         student = ctx.outputs[OUTPUT]
         if self.loss == "kl":
-            return kd_loss(targets["logits"], student, self.temperature)
-        return squared_logit_error(targets["logits"], student)
+            values = kd_loss(targets["logits"], student, self.temperature)
+        else:
+            values = squared_logit_error(targets["logits"], student)
+        return mean_over_positions(values)
 
     def get_config(self):
         config = super().get_config()

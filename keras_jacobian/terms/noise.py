@@ -8,6 +8,7 @@ from keras_jacobian import steps
 from keras_jacobian import validation
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
+from keras_jacobian.terms.logits import mean_over_positions
 from keras_jacobian.terms.logits import squared_logit_error
 
 
@@ -23,6 +24,11 @@ class NoiseDistillation(DistillationTerm):
     plus unnormalised Jacobian matching over all classes, without any
     second derivative. The cost is one extra forward and backward pass of
     each network on `num_samples` noisy copies of the batch.
+
+    For outputs with spatial axes `(batch, H, W, classes)` the squared
+    error is averaged over positions (pixels), as in `LogitsDistillation`;
+    the expansion then holds divided by the number of positions, with
+    the Frobenius norm over every output value.
 
     Not cacheable: the noise is drawn anew every step.
 
@@ -79,7 +85,9 @@ class NoiseDistillation(DistillationTerm):
 
     def per_example_loss(self, targets, ctx):
         student = ctx.forward(targets["noisy_inputs"])[OUTPUT]
-        errors = squared_logit_error(targets["noisy_logits"], student)
+        errors = mean_over_positions(
+            squared_logit_error(targets["noisy_logits"], student)
+        )
         errors = tf.reshape(errors, [self.num_samples, -1])
         return tf.reduce_mean(errors, axis=0)
 

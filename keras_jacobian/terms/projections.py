@@ -59,17 +59,53 @@ def teacher_targets(term, ctx):
 def per_example_loss(term, targets, ctx):
     """The estimate of `||J_T - J_S||_F^2`, relative to the batch mean
     of `||J_T||_F^2` under `normalize="teacher"`."""
-    student = derivatives(term, ctx, _swap(targets["directions"]))
+    directions = _check_input_shape(_swap(targets["directions"]), ctx.inputs)
+    student = derivatives(term, ctx, directions)
     teacher = _swap(targets["derivatives"])
-    size = float(jacobians.input_size(ctx.inputs))
+    size = jacobians.input_size(ctx.inputs)
     loss = jacobians.directional_distance(teacher, student, size)
     if term.normalize == whole.TEACHER:
         # Estimates of the teacher's mean squared row norm.
+        rows = teacher.shape[-1]
+        if rows is None or not isinstance(size, int):
+            # Sizes known only as the step runs.
+            rows = tf.shape(teacher)[-1] if rows is None else rows
+            per_row = tf.cast(size, "float64") / tf.cast(rows, "float64")
+        else:
+            per_row = size / rows
         norms = jacobians.directional_distance(
-            teacher, tf.zeros_like(teacher), size / teacher.shape[-1]
+            teacher, tf.zeros_like(teacher), per_row
         )
         loss = whole.relative(loss, norms, ctx.sample_weight)
     return loss
+
+
+def _check_input_shape(directions, inputs):
+    """The directions, checked to fit the student's input batch.
+
+    The teacher's directions are drawn on the teacher's input; a student
+    input of another size (a dict batch at two resolutions, of sizes
+    unknown at construction) is an error, raised when the step runs.
+    """
+    message = (
+        "Input-direction estimators ('jvp', 'finite_difference', "
+        "'forward_difference') move both networks along the same input "
+        "directions, so teacher and student must see inputs of the same "
+        "shape. Use estimator='exact' or 'vjp' for networks at different "
+        "resolutions. Received (teacher, student) input shapes:"
+    )
+    teacher, student = directions.shape[2:], inputs.shape[1:]
+    if teacher.is_fully_defined() and student.is_fully_defined():
+        if teacher != student:
+            raise ValueError(f"{message} {teacher}, {student}.")
+        return directions
+    check = tf.debugging.assert_equal(
+        tf.shape(directions)[2:],
+        tf.shape(inputs)[1:],
+        message=message,
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(directions)
 
 
 def _swap(values):
