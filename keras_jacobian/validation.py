@@ -175,10 +175,14 @@ def check_count(value, name, minimum=1):
         or not isinstance(value, numbers.Integral)
         or not minimum <= int(value) <= INT32_MAX
     ):
+        kind = (
+            " (a bool is not a count)"
+            if isinstance(value, (bool, np.bool_))
+            else ""
+        )
         raise ValueError(
             f"`{name}` must be an integer from {minimum} to {INT32_MAX} "
-            f"(an int32 tensor shape), not a bool. Received: "
-            f"{name}={value!r}"
+            f"(an int32 tensor shape){kind}. Received: {name}={value!r}"
         )
     return int(value)
 

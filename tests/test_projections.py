@@ -535,3 +535,29 @@ def test_step_size_below_the_smallest_normal_is_refused_at_construction():
             step_size=1e-5,
         )
     kj.Distiller(tiny.conv_net(), tiny.conv_net(), [term])
+
+
+@pytest.mark.parametrize("estimator", INPUT_ESTIMATORS)
+def test_relative_term_with_a_partial_last_batch(estimator):
+    # The default normalize="teacher" with batches of unknown size (a
+    # dataset without drop_remainder): 10 examples in batches of 4.
+    teacher = tiny.mlp(seed=0, name="t", dtype="float32")
+    student = tiny.mlp(seed=10, name="s", dtype="float32")
+    term = kj.JacobianMatching("all", estimator=estimator)
+    assert term.normalize == "teacher"
+    distiller = kj.Distiller(teacher, student, [term])
+    distiller.compile(optimizer="sgd")
+    x = np.random.default_rng(0).normal(size=(10, 3)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices(x).batch(4)
+    logs = distiller.fit(data, verbose=0).history
+    assert np.isfinite(logs["jacobian_matching_loss"][0])
+    assert logs["jacobian_matching_loss"][0] > 0.0
+
+
+def test_normalize_accepts_numpy_booleans_only():
+    # np.True_ is True: unit rows, so the exact estimator.
+    assert kj.JacobianMatching("all", normalize=np.True_).estimator == "exact"
+    assert kj.JacobianMatching("all", normalize=np.False_).normalize is False
+    for bad in (1, 0, 1.0, "rows"):
+        with pytest.raises(ValueError, match="True, False or 'teacher'"):
+            kj.JacobianMatching("all", normalize=bad)

@@ -384,6 +384,8 @@ class JacobianMatching(DistillationTerm):
         temperature = validation.check_number(
             temperature, "temperature", strict=True
         )
+        if normalize is not None:
+            normalize = whole.check_normalize(normalize)
         if target == "all" and estimator is None:
             # Unit rows and the alignment loss are computed exactly only.
             if normalize is True or loss == "alignment":

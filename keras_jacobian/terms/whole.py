@@ -27,6 +27,7 @@ A batch whose teacher Jacobians are all zero (scale below
 `normalize="teacher"`, never a division by zero.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from keras_jacobian import jacobians
@@ -44,7 +45,7 @@ def check_normalize(normalize):
                 f"normalize={normalize!r}"
             )
         return TEACHER
-    if normalize in (True, False) and not isinstance(normalize, float):
+    if isinstance(normalize, (bool, np.bool_)):
         return bool(normalize)
     raise ValueError(
         "`normalize` must be True, False or 'teacher'. Received: "
