@@ -485,11 +485,13 @@ def build_distiller(teacher, data, strategy):
     """One Distiller for every method: methods only change its weights."""
     with strategy.scope():
         student = build_student(data, "student")
+        terms = make_terms()
         distiller = keras_jacobian.Distiller(
             teacher,
             student,
-            make_terms(),
-            distillation_loss_weights=[1.0, 1.0],
+            terms,
+            # Each method assigns its own weights before training.
+            distillation_loss_weights=[1.0] * len(terms),
             student_loss_weight=1.0,
             seed=FLAGS.seed,
         )
