@@ -138,6 +138,7 @@ The paper reports (test accuracy %, teacher 64.78%):
   | activations + Jacobians only | 38.16 | 47.79 | 51.33 |
 """
 
+import math
 import os
 import sys
 import time
@@ -167,9 +168,16 @@ flags.DEFINE_bool(
 flags.DEFINE_bool(
     "student_batch_norm",
     None,
-    "BatchNormalization in the student (default: off with few images). "
-    "In training mode it couples the examples of a batch, so that one "
-    "image's input gradient depends on the others.",
+    "BatchNormalization in the student (default: off with few images).",
+)
+flags.DEFINE_bool(
+    "recompute_batch_norm",
+    True,
+    "After training, set the student's BatchNorm moving statistics to the "
+    "mean of its training batches' statistics (one pass). The moving "
+    "averages lag behind the last ~100 steps; with few images and "
+    "Jacobian terms that lag ruins the student at inference "
+    "(--norecompute_batch_norm shows it).",
 )
 flags.DEFINE_enum(
     "evaluate_on",
@@ -391,6 +399,12 @@ def fit(
         backup_dir=FLAGS.backup_dir,
         verbose=FLAGS.verbose,
     )
+    if not teacher and FLAGS.recompute_batch_norm:
+        experiment.recompute_batch_norm_statistics(
+            model.student,
+            pipeline(data, train_images, train_labels, True, seed),
+            steps=math.ceil(len(train_labels) / FLAGS.batch_size),
+        )
 
 
 def teacher_path(output_dir, data):

@@ -113,6 +113,7 @@ minutes (random teacher, so the numbers mean nothing):
     --student_width=8 --student_epochs=2 --samples_per_class=5 --seeds=0
 """
 
+import math
 import os
 import sys
 import time
@@ -491,6 +492,12 @@ def run(output_dir):
                     backup_dir=FLAGS.backup_dir,
                     verbose=FLAGS.verbose,
                 )
+                if FLAGS.recompute_batch_norm:
+                    experiment.recompute_batch_norm_statistics(
+                        distiller.student,
+                        train.map(_student_view),
+                        steps=math.ceil(len(labels) / FLAGS.batch_size),
+                    )
                 acc = experiment.accuracy(task, test_ds.map(_student_view))
                 seconds = time.time() - t0
                 records.append(
