@@ -77,11 +77,14 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
     Per-example Jacobians are exact when the student has no cross-example
     coupling; a BatchNorm layer in training mode couples the examples of
     a batch through its statistics, so its "per-example" rows then include
-    that coupling, as in every framework. It is not small with few images:
-    on digits, a BatchNorm student trained with Jacobian matching lost 25
-    points of validation accuracy against one without BatchNorm
-    (`examples/distill.py --student_batch_norm`); prefer students without
-    BatchNorm (or with LayerNorm or GroupNorm) for Jacobian terms.
+    that coupling, as in every framework. With few images and short runs,
+    check a BatchNorm student's moving statistics: on digits the Jacobian
+    term moved the mean of the last BatchNorm input faster than the moving
+    averages (momentum 0.99) follow, and the student collapsed at
+    inference (15% validation accuracy, 51% with the statistics recomputed
+    on its training images; `examples/distill.py --student_batch_norm`,
+    docs/reproducing.md). Recompute them after training, or prefer
+    students without BatchNorm (or with LayerNorm or GroupNorm).
 
     Args:
         teacher: a Keras model returning logits (a final softmax is
