@@ -75,6 +75,13 @@ flags.DEFINE_string("summarize", None, "Print the summary of this file.")
 flags.DEFINE_string("plot", None, "With --summarize: write the Pareto plot.")
 flags.DEFINE_integer("steps", STEPS, "Training steps per student.")
 flags.DEFINE_integer("threads", 0, "TensorFlow threads per pool (0: all).")
+flags.DEFINE_bool(
+    "recompute_batch_norm",
+    False,
+    "After training, set a BatchNorm student's moving statistics to the "
+    "mean of 10 training batches' statistics (write to another --output: "
+    "the runs' keys do not record it).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -159,6 +166,8 @@ def _run(data, teacher, config, k, seed, batch_norm):
         verbose=0,
         callbacks=[times],
     )
+    if FLAGS.recompute_batch_norm:
+        models.recompute_batch_norm_statistics(student, ds, steps=10)
     xv, yv = data.split("val")
     xt, yt = data.split("test")
     return {

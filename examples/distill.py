@@ -407,7 +407,7 @@ def fit(
         verbose=FLAGS.verbose,
     )
     if not teacher and FLAGS.recompute_batch_norm:
-        experiment.recompute_batch_norm_statistics(
+        models.recompute_batch_norm_statistics(
             model.student,
             pipeline(data, train_images, train_labels, True, seed),
             steps=math.ceil(len(train_labels) / FLAGS.batch_size),

@@ -212,52 +212,6 @@ def train(
     )
 
 
-def batch_norm_layers(model):
-    """The `BatchNormalization` layers of a model, nested models included."""
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
-        elif isinstance(layer, keras.Model):
-            found.extend(batch_norm_layers(layer))
-    return found
-
-
-def recompute_batch_norm_statistics(model, dataset, steps):
-    """Sets BatchNorm moving statistics to their training batches' mean.
-
-    Runs `model` in training mode on the first `steps` batches of
-    `dataset` (its `(images, labels)` training batches, so with the
-    training batch size and augmentation) and sets each BatchNorm layer's
-    moving mean and variance to the average of those batches' statistics:
-    the statistics the trained weights were fitted with. The moving
-    averages kept during training lag behind weights that still move
-    (momentum 0.99: about the last 100 steps), and in the few-image runs
-    the Jacobian term moves the mean of the student's last block by many
-    of its standard deviations, so inference with the lagging averages
-    fails (see docs/reproducing.md). The model's weights are unchanged.
-
-    Args:
-        model: a Keras model; without BatchNorm layers nothing is done.
-        dataset: a training pipeline yielding `(images, labels)` batches.
-        steps: number of batches to average (at least 1).
-    """
-    layers = batch_norm_layers(model)
-    if not layers:
-        return
-    momenta = [layer.momentum for layer in layers]
-    try:
-        for k, (images, _) in enumerate(dataset.take(int(steps))):
-            # Momentum k / (k + 1) makes the moving statistics the running
-            # mean of the batches' statistics (the first one replaces them).
-            for layer in layers:
-                layer.momentum = k / (k + 1)
-            model(images, training=True)
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
-
-
 _PREDICT = weakref.WeakKeyDictionary()
 
 

@@ -141,6 +141,7 @@ from teachers import teacher_description
 import keras_jacobian
 from keras_jacobian import transfer as lwf
 from keras_jacobian.experiments import data as data_lib
+from keras_jacobian.experiments import models
 
 FLAGS = flags.FLAGS
 
@@ -495,7 +496,7 @@ def run(output_dir):
                     verbose=FLAGS.verbose,
                 )
                 if FLAGS.recompute_batch_norm:
-                    experiment.recompute_batch_norm_statistics(
+                    models.recompute_batch_norm_statistics(
                         distiller.student,
                         train.map(_student_view),
                         steps=math.ceil(len(labels) / FLAGS.batch_size),

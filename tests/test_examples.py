@@ -16,7 +16,6 @@ import sys
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import app
 from absl.testing import flagsaver
@@ -28,6 +27,8 @@ import distill  # noqa: E402
 import experiment  # noqa: E402
 import robustness  # noqa: E402
 import transfer  # noqa: E402
+
+from keras_jacobian.experiments import models  # noqa: E402
 
 TINY = dict(
     teacher_width=2,
@@ -453,7 +454,7 @@ def test_distill_defaults_are_the_few_image_regime():
 
 def _conv_outputs_in_training_mode(model, images):
     """Each BatchNorm input on `images`, the moving statistics untouched."""
-    layers = experiment.batch_norm_layers(model)
+    layers = models.batch_norm_layers(model)
     saved = [(b.moving_mean.numpy(), b.moving_variance.numpy()) for b in layers]
     probe = keras.Model(model.input, [b.input for b in layers])
     outputs = [np.asarray(z) for z in probe(images, training=True)]
@@ -461,40 +462,6 @@ def _conv_outputs_in_training_mode(model, images):
         b.moving_mean.assign(mean)
         b.moving_variance.assign(variance)
     return layers, outputs
-
-
-def test_recompute_batch_norm_statistics_averages_batches():
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((4,))
-    dense = keras.layers.Dense(3)
-    hidden = keras.layers.BatchNormalization()(dense(inputs))
-    outputs = keras.layers.BatchNormalization()(keras.layers.Dense(2)(hidden))
-    model = keras.Model(inputs, outputs)
-    rng = np.random.default_rng(0)
-    batches = [rng.normal(size=(n, 4)).astype("float32") + 3 for n in (5, 3)]
-    labels = np.zeros((8,), "int32")
-    ds = tf.data.Dataset.from_tensor_slices(
-        (np.concatenate(batches), labels)
-    ).batch(5)
-    weights = model.get_weights()
-    experiment.recompute_batch_norm_statistics(model, ds.repeat(), steps=2)
-    # NumPy: the first layer's input, per batch, from the Dense weights.
-    kernel, bias = dense.get_weights()
-    z = [b @ kernel + bias for b in batches]
-    first = model.layers[2]
-    np.testing.assert_allclose(
-        first.moving_mean, np.mean([b.mean(0) for b in z], 0), rtol=1e-5
-    )
-    np.testing.assert_allclose(
-        first.moving_variance, np.mean([b.var(0) for b in z], 0), rtol=1e-4
-    )
-    assert first.momentum == 0.99
-    # Only the moving statistics changed.
-    for before, after, variable in zip(
-        weights, model.get_weights(), model.weights
-    ):
-        if "moving" not in variable.path:
-            np.testing.assert_array_equal(before, after)
 
 
 def test_distill_batch_norm_student_is_evaluated_with_its_statistics():

@@ -123,3 +123,53 @@ def test_errors():
         models.vgg9((32, 32, 3), 10, dropout=1.0)
     with pytest.raises(ValueError, match="pooling"):
         models.vgg9((None, None, 3), 10, pooling="flatten")
+
+
+def test_recompute_batch_norm_statistics_averages_batches():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(3)
+    hidden = keras.layers.BatchNormalization()(dense(inputs))
+    outputs = keras.layers.BatchNormalization()(keras.layers.Dense(2)(hidden))
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(n, 4)).astype("float32") + 3 for n in (5, 3)]
+    labels = np.zeros((8,), "int32")
+    ds = tf.data.Dataset.from_tensor_slices(
+        (np.concatenate(batches), labels)
+    ).batch(5)
+    weights = model.get_weights()
+    models.recompute_batch_norm_statistics(model, ds.repeat(), steps=2)
+    # NumPy: the first layer's input, per batch, from the Dense weights.
+    kernel, bias = dense.get_weights()
+    z = [b @ kernel + bias for b in batches]
+    first = model.layers[2]
+    np.testing.assert_allclose(
+        first.moving_mean, np.mean([b.mean(0) for b in z], 0), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        first.moving_variance, np.mean([b.var(0) for b in z], 0), rtol=1e-4
+    )
+    assert first.momentum == 0.99
+    # Only the moving statistics changed.
+    for before, after, variable in zip(
+        weights, model.get_weights(), model.weights
+    ):
+        if "moving" not in variable.path:
+            np.testing.assert_array_equal(before, after)
+
+
+def test_recompute_batch_norm_statistics_nested_and_bad_steps():
+    inner = keras.Sequential(
+        [keras.Input((2,)), keras.layers.BatchNormalization()], name="inner"
+    )
+    outer = keras.Sequential([keras.Input((2,)), inner])
+    assert models.batch_norm_layers(outer) == [inner.layers[0]]
+    x = np.array([[0.0, 1.0], [2.0, 5.0]], "float32")
+    ds = tf.data.Dataset.from_tensor_slices((x, np.zeros(2))).batch(2)
+    models.recompute_batch_norm_statistics(outer, ds, steps=1)
+    np.testing.assert_allclose(inner.layers[0].moving_mean, [1.0, 3.0])
+    np.testing.assert_allclose(inner.layers[0].moving_variance, [1.0, 4.0])
+    for steps in (0, 1.5, True):
+        with pytest.raises(ValueError, match="Received: steps="):
+            models.recompute_batch_norm_statistics(outer, ds, steps=steps)

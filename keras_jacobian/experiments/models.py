@@ -394,3 +394,69 @@ def get_model(name, input_shape, num_classes, **kwargs):
             f"name={name!r}. Pass one of the known names."
         )
     return MODELS[name](input_shape, num_classes, **kwargs)
+
+
+def batch_norm_layers(model):
+    """The `BatchNormalization` layers of a model, nested models included."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(batch_norm_layers(layer))
+    return found
+
+
+def recompute_batch_norm_statistics(model, dataset, steps):
+    """Sets BatchNorm moving statistics to their training batches' mean.
+
+    Runs `model` in training mode on the first `steps` batches of
+    `dataset` (its `(images, labels)` training batches, so with the
+    training batch size and augmentation) and sets each BatchNorm layer's
+    moving mean and variance to the average of those batches' statistics:
+    the statistics the trained weights were fitted with. The moving
+    averages kept during training lag behind weights that still move
+    (momentum 0.99: about the last 100 steps); in few-image runs of
+    `examples/distill.py` the Jacobian term moves the mean of the student's
+    last block by several of its standard deviations within that window,
+    and inference with the lagging averages fails (docs/reproducing.md).
+    The model's weights are unchanged.
+
+    Args:
+        model: a Keras model; without BatchNorm layers nothing is done.
+        dataset: a training pipeline yielding `(images, labels)` batches.
+        steps: number of batches to average (at least 1).
+
+    Example:
+
+    ```python
+    distiller.fit(train_ds.repeat(), epochs=20, steps_per_epoch=20)
+    recompute_batch_norm_statistics(
+        distiller.student, train_ds, steps=math.ceil(n / batch_size)
+    )
+    ```
+    """
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise ValueError(
+            f"Expected an integer `steps` >= 1. Received: steps={steps!r}."
+        )
+    if steps < 1:
+        raise ValueError(
+            f"Expected an integer `steps` >= 1. Received: steps={steps!r}. "
+            "Pass the number of training batches to average, e.g. one "
+            "pass: ceil(num_examples / batch_size)."
+        )
+    bn_layers = batch_norm_layers(model)
+    if not bn_layers:
+        return
+    momenta = [layer.momentum for layer in bn_layers]
+    try:
+        for k, (images, _) in enumerate(dataset.take(int(steps))):
+            # Momentum k / (k + 1) makes the moving statistics the running
+            # mean of the batches' statistics (the first one replaces them).
+            for layer in bn_layers:
+                layer.momentum = k / (k + 1)
+            model(images, training=True)
+    finally:
+        for layer, momentum in zip(bn_layers, momenta):
+            layer.momentum = momentum
