@@ -152,7 +152,10 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer("jacobian_k", None, "k of --jacobian_target=top_k.")
 flags.DEFINE_bool(
-    "jacobian_normalize", True, "L2-normalise Jacobian rows per example."
+    "jacobian_normalize",
+    True,
+    "The target's normalised form (unit rows; relative to the teacher for "
+    "all and random); false: raw rows.",
 )
 
 # Training.

@@ -483,7 +483,7 @@ def make_terms():
         keras_jacobian.JacobianMatching(
             target=FLAGS.jacobian_target,
             k=FLAGS.jacobian_k if FLAGS.jacobian_target == "top_k" else None,
-            normalize=FLAGS.jacobian_normalize,
+            normalize=None if FLAGS.jacobian_normalize else False,
         ),
         # The whole Jacobian, every class, with the library's defaults.
         keras_jacobian.JacobianMatching(target="all", name="whole_jacobian"),

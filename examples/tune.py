@@ -170,7 +170,7 @@ def run(output_dir):
         student_builder,
         learning_rate=distill.learning_rate(),
         activation_loss=FLAGS.activation_loss,
-        jacobian_normalize=FLAGS.jacobian_normalize,
+        jacobian_normalize=None if FLAGS.jacobian_normalize else False,
         seed=FLAGS.seed,
     )
     tune_dir = FLAGS.tune_dir or os.path.join(output_dir, "search")

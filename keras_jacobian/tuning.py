@@ -54,7 +54,8 @@ class DistillerHyperModel(kt.HyperModel):
             and Jacobian weights.
         temperatures: choices of the KD temperature.
         jacobian_targets: choices of `JacobianMatching(target=...)`.
-        jacobian_normalize: `JacobianMatching(normalize=...)`.
+        jacobian_normalize: `JacobianMatching(normalize=...)`; `None`
+            for each target's default.
         dtype_policy: a Keras dtype policy name set in every trial, or
             `None` to keep the default.
         seed: seed of the distiller's random draws.
@@ -89,7 +90,7 @@ class DistillerHyperModel(kt.HyperModel):
         weight_range=(1e-2, 1e2),
         temperatures=(1.0, 2.0, 4.0, 8.0),
         jacobian_targets=("teacher_top1", "label", "random"),
-        jacobian_normalize=True,
+        jacobian_normalize=None,
         dtype_policy=None,
         seed=None,
         name=None,
@@ -139,7 +140,7 @@ class DistillerHyperModel(kt.HyperModel):
         self.weight_range = (low, high)
         self.temperatures = [float(t) for t in temperatures]
         self.jacobian_targets = list(jacobian_targets)
-        self.jacobian_normalize = bool(jacobian_normalize)
+        self.jacobian_normalize = jacobian_normalize
         self.dtype_policy = dtype_policy
         self.seed = seed
 

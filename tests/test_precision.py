@@ -37,7 +37,9 @@ def _terms():
     return [
         LogitsDistillation("kl", temperature=2.0),
         JacobianMatching("teacher_top1", name="jm_top1"),
-        JacobianMatching("all", normalize=False, name="jm_all_raw"),
+        JacobianMatching(
+            "all", estimator="exact", normalize=False, name="jm_all_raw"
+        ),
     ]
 
 
@@ -121,7 +123,7 @@ DETERMINISTIC_TERMS = [
     lambda: JacobianMatching("teacher_top1", name="top1"),
     lambda: JacobianMatching("label", normalize=False, name="label"),
     lambda: JacobianMatching("top_k", k=2, name="top_k"),
-    lambda: JacobianMatching("all", name="all"),
+    lambda: JacobianMatching("all", estimator="exact", name="all"),
     lambda: JacobianMatching("teacher_top1", loss="alignment", name="align"),
 ]
 RANDOM_TERMS = [

@@ -24,7 +24,10 @@ def test_linear_jacobian_term_is_weight_distance():
     student = tiny.linear_net(ws, bs, name="s")
     x = rng.normal(size=(5, 6))
     logs = evaluate(
-        teacher, student, [kj.JacobianMatching("all", normalize=False)], x
+        teacher,
+        student,
+        [kj.JacobianMatching("all", estimator="exact", normalize=False)],
+        x,
     )
     np.testing.assert_allclose(
         logs["jacobian_matching_loss"], np.sum((wt - ws) ** 2), rtol=1e-6
@@ -44,7 +47,7 @@ def test_linear_noise_proposition_holds():
         student,
         [
             kj.LogitsDistillation("mse"),
-            kj.JacobianMatching("all", normalize=False),
+            kj.JacobianMatching("all", estimator="exact", normalize=False),
             kj.NoiseDistillation(sigma, num_samples=200_000),
         ],
         x,
@@ -81,7 +84,7 @@ def test_nonlinear_noise_matches_first_order_as_sigma_shrinks():
             student,
             [
                 kj.LogitsDistillation("mse"),
-                kj.JacobianMatching("all", normalize=False),
+                kj.JacobianMatching("all", estimator="exact", normalize=False),
                 kj.NoiseDistillation(sigma, num_samples=100_000),
             ],
             x,

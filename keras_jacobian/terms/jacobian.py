@@ -623,9 +623,9 @@ def _check_normalize(target, estimator, normalize, loss):
             "networks; the student's row norms are not linear in its "
             "Jacobian, so no projection estimates that loss without bias "
             f"and estimator={estimator!r} cannot compute it. Use "
-            "normalize='teacher' (the relative error "
-            "||J_T - J_S||^2 / ||J_T||^2, the teacher's norm computed "
-            "exactly) or normalize=False, or estimator='exact'."
+            "normalize='teacher' (the error relative to the teacher's "
+            "mean squared row norm) or normalize=False, or "
+            "estimator='exact'."
         )
     if normalize == whole.TEACHER and loss == "alignment":
         raise ValueError(

@@ -37,8 +37,18 @@ def distiller_case(target):
             student,
             [
                 LogitsDistillation("kl", temperature=2.0),
-                JacobianMatching(target=target, normalize=True, name="norm"),
-                JacobianMatching(target=target, normalize=False, name="raw"),
+                JacobianMatching(
+                    target=target,
+                    estimator="exact",
+                    normalize=True,
+                    name="norm",
+                ),
+                JacobianMatching(
+                    target=target,
+                    estimator="exact",
+                    normalize=False,
+                    name="raw",
+                ),
             ],
             distillation_loss_weights=[1.0, 0.5, 0.5],
         )
