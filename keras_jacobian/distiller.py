@@ -6,6 +6,7 @@ import tensorflow as tf
 from keras_jacobian import endpoints
 from keras_jacobian import jacobians
 from keras_jacobian import label_range
+from keras_jacobian import randomness
 from keras_jacobian import steps
 from keras_jacobian import validation
 from keras_jacobian.saving import SavingMixin
@@ -231,6 +232,34 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             term.check_models(self.teacher_endpoints, self.student_endpoints)
         self.term_layers = [layer for t in terms for layer in t.layers]
         self._label_monitor = _label_monitor(terms, teacher_shapes)
+        self._teacher_random_state = randomness.RandomState()
+        self._student_random_state = randomness.RandomState()
+        estimators = [
+            t.estimator
+            for t in terms
+            if getattr(t, "estimator", None) in jacobians.INPUT_ESTIMATORS
+        ]
+        if estimators:
+            # A difference estimator, if any, names the refusal.
+            estimator = sorted(
+                estimators, key=jacobians.DIFFERENCE_ESTIMATORS.__contains__
+            )[-1]
+            self._teacher_random_state = randomness.replayed_states(
+                self.teacher_endpoints,
+                teacher_shape,
+                teacher_dtype,
+                "teacher",
+                training=False,
+                estimator=estimator,
+            )
+            self._student_random_state = randomness.replayed_states(
+                self.student_endpoints,
+                student_shape,
+                student_dtype,
+                "student",
+                training=True,
+                estimator=estimator,
+            )
         # Every estimator needs an output differentiable in the input;
         # reverse-mode rows of the student are differentiated again.
         if uses_input_jacobians and check_differentiable:
@@ -339,8 +368,16 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         return outputs
 
     def _context(
-        self, forward, x, y, input_shape, sample_weight=None, precision=None
+        self,
+        forward,
+        x,
+        y,
+        input_shape,
+        sample_weight=None,
+        precision=None,
+        random_state=None,
     ):
+        replay = None if random_state is None else random_state.record()
         if self.needs_input_gradients:
             tape = tf.GradientTape(
                 persistent=True, watch_accessed_variables=False
@@ -361,6 +398,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             input_shape=input_shape,
             sample_weight=sample_weight,
             precision=precision,
+            replay=replay,
         )
 
     def teacher_targets(self, x, y=None):
@@ -379,6 +417,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             y,
             self.teacher_input_shape,
             precision=self.teacher_precision,
+            random_state=self._teacher_random_state,
         )
         return [term.teacher_targets(ctx) for term in self.distillation_losses]
 
@@ -437,6 +476,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
                 y,
                 self.teacher_input_shape,
                 precision=self.teacher_precision,
+                random_state=self._teacher_random_state,
             )
         sctx = self._context(
             lambda inputs: self._student_forward(inputs, training),
@@ -445,6 +485,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             self.student_input_shape,
             sample_weight,
             precision=self.student_precision,
+            random_state=self._student_random_state,
         )
         if tctx is not None:
             tctx.student_shapes = {

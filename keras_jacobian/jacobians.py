@@ -681,6 +681,7 @@ def directional_derivatives(
     step_size=None,
     precision=None,
     outputs=None,
+    replay=None,
 ):
     """`J(x) v` for each direction, by forward mode or differences.
 
@@ -696,10 +697,70 @@ def directional_derivatives(
             default step); defaults to the input's dtype.
         outputs: `forward(inputs)`, reused by `"forward_difference"`
             (computed when None).
+        replay: None for a network without random draws; else a function
+            that resets the network's random state to the one it had
+            before the pass that gave `outputs`
+            (`randomness.RandomState.record`).
+            Every pass then starts from that state and runs on a batch of
+            the shape of `inputs` (one pass per direction and sign), so
+            that it draws the same values: each `J v` is the derivative
+            of the network at the draws of that pass.
 
     Returns:
         A float32 tensor `(R, batch, K)`.
     """
+    if replay is None:
+        return _directional(
+            estimator,
+            forward,
+            inputs,
+            directions,
+            step_size,
+            precision,
+            outputs,
+        )
+
+    def replayed(values):
+        replay()
+        return forward(values)
+
+    if estimator == "forward_difference" and outputs is None:
+        outputs = replayed(inputs)
+    if estimator == "finite_difference":
+        precision = precision or compute_precision(inputs.dtype)
+        steps = finite_difference_step(inputs, step_size, precision)
+    parts = []
+    for r in range(directions.shape[0]):
+        if estimator == "finite_difference":
+            # Central differences one sign at a time: batches of B.
+            _, shift, eps = _shifts(inputs, directions[r : r + 1], steps)
+            plus = replayed(inputs + shift)
+            minus = replayed(inputs - shift)
+            wide = _wide(plus.dtype)
+            plus = tf.cast(plus, wide)
+            eps = tf.cast(eps, wide)
+            derivative = (plus - tf.cast(minus, wide)) / _broadcastable(
+                2.0 * eps, plus.shape.rank
+            )
+            parts.append(_fold(derivative, 1))
+        else:
+            parts.append(
+                _directional(
+                    estimator,
+                    replayed,
+                    inputs,
+                    directions[r : r + 1],
+                    step_size,
+                    precision,
+                    outputs,
+                )
+            )
+    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+
+
+def _directional(
+    estimator, forward, inputs, directions, step_size, precision, outputs
+):
     if estimator == "jvp":
         return jvp(forward, inputs, directions)
     precision = precision or compute_precision(inputs.dtype)

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_jacobian import jacobians
+from keras_jacobian import randomness
 from keras_jacobian import steps
 from keras_jacobian import validation
 from keras_jacobian.saving import SavingMixin
@@ -126,8 +127,12 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
         if outputs:
             validation.check_logits_output(outputs[0], "model")
         self.precision = jacobians.network_precision(model)
+        self._random_state = randomness.RandomState()
+        if estimator in jacobians.INPUT_ESTIMATORS:
+            self._random_state = randomness.replayed_states(
+                model, input_shape, dtype, "model", True, estimator
+            )
         if estimator in jacobians.DIFFERENCE_ESTIMATORS:
-            validation.check_no_stochastic_layers(model, "model", estimator)
             validation.check_step_size(
                 step_size, self.precision, input_shape, "model"
             )
@@ -178,7 +183,9 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
         if not x.dtype.is_floating:
             x = tf.cast(x, keras.config.floatx())
         if self.estimator in jacobians.INPUT_ESTIMATORS:
-            return None, self.model(x, training=training), x
+            # The replay function rides on the tape's slot: no tape here.
+            replay = self._random_state.record()
+            return replay, self.model(x, training=training), x
         with tf.GradientTape(
             persistent=True, watch_accessed_variables=False
         ) as tape:
@@ -188,7 +195,7 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
 
     def _penalty(self, tape, logits, x, training):
         if self.estimator in jacobians.INPUT_ESTIMATORS:
-            return self._projected_penalty(logits, x, training)
+            return self._projected_penalty(logits, x, training, tape)
         cotangents = select_cotangents(
             "random" if self.estimator == "vjp" else self.target,
             logits,
@@ -206,7 +213,7 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
             squared *= size / self.num_projections
         return squared
 
-    def _projected_penalty(self, logits, x, training):
+    def _projected_penalty(self, logits, x, training, replay):
         """`D * mean_r ||J v_r||^2` along random input directions."""
         directions = jacobians.input_directions(
             x, self.num_projections, self.seed_generator
@@ -219,6 +226,7 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
             step_size=self.step_size,
             precision=projections.precision_of(x, logits, self.precision),
             outputs=logits,
+            replay=replay,
         )
         # The distance to a zero Jacobian: D * mean_r ||J v_r||^2.
         squared = tf.reduce_sum(tf.square(derivatives), axis=-1)

@@ -508,45 +508,6 @@ def check_label_terms(terms, distillation_output):
         )
 
 
-# Layers whose output is random in training mode (subclasses included:
-# `SpatialDropout*` are `Dropout`s): two forward passes then differ by
-# more than the input shift, and differences of them are not derivatives.
-STOCHASTIC_LAYERS = (
-    keras.layers.Dropout,
-    keras.layers.GaussianDropout,
-    keras.layers.GaussianNoise,
-    keras.layers.AlphaDropout,
-)
-
-
-def check_no_stochastic_layers(model, role, estimator):
-    """Refuses difference estimators on a network with random layers.
-
-    Args:
-        model: the Keras model run in training mode.
-        role: its name in the message (`"student"`, `"model"`).
-        estimator: the estimator's name.
-
-    Raises:
-        ValueError: when `model` holds a layer of `STOCHASTIC_LAYERS` with
-            a positive rate (or standard deviation).
-    """
-    found = [
-        layer.name
-        for layer in _all_layers(model)
-        if isinstance(layer, STOCHASTIC_LAYERS)
-        and getattr(layer, "rate", getattr(layer, "stddev", 1.0))
-    ]
-    if found:
-        raise ValueError(
-            f"estimator={estimator!r} differences forward passes, but the "
-            f"{role} has layers that draw new random values in each "
-            f"training pass: {sorted(found)}. Two passes would then differ "
-            "by more than the input shift. Use estimator='jvp' (one pass, "
-            "exact derivative) or 'exact', or remove the random layers."
-        )
-
-
 def check_term_weights(terms, weights):
     """One finite weight >= 0 per term (default 1.0), as Python floats."""
     if weights is None:

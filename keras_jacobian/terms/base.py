@@ -50,6 +50,10 @@ class StepContext:
             shapes (ints where known, scalar int32 tensors otherwise), so
             that the teacher's maps can be resized to the student's when
             their sizes are known only as the step runs; else None.
+        replay: None, or a function that resets the network's random
+            state (seed generators) to the one it had before computing
+            `outputs`, so that a pass on a batch of the same shape draws
+            the same values (`randomness.RandomState.record`).
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class StepContext:
         input_shape,
         sample_weight=None,
         precision=None,
+        replay=None,
     ):
         self.inputs = inputs
         self.outputs = outputs
@@ -74,6 +79,7 @@ class StepContext:
         self.sample_weight = sample_weight
         self.precision = precision
         self.student_shapes = None
+        self.replay = replay
 
     def student_spatial_size(self, endpoint, known, where):
         """The spatial size of a student's endpoint, for resizing to it.

@@ -494,9 +494,6 @@ class JacobianMatching(DistillationTerm):
     def check_models(self, teacher, student):
         # The teacher always runs in inference mode; the student trains.
         if self.estimator in jacobians.DIFFERENCE_ESTIMATORS:
-            validation.check_no_stochastic_layers(
-                student, "student", self.estimator
-            )
             for role, model in (("teacher", teacher), ("student", student)):
                 validation.check_step_size(
                     self.step_size,

@@ -40,6 +40,7 @@ def derivatives(term, ctx, directions):
         step_size=term.step_size,
         precision=precision_of(ctx.inputs, ctx.outputs[OUTPUT], ctx.precision),
         outputs=ctx.outputs[OUTPUT],
+        replay=ctx.replay,
     )
 
 
