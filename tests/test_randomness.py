@@ -198,25 +198,31 @@ def _with_draws_of(states, compute, exact):
 
 
 @pytest.mark.parametrize(
-    "kind, graph",
+    "kind, mode",
     [
-        ("random_flip", False),
-        ("random_translation", False),
-        ("owns_dropout", False),
-        ("time_distributed", False),
-        ("bare_dropout", False),
-        # In a tf.function, with a layer's generator and the global one.
-        ("random_flip", True),
-        ("bare_dropout", True),
+        ("random_flip", "eager"),
+        ("random_translation", "eager"),
+        ("owns_dropout", "eager"),
+        ("time_distributed", "eager"),
+        ("bare_dropout", "eager"),
+        # In a tf.function, with a layer's generator and the global one,
+        # and compiled by XLA (which draws other values, then replays).
+        ("random_flip", "function"),
+        ("bare_dropout", "function"),
+        ("owns_dropout", "xla"),
     ],
 )
-def test_penalty_equals_tape_jacobian_with_same_draws(directions, kind, graph):
+def test_penalty_equals_tape_jacobian_with_same_draws(directions, kind, mode):
     model = random_model(kind)
     x = tf.constant(tiny.images(4, SHAPE))
     size = float(np.prod(SHAPE))
     states = _states(model)
     # Forward mode runs the same replay as eagerly: not traced again.
-    estimators = DIFFERENCE_ESTIMATORS if graph else ESTIMATORS
+    estimators = {
+        "eager": ESTIMATORS,
+        "function": DIFFERENCE_ESTIMATORS,
+        "xla": ("forward_difference",),  # compiling is slow
+    }[mode]
     if kind == "random_translation":
         # Forward mode differentiates with that wrong gradient too.
         estimators = DIFFERENCE_ESTIMATORS
@@ -241,7 +247,9 @@ def test_penalty_equals_tape_jacobian_with_same_draws(directions, kind, graph):
                 exact,
             )
 
-        got, expected, drift = (tf.function(step) if graph else step)()
+        if mode != "eager":
+            step = tf.function(step, jit_compile=mode == "xla")
+        got, expected, drift = step()
         # The draws matter: with other draws the Jacobian differs.
         np.testing.assert_allclose(got, expected, rtol=RTOL[estimator])
         assert float(drift) == 0.0
@@ -267,6 +275,8 @@ def test_monte_carlo_teacher_matches_tape_jacobians(directions):
     size = float(np.prod(SHAPE))
     for estimator in ESTIMATORS:
         distiller = _distiller(teacher, student, estimator)
+        states = _states(teacher, student) + [distiller.seed_generator.state]
+        start = [s.numpy() for s in states]
 
         def exact():
             # Teacher first, as in the step (they could share the global
@@ -276,33 +286,26 @@ def test_monte_carlo_teacher_matches_tape_jacobians(directions):
             squared = tf.reduce_sum((t - s) ** 2, axis=-1)
             return size * tf.reduce_mean(squared)
 
-        # Eager: `fit` is checked against this value below.
         got, expected, drift = _with_draws_of(
-            _states(teacher, student),
+            states[:-1],  # the networks' (directions are drawn once)
             lambda: distiller._step_losses(x, None, None, True)[1][1][1],
             exact,
         )
         np.testing.assert_allclose(got, expected, rtol=RTOL[estimator])
         assert float(drift) == 0.0
-
-
-def test_fit_logs_the_eager_step_value():
-    teacher, student = _mc_pair()
-    x = tiny.images(4, SHAPE)
-    distiller = _distiller(teacher, student, "forward_difference")
-    distiller.compile(optimizer=keras.optimizers.SGD(0.01))
-    states = _states(teacher, student) + [distiller.seed_generator.state]
-    before = [s.numpy() for s in states]
-    eager = distiller._step_losses(tf.constant(x), None, None, True)
-    for s, value in zip(states, before):
-        s.assign(value)
-    # Unshuffled: each example meets the dropout mask of its position.
-    logs = distiller.fit(x, batch_size=4, verbose=0, shuffle=False).history
-    # Graph and eager round-off differ, amplified by 1 / eps (measured
-    # 2.4e-4); other dropout masks change the value by 10% or more.
-    np.testing.assert_allclose(
-        logs["jacobian_matching_loss"][0], float(eager[1][1][1]), rtol=2e-3
-    )
+        if estimator != "forward_difference":
+            continue
+        # The same step traced by `fit`, from the same states. Unshuffled:
+        # each example meets the dropout mask of its position.
+        for s, value in zip(states, start):
+            s.assign(value)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.01))
+        logs = distiller.fit(x, batch_size=4, verbose=0, shuffle=False)
+        # Graph and eager round-off differ, amplified by 1 / eps (measured
+        # 2.4e-4); other dropout masks change the value by 10% or more.
+        np.testing.assert_allclose(
+            logs.history["jacobian_matching_loss"][0], float(got), rtol=2e-3
+        )
 
 
 def test_unreplayable_randomness_is_refused():

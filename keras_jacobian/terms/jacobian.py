@@ -279,9 +279,18 @@ class JacobianMatching(DistillationTerm):
 
     Every estimator needs floating-point inputs that the networks are
     differentiable in: token models (an `Embedding` on the input) are
-    refused; match Jacobians at the embedding output instead. The
-    difference estimators refuse a student with dropout or noise
-    layers (two training passes would differ by more than the shift).
+    refused; match Jacobians at the embedding output instead.
+
+    Networks that draw random values (dropout, noise, augmentation layers
+    such as `RandomFlip`, `keras.random.*` calls in custom layers, a Monte
+    Carlo dropout teacher) see the same draws in every pass of a step:
+    the state of their Keras seed generators is reset before each extra
+    pass, run on a batch of the step's shape (one pass per direction), so
+    each `J v` is the derivative at the step's draws. Randomness that
+    cannot be replayed (stateful `tf.random` ops) is found at
+    construction by running each network twice, and the difference
+    estimators refuse it (see `keras_jacobian.randomness`).
+
     The input-direction estimators need teacher and student inputs of the
     same shape, draw the same `v` for both networks from the `Distiller`'s
     seed, rerun each network on the shifted (or tiled) batch (the
