@@ -183,7 +183,8 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
         if not x.dtype.is_floating:
             x = tf.cast(x, keras.config.floatx())
         if self.estimator in jacobians.INPUT_ESTIMATORS:
-            # The replay function rides on the tape's slot: no tape here.
+            # No tape: the first value is the function that replays the
+            # pass's random draws (None without any).
             replay = self._random_state.record()
             return replay, self.model(x, training=training), x
         with tf.GradientTape(
