@@ -23,6 +23,8 @@ is found by behaviour at construction (`replayed_states`), and the
 difference estimators refuse it.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -57,6 +59,18 @@ def _candidate_states(model):
     if id(state) not in known:
         states.append(state)
     return states
+
+
+@contextlib.contextmanager
+def preserved_states(model):
+    """Restores `model`'s integer variables (seed states) on exit."""
+    states = _candidate_states(model)
+    saved = [np.array(keras.ops.convert_to_numpy(s)) for s in states]
+    try:
+        yield
+    finally:
+        for s, value in zip(states, saved):
+            s.assign(value)
 
 
 def _outputs(model, x, training):
@@ -96,6 +110,7 @@ def replayed_states(model, input_shape, dtype, role, training, estimator):
             same seed states differ.
     """
     from keras_jacobian import jacobians
+    from keras_jacobian import validation
 
     if not keras.backend.is_float_dtype(dtype):
         dtype = keras.config.floatx()
@@ -105,10 +120,9 @@ def replayed_states(model, input_shape, dtype, role, training, estimator):
         variables.append(states[-1])
     saved = [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
     start = [np.array(keras.ops.convert_to_numpy(s)) for s in states]
+    shape = validation.probe_shape(model, input_shape, role)
     rng = np.random.default_rng(0)
-    x = tf.constant(
-        rng.normal(size=(PROBE_BATCH,) + tuple(input_shape)), dtype=dtype
-    )
+    x = tf.constant(rng.normal(size=(PROBE_BATCH,) + shape), dtype=dtype)
     try:
         first = _outputs(model, x, training)
         used = [

@@ -201,12 +201,17 @@ def probe_input_gradients(model, input_shape, role, second_order):
             differentiable with respect to the model's kernels (double
             backprop), as a Jacobian term that trains the model needs.
     """
+    from keras_jacobian import randomness
+
     shape = probe_shape(model, input_shape, role)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2,) + shape).astype("float32")
-    in_replica_context(
-        lambda: _probe(model, tf.constant(x), role, second_order)
-    )
+    # A network random in inference mode (Monte Carlo dropout) advances
+    # its seed states: the check leaves them as they were.
+    with randomness.preserved_states(model):
+        in_replica_context(
+            lambda: _probe(model, tf.constant(x), role, second_order)
+        )
 
 
 # Sizes tried for the unknown spatial axes of a probe input, smallest
