@@ -305,3 +305,27 @@ def test_save_into_a_missing_folder_names_the_users_path(tmp_path, method):
     assert path in message and "does not exist" in message
     assert ".tmp" not in message
     assert os.listdir(tmp_path) == []
+
+
+def test_multi_worker_backup_deletes_its_checkpoints_only(tmp_path):
+    from keras_jacobian.distribute import multi_worker
+
+    folder = tmp_path / "backup"
+    os.makedirs(folder)
+    (folder / "notes.txt").write_text("mine")
+    model = _dense()
+    model.fit(x_small, y_small, epochs=1, verbose=0)
+    backup = multi_worker.Backup(str(folder), max_to_keep=2)
+    for epoch in range(3):
+        backup._save(model, epoch + 1, 0)
+    assert multi_worker.Backup.position(str(folder)) == (3, 0)
+    backup.delete()
+    assert os.listdir(folder) == ["notes.txt"]
+    assert (folder / "notes.txt").read_text() == "mine"
+
+    # A folder holding nothing else goes with the backup.
+    alone = tmp_path / "alone"
+    backup = multi_worker.Backup(str(alone))
+    backup._save(model, 1, 0)
+    backup.delete()
+    assert not alone.exists()

@@ -22,6 +22,7 @@ path serves every scale; under a single-process strategy `Model.fit`
 works as well.
 """
 
+import os
 import shutil
 import tempfile
 
@@ -166,9 +167,29 @@ class Backup:
         self._manager.save()
 
     def delete(self):
-        """Removes the backup once training has finished (chief only)."""
-        if self.chief:
-            shutil.rmtree(self.backup_dir, ignore_errors=True)
+        """Removes the backup once training has finished (chief only).
+
+        Only the checkpoint files go (those of the index and the index
+        itself); `backup_dir` goes too when nothing else is in it, so a
+        folder shared with the user's own files keeps them.
+        """
+        if not self.chief:
+            return
+        state = tf.train.get_checkpoint_state(self.backup_dir)
+        prefixes = list(state.all_model_checkpoint_paths) if state else []
+        for prefix in prefixes:
+            if not os.path.isabs(prefix):
+                prefix = os.path.join(self.backup_dir, prefix)
+            for path in tf.io.gfile.glob(prefix + ".*"):
+                tf.io.gfile.remove(path)
+        index = os.path.join(self.backup_dir, "checkpoint")
+        if tf.io.gfile.exists(index):
+            tf.io.gfile.remove(index)
+        try:
+            if not tf.io.gfile.listdir(self.backup_dir):
+                tf.io.gfile.rmtree(self.backup_dir)
+        except tf.errors.NotFoundError:
+            pass
 
     @staticmethod
     def position(backup_dir):
