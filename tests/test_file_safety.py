@@ -329,3 +329,22 @@ def test_multi_worker_backup_deletes_its_checkpoints_only(tmp_path):
     backup._save(model, 1, 0)
     backup.delete()
     assert not alone.exists()
+
+
+@pytest.mark.parametrize("content", ["{garbage", "[]", '{"epoch": "2"}', "{}"])
+def test_backup_with_malformed_metadata_is_refused_clearly(tmp_path, content):
+    folder = tmp_path / "backup"
+    model = _dense()
+    _fit(
+        model,
+        kj.callbacks.BackupAndRestore(str(folder), delete_checkpoint=False),
+    )
+    (folder / "training_metadata.json").write_text(content)
+    before = sorted(os.listdir(folder))
+    backup = kj.callbacks.BackupAndRestore(str(folder))
+    with pytest.raises(ValueError, match="training_metadata.json"):
+        _fit(model, backup, epochs=2)
+    assert sorted(os.listdir(folder)) == before
+    # The lock was given back: a corrected folder trains again.
+    (folder / "training_metadata.json").write_text('{"epoch": 0}')
+    _fit(model, kj.callbacks.BackupAndRestore(str(folder)), epochs=2)

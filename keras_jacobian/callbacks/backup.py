@@ -96,6 +96,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 names = ("latest.weights.h5", "training_metadata.json")
                 for path in saving.stale_temporaries(self.backup_dir, names):
                     os.remove(path)
+                self._check_metadata()
                 super().on_train_begin(logs)
             except BaseException:
                 self._unlock()
@@ -119,6 +120,30 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 os.rmdir(self.backup_dir)  # only if nothing else is in it
             except OSError:
                 pass
+
+    def _check_metadata(self):
+        """Raises a clear error for a metadata file this callback cannot
+        have written (edited, or another program's), before Keras reads
+        it; the backup itself is left untouched."""
+        path = self._training_metadata_path
+        if not os.path.isfile(path):
+            return
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            epoch = json.loads(raw.decode())["epoch"]
+            valid = isinstance(epoch, int) and epoch >= 0
+        except (ValueError, TypeError, KeyError):
+            valid = False
+        if not valid:
+            raise ValueError(
+                f"The backup's metadata file {path!r} is not what "
+                "`BackupAndRestore` writes (JSON with an integer `epoch` "
+                f">= 0). Received: {raw[:80]!r}. The files of "
+                f"{self.backup_dir!r} were left as they are: to start "
+                "over, delete `training_metadata.json` and "
+                "`latest.weights.h5` there, or pass another `backup_dir`."
+            )
 
     def _lock(self):
         """Takes the folder's lock, or raises if another run holds it."""
