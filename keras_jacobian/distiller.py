@@ -22,6 +22,14 @@ TASK = "__task_output__"
 INPUT_KEYS = ("student", "teacher", "teacher_targets")
 
 
+def _compatible(a, b):
+    """Whether one batch can feed networks of input shapes `a` and `b`
+    (`None` matches any size)."""
+    return len(a) == len(b) and all(
+        i is None or j is None or i == j for i, j in zip(a, b)
+    )
+
+
 def _as_list(value):
     if isinstance(value, (list, tuple)):
         return list(value)
@@ -348,7 +356,9 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             cached = None
         if (
             cached is None
-            and self.teacher_input_shape != (self.student_input_shape)
+            and not _compatible(
+                self.teacher_input_shape, self.student_input_shape
+            )
             and xt is xs
         ):
             raise ValueError(

@@ -209,8 +209,16 @@ class DistillerHyperModel(kt.HyperModel):
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
-        shape = (1,) + tuple(student.input_shape[1:])
-        distiller(np.zeros(shape, "float32"))
+        # Built now when the sizes are known (a student of unknown
+        # spatial size takes the teacher's, else builds on its first batch).
+        shape = list(student.input_shape[1:])
+        known = getattr(self.teacher, "input_shape", None)
+        if isinstance(known, tuple) and len(known) == len(shape) + 1:
+            shape = [
+                s if s is not None else t for s, t in zip(shape, known[1:])
+            ]
+        if None not in shape:
+            distiller(np.zeros([1] + shape, "float32"))
         return distiller
 
 

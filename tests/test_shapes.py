@@ -583,3 +583,21 @@ def test_per_pixel_refusals():
     distiller = kj.Distiller(seg(0), seg(1), [kj.JacobianMatching("label")])
     with pytest.raises(ValueError, match="one label per position"):
         distiller.teacher_targets(tf.constant(batch((4, 4))), np.zeros((3,)))
+
+
+def test_fully_convolutional_student_shares_the_batch_of_a_fixed_teacher():
+    from tests import tiny
+
+    teacher = tiny.conv_net((8, 8, 1), classes=3, dtype="float64", seed=3)
+    student = fcn(10)
+    term = kj.JacobianMatching("all", estimator="exact", normalize=False)
+    distiller = kj.Distiller(teacher, student, [term], seed=1)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.01))
+    x = batch((8, 8), n=4, seed=2)
+    logs = distiller.evaluate(x, verbose=0, return_dict=True)
+    expected = expected_matching("exact", teacher, student, x, None)
+    np.testing.assert_allclose(
+        logs["jacobian_matching_loss"], expected, rtol=1e-6
+    )
+    history = distiller.fit(x, epochs=1, batch_size=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))

@@ -157,3 +157,21 @@ def test_tune_script_searches_and_resumes(tmp_path, capsys):
     # Tied scores may order the best trials differently after reloading.
     assert again["score"] == pytest.approx(best["score"])
     assert [os.stat(f).st_mtime_ns for f in trial_files] == stamps
+
+
+def test_student_of_unknown_spatial_size_tunes():
+    def fully_convolutional():
+        inputs = keras.Input((None, None, 1))
+        h = keras.layers.Conv2D(2, 3, padding="same", activation="tanh")(
+            inputs
+        )
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        return keras.Model(inputs, keras.layers.Dense(3)(h))
+
+    teacher = tiny.conv_net(classes=3, filters=2, seed=0)
+    hypermodel = tuning.DistillerHyperModel(teacher, fully_convolutional)
+    distiller = hypermodel.build(kt.HyperParameters())
+    x = tiny.images(n=4)
+    y = np.arange(4) % 3
+    history = distiller.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
