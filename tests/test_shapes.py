@@ -591,7 +591,8 @@ def test_fully_convolutional_student_shares_the_batch_of_a_fixed_teacher():
     teacher = tiny.conv_net((8, 8, 1), classes=3, dtype="float64", seed=3)
     student = fcn(10)
     term = kj.JacobianMatching("all", estimator="exact", normalize=False)
-    distiller = kj.Distiller(teacher, student, [term], seed=1)
+    terms = [kj.LogitsDistillation(), term]
+    distiller = kj.Distiller(teacher, student, terms, seed=1)
     distiller.compile(optimizer=keras.optimizers.SGD(0.01))
     x = batch((8, 8), n=4, seed=2)
     logs = distiller.evaluate(x, verbose=0, return_dict=True)
