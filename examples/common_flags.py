@@ -137,8 +137,9 @@ flags.DEFINE_float(
 flags.DEFINE_float("jacobian_weight", 1.0, "Weight of the Jacobian matching.")
 flags.DEFINE_float(
     "whole_jacobian_weight",
-    30.0,
-    "Weight of the whole-Jacobian term (methods with 'whole').",
+    1.0,
+    "Weight of the whole-Jacobian term (methods with 'whole'; chosen on "
+    "validation data, docs/whole-jacobian.md).",
 )
 flags.DEFINE_float("temperature", 4.0, "Softmax temperature of KD (kl).")
 flags.DEFINE_enum(
