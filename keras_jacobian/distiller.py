@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from keras_jacobian import endpoints
 from keras_jacobian import jacobians
+from keras_jacobian import kinks
 from keras_jacobian import label_range
 from keras_jacobian import randomness
 from keras_jacobian import steps
@@ -268,6 +269,14 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
                 training=True,
                 estimator=estimator,
             )
+            if estimator in jacobians.DIFFERENCE_ESTIMATORS:
+                kinks.check_smooth(
+                    self.student_endpoints,
+                    student_shape,
+                    student_dtype,
+                    "student",
+                    estimator,
+                )
         # Every estimator needs an output differentiable in the input;
         # reverse-mode rows of the student are differentiated again.
         if uses_input_jacobians and check_differentiable:

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_jacobian import jacobians
+from keras_jacobian import kinks
 from keras_jacobian import randomness
 from keras_jacobian import steps
 from keras_jacobian import validation
@@ -47,7 +48,9 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
     `JacobianMatching` for the step `eps` and its error), or from
     one-sided differences `(F(x + eps v) - F(x)) / eps` that reuse the
     forward pass of the task loss (one batch of `R` shifted copies: the
-    fastest).
+    fastest). The difference estimators refuse a model with kinks (ReLU,
+    max pooling, ...: their weight gradients are wrong there; see
+    `keras_jacobian.kinks`).
 
     Logs `loss` (the total), `task_loss` (the compiled loss),
     `jacobian_penalty` (the estimate of `||J||_F^2`) and the compiled
@@ -136,6 +139,7 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
             validation.check_step_size(
                 step_size, self.precision, input_shape, "model"
             )
+            kinks.check_smooth(model, input_shape, dtype, "model", estimator)
         # Every estimator needs an output differentiable in the input;
         # only reverse-mode rows are differentiated again.
         if check_differentiable:
@@ -288,6 +292,6 @@ def _check_known_output_size(model):
             "target='all' with estimator='exact' takes one row (backward "
             "pass) per output value, so it needs an output of known size. "
             f"Received: model output {(None,) + shapes[0]}. Use "
-            "estimator='forward_difference' (or 'jvp', 'vjp'), an unbiased "
-            "estimate of the same Frobenius norm."
+            "estimator='vjp' (or 'jvp'), an unbiased estimate of the same "
+            "Frobenius norm."
         )

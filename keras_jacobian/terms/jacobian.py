@@ -81,8 +81,8 @@ def select_cotangents(target, logits, labels, k, num_projections, seed):
                 "target='all' with estimator='exact' takes one row per "
                 "output value, so it needs an output of known size. "
                 f"Received an output of shape {tuple(logits.shape)}. Use "
-                "estimator='forward_difference' (or 'jvp', 'vjp'), an "
-                "unbiased estimate of the same Frobenius norm."
+                "estimator='vjp' (or 'jvp'), an unbiased estimate of the "
+                "same Frobenius norm."
             )
         eye = tf.reshape(
             tf.eye(size, dtype="float32"), (1, size) + tuple(logits.shape[1:])
@@ -264,9 +264,11 @@ class JacobianMatching(DistillationTerm):
     kinks, and the weight gradient of the difference quotient is wrong by
     O(1 / eps) there (measured on a VGG-4 student: gradient cosine -0.01
     against forward mode for `"forward_difference"`, 0.24 for central
-    differences; `benchmarks/estimator_gradients.py`). Use them for
-    smooth networks (tanh, GELU, SiLU) only; `"vjp"` and `"jvp"` are
-    exact autodiff.
+    differences; `benchmarks/estimator_gradients.py`). So they refuse a
+    student with kinks (ReLU and its variants, max pooling, `abs`,
+    maxima; read from its traced graph, `keras_jacobian.kinks`) at
+    construction: they are for smooth networks (tanh, GELU, SiLU);
+    `"vjp"` and `"jvp"` are exact autodiff for every network.
 
     With `normalize=True` each class row of both networks is
     unit-normalised; the student's row norms are not linear in its
@@ -495,9 +497,8 @@ class JacobianMatching(DistillationTerm):
                     "target='all' with estimator='exact' takes one row "
                     "(backward pass) per output value, so it needs an "
                     f"output of known size. Received: teacher output {t}. "
-                    "Use estimator='forward_difference' (or 'jvp', "
-                    "'vjp'), an unbiased estimate of the same Frobenius "
-                    "norm."
+                    "Use estimator='vjp' (or 'jvp'), an unbiased estimate "
+                    "of the same Frobenius norm."
                 )
 
     def check_models(self, teacher, student):
