@@ -23,6 +23,10 @@ The loss terms (`terms/`), one file per family
   squared logits).
 - `terms/jacobian.py`: `JacobianMatching` (which rows, normalised or raw,
   squared or alignment, and the choice of estimator).
+- `terms/jacobian_options.py`: its arguments checked and their defaults
+  resolved (`RECOMMENDED`).
+- `terms/cotangents.py`: the output-space vectors `v` whose rows
+  `v^T J` are matched (classes picked, random, per-pixel outputs).
 - `terms/projections.py`: its whole-Jacobian estimators along random
   input directions (forward mode, finite differences).
 - `terms/noise.py`: `NoiseDistillation` (matching under input noise).
@@ -31,14 +35,19 @@ The loss terms (`terms/`), one file per family
 - `terms/conversion.py`: accepting `keras.distillation` terms.
 
 The operations the terms use
-- `jacobians.py`: where every input Jacobian is computed (rows by
-  reverse mode, directional derivatives by forward mode or finite
-  differences, normalisation, resolution matching).
+- `jacobians/`: where every input Jacobian is computed, all names
+  importable from `keras_jacobian.jacobians`: `rows.py` (rows by reverse
+  mode, normalisation), `resolution.py` (the teacher's rows on the
+  student's grid), `directions.py` (random input directions),
+  `directional.py` (`J v` by forward mode), `differences.py` (`J v` by
+  finite differences, their steps), `precision.py` (a network's dtype).
 - `forward_mode.py`: TensorFlow's forward-mode rules kept at exact shapes
   (relaxed ones break XLA compilation).
 - `attention_maps.py`: attention maps of feature maps, resizing them.
 - `endpoints.py`: reading intermediate layer outputs by name.
 - `validation.py`: argument and model checks shared by the constructors.
+- `probes.py`: the networks run once at construction (input gradients,
+  twice differentiable; an input size for fully convolutional models).
 
 Around training
 - `callbacks/`: `LossWeightScheduler`, `AttentionMapLogger`,

@@ -6,6 +6,7 @@ import tensorflow as tf
 from keras_jacobian import endpoints
 from keras_jacobian import jacobians
 from keras_jacobian import label_range
+from keras_jacobian import probes
 from keras_jacobian import randomness
 from keras_jacobian import steps
 from keras_jacobian import validation
@@ -271,13 +272,13 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         # Every estimator needs an output differentiable in the input;
         # reverse-mode rows of the student are differentiated again.
         if uses_input_jacobians and check_differentiable:
-            validation.probe_input_gradients(
+            probes.probe_input_gradients(
                 self.teacher_endpoints_output(),
                 teacher_shape,
                 "teacher",
                 second_order=False,
             )
-            validation.probe_input_gradients(
+            probes.probe_input_gradients(
                 self.student_endpoints_output(),
                 student_shape,
                 "student",

@@ -110,7 +110,7 @@ def replayed_states(model, input_shape, dtype, role, training, estimator):
             same seed states differ.
     """
     from keras_jacobian import jacobians
-    from keras_jacobian import validation
+    from keras_jacobian import probes
 
     if not keras.backend.is_float_dtype(dtype):
         dtype = keras.config.floatx()
@@ -120,7 +120,7 @@ def replayed_states(model, input_shape, dtype, role, training, estimator):
         variables.append(states[-1])
     saved = [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
     start = [np.array(keras.ops.convert_to_numpy(s)) for s in states]
-    shape = validation.probe_shape(model, input_shape, role)
+    shape = probes.probe_shape(model, input_shape, role)
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(PROBE_BATCH,) + shape), dtype=dtype)
     try:
