@@ -162,9 +162,7 @@ def test_tune_script_searches_and_resumes(tmp_path, capsys):
 def test_student_of_unknown_spatial_size_tunes():
     def fully_convolutional():
         inputs = keras.Input((None, None, 1))
-        h = keras.layers.Conv2D(2, 3, padding="same", activation="tanh")(
-            inputs
-        )
+        h = keras.layers.Conv2D(2, 3, padding="same", activation="tanh")(inputs)
         h = keras.layers.GlobalAveragePooling2D()(h)
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
