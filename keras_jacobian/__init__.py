@@ -41,13 +41,14 @@ The operations the terms use
   student's grid), `directions.py` (random input directions),
   `directional.py` (`J v` by forward mode), `differences.py` (`J v` by
   finite differences, their steps), `precision.py` (a network's dtype).
-- `forward_mode.py`: TensorFlow's forward-mode rules kept at exact shapes
-  (relaxed ones break XLA compilation).
 - `attention_maps.py`: attention maps of feature maps, resizing them.
 - `endpoints.py`: reading intermediate layer outputs by name.
 - `validation.py`: argument and model checks shared by the constructors.
 - `probes.py`: the networks run once at construction (input gradients,
   twice differentiable; an input size for fully convolutional models).
+- `_compat.py`: every private Keras or TensorFlow API the library uses
+  (pinned by tests/test_compat.py), e.g. forward-mode rules kept at exact
+  shapes (relaxed ones break XLA compilation).
 
 Around training
 - `callbacks/`: `LossWeightScheduler`, `AttentionMapLogger`,

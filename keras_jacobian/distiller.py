@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from keras_jacobian import _compat
 from keras_jacobian import endpoints
 from keras_jacobian import jacobians
 from keras_jacobian import label_range
@@ -534,7 +535,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         else:
             y_pred = sctx.outputs[OUTPUT]
         weight = self.student_loss_weight_variable
-        if y is None or self._compile_loss is None:
+        if y is None or _compat.compiled_loss(self) is None:
             student_loss = self.supervised_loss(y, y_pred, sample_weight)
         else:
             # At weight 0 the compiled loss is not computed at all.

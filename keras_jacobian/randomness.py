@@ -29,6 +29,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_jacobian import _compat
+
 # The output of two passes with the same draws may differ by round-off
 # (threaded reductions); random draws change it far more than this.
 REPLAY_RTOL = 1e-5
@@ -37,9 +39,7 @@ PROBE_BATCH = 8
 
 def _global_state():
     """The state of the generator behind `keras.random.*(seed=None)`."""
-    from keras.src.random import seed_generator
-
-    return seed_generator.global_seed_generator().state
+    return _compat.global_seed_state()
 
 
 def _candidate_states(model):

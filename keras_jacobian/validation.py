@@ -7,6 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_jacobian import _compat
+
 
 def input_spec(model, role):
     """The shape (without batch) and dtype of a single-input model."""
@@ -27,15 +29,16 @@ def input_spec(model, role):
             "shape is unknown. Build it first, e.g. with "
             "`model.build((None,) + input_shape)` or by calling it once."
         )
-    shape = getattr(model, "_build_shapes_dict", None) or {}
-    shapes = list(shape.values())
-    if len(shapes) != 1:
+    shape = (model.get_build_config() or {}).get("input_shape")
+    if not isinstance(shape, (tuple, list)) or not all(
+        d is None or isinstance(d, int) for d in shape
+    ):
         raise ValueError(
             f"Could not read the input shape of the {role} model "
             f"{model.name!r}. Expected a Functional or Sequential model "
             "built on `keras.Input(shape)`."
         )
-    return tuple(shapes[0][1:]), "float32"
+    return tuple(shape[1:]), "float32"
 
 
 TOKEN_FIX = (
@@ -90,9 +93,7 @@ def _embeddings_on_inputs(model):
     input_ids = {id(t) for t in inputs}
     found = []
     for layer in getattr(model, "layers", []):
-        for node in getattr(layer, "_inbound_nodes", []):
-            args = getattr(node, "arguments", None)
-            tensors = getattr(args, "keras_tensors", []) if args else []
+        for tensors in _compat.call_inputs(layer):
             if not any(id(t) in input_ids for t in tensors):
                 continue
             if isinstance(layer, keras.layers.Embedding):
@@ -137,10 +138,10 @@ def check_logits_output(tensor, role):
 
 def _final_softmax(tensor):
     """The layer or op that makes `tensor` a softmax, or None."""
-    history = getattr(tensor, "_keras_history", None)
-    if history is None:
+    produced = _compat.producing_operation(tensor)
+    if produced is None:
         return None
-    operation, _, index = history
+    operation, index = produced
     if isinstance(operation, keras.Model):
         try:
             outputs = operation.outputs

@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from keras_jacobian import forward_mode
+from keras_jacobian import _compat
 from keras_jacobian.jacobians.differences import broadcastable
 from keras_jacobian.jacobians.differences import central_differences
 from keras_jacobian.jacobians.differences import finite_difference_step
@@ -40,7 +40,7 @@ def jvp(forward, inputs, directions):
     num_projections = directions.shape[0]
     primals = tile(inputs, num_projections)
     tangents = tf.reshape(tf.cast(directions, inputs.dtype), tf.shape(primals))
-    with forward_mode.exact_shapes():  # relaxed rules break XLA
+    with _compat.exact_forward_shapes():  # relaxed rules break XLA
         with tf.autodiff.ForwardAccumulator(primals, tangents) as acc:
             outputs = forward(primals)
     derivatives = acc.jvp(outputs)

@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from keras_jacobian import _compat
+
 
 def compute_precision(*dtypes):
     """The coarsest float dtype name among `dtypes` (None entries skipped)."""
@@ -22,20 +24,12 @@ def network_precision(model):
     Returns:
         A dtype name, e.g. `"bfloat16"`; `"float32"` when none is float.
     """
-    dtypes = [getattr(layer, "compute_dtype", None) for layer in _layers(model)]
+    dtypes = [
+        getattr(layer, "compute_dtype", None)
+        for layer in _compat.flatten_layers(model)
+    ]
     try:
         dtypes += [t.dtype for t in model.inputs or []]
     except (AttributeError, ValueError):
         pass
     return compute_precision(*dtypes)
-
-
-def _layers(model):
-    """The model and every layer inside it, recursively."""
-    flatten = getattr(model, "_flatten_layers", None)
-    if flatten is not None:
-        return list(flatten(include_self=True, recursive=True))
-    found = [model]
-    for layer in getattr(model, "layers", []):
-        found.extend(_layers(layer))
-    return found
