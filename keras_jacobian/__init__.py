@@ -65,7 +65,6 @@ Apart from the core
   scripts (needs the `examples` extra).
 """
 
-from keras_jacobian import _moved
 from keras_jacobian import attention_maps
 from keras_jacobian import callbacks
 from keras_jacobian import distribute
@@ -89,16 +88,10 @@ from keras_jacobian.transfer import extract_task_model
 from keras_jacobian.transfer import task_model
 from keras_jacobian.version import __version__
 
-_moved.install()
-
 
 def __getattr__(name):
     import importlib
 
-    # Module attributes of 0.1.0 that moved: `keras_jacobian.<name>` still
-    # works for one release, with a DeprecationWarning.
-    if f"keras_jacobian.{name}" in _moved.MOVED:
-        return importlib.import_module(f"keras_jacobian.{name}")
     if name == "experiments":
         return importlib.import_module("keras_jacobian.experiments")
     raise AttributeError(f"module 'keras_jacobian' has no attribute {name!r}")
