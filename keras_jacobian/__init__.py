@@ -23,6 +23,10 @@ The loss terms (`terms/`), one file per family
   squared logits).
 - `terms/jacobian.py`: `JacobianMatching` (which rows, normalised or raw,
   squared or alignment, and the choice of estimator).
+- `terms/jacobian_options.py`: its arguments checked and their defaults
+  resolved (`RECOMMENDED`).
+- `terms/cotangents.py`: the output-space vectors `v` whose rows
+  `v^T J` are matched (classes picked, random, per-pixel outputs).
 - `terms/projections.py`: its whole-Jacobian estimators along random
   input directions (forward mode, finite differences).
 - `terms/noise.py`: `NoiseDistillation` (matching under input noise).
@@ -31,14 +35,22 @@ The loss terms (`terms/`), one file per family
 - `terms/conversion.py`: accepting `keras.distillation` terms.
 
 The operations the terms use
-- `jacobians.py`: where every input Jacobian is computed (rows by
-  reverse mode, directional derivatives by forward mode or finite
-  differences, normalisation, resolution matching).
-- `forward_mode.py`: TensorFlow's forward-mode rules kept at exact shapes
-  (relaxed ones break XLA compilation).
+- `jacobians/`: where every input Jacobian is computed, all names
+  importable from `keras_jacobian.jacobians`: `rows.py` (rows by reverse
+  mode, normalisation), `resolution.py` (the teacher's rows on the
+  student's grid), `directions.py` (random input directions),
+  `directional.py` (`J v` by forward mode), `differences.py` (`J v` by
+  finite differences, their steps), `precision.py` (a network's dtype).
 - `attention_maps.py`: attention maps of feature maps, resizing them.
 - `endpoints.py`: reading intermediate layer outputs by name.
 - `validation.py`: argument and model checks shared by the constructors.
+- `probes.py`: the networks run once at construction (input gradients,
+  twice differentiable; an input size for fully convolutional models).
+- `kinks.py`: the kinks of a network (ReLU, max pooling, ...) read from
+  its graph; the difference estimators refuse a student that has them.
+- `_compat.py`: every private Keras or TensorFlow API the library uses
+  (pinned by tests/test_compat.py), e.g. forward-mode rules kept at exact
+  shapes (relaxed ones break XLA compilation).
 
 Around training
 - `callbacks/`: `LossWeightScheduler`, `AttentionMapLogger`,
@@ -55,7 +67,6 @@ Apart from the core
   scripts (needs the `examples` extra).
 """
 
-from keras_jacobian import _moved
 from keras_jacobian import attention_maps
 from keras_jacobian import callbacks
 from keras_jacobian import distribute
@@ -79,16 +90,10 @@ from keras_jacobian.transfer import extract_task_model
 from keras_jacobian.transfer import task_model
 from keras_jacobian.version import __version__
 
-_moved.install()
-
 
 def __getattr__(name):
     import importlib
 
-    # Module attributes of 0.1.0 that moved: `keras_jacobian.<name>` still
-    # works for one release, with a DeprecationWarning.
-    if f"keras_jacobian.{name}" in _moved.MOVED:
-        return importlib.import_module(f"keras_jacobian.{name}")
     if name == "experiments":
         return importlib.import_module("keras_jacobian.experiments")
     raise AttributeError(f"module 'keras_jacobian' has no attribute {name!r}")

@@ -12,6 +12,8 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from keras_jacobian import _compat
+
 # Ops whose output changes from one pass over the data to the next (or
 # may: Python functions cannot be inspected). `PyFuncStateless` is not one:
 # `tf.numpy_function(..., stateful=False)` declares the function pure,
@@ -39,7 +41,7 @@ def dataset_random_ops(dataset):
         deterministic.
     """
     graph = tf.compat.v1.GraphDef.FromString(
-        dataset._as_serialized_graph().numpy()
+        _compat.serialized_dataset_graph(dataset)
     )
     ops = {node.op for node in graph.node}
     for function in graph.library.function:

@@ -3,10 +3,12 @@
 import keras
 import tensorflow as tf
 
+from keras_jacobian import _compat
 from keras_jacobian import endpoints
 from keras_jacobian import jacobians
 from keras_jacobian import kinks
 from keras_jacobian import label_range
+from keras_jacobian import probes
 from keras_jacobian import randomness
 from keras_jacobian import steps
 from keras_jacobian import validation
@@ -280,13 +282,13 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         # Every estimator needs an output differentiable in the input;
         # reverse-mode rows of the student are differentiated again.
         if uses_input_jacobians and check_differentiable:
-            validation.probe_input_gradients(
+            probes.probe_input_gradients(
                 self.teacher_endpoints_output(),
                 teacher_shape,
                 "teacher",
                 second_order=False,
             )
-            validation.probe_input_gradients(
+            probes.probe_input_gradients(
                 self.student_endpoints_output(),
                 student_shape,
                 "student",
@@ -542,7 +544,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         else:
             y_pred = sctx.outputs[OUTPUT]
         weight = self.student_loss_weight_variable
-        if y is None or self._compile_loss is None:
+        if y is None or _compat.compiled_loss(self) is None:
             student_loss = self.supervised_loss(y, y_pred, sample_weight)
         else:
             # At weight 0 the compiled loss is not computed at all.

@@ -13,7 +13,7 @@ from keras_jacobian import jacobians
 from keras_jacobian import validation
 from keras_jacobian.terms.attention import check_layer_pairs
 from keras_jacobian.terms.base import OUTPUT
-from keras_jacobian.terms.jacobian import select_cotangents
+from keras_jacobian.terms.cotangents import select_cotangents
 
 SALIENCY_TARGETS = ("teacher_top1", "label")
 

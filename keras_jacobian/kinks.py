@@ -20,7 +20,7 @@ models included), not from layer classes.
 
 import tensorflow as tf
 
-from keras_jacobian import validation
+from keras_jacobian import probes
 
 # Operations whose derivative jumps: ReLU and its variants (hard swish
 # and hard sigmoid are built on Relu6), max pooling, absolute values,
@@ -69,7 +69,7 @@ def graph_ops(model, input_shape, dtype, training):
     Returns:
         A set of operation type names (e.g. `"Relu"`, `"MatMul"`).
     """
-    shape = validation.probe_shape(model, tuple(input_shape), "model")
+    shape = probes.probe_shape(model, tuple(input_shape), "model")
     spec = tf.TensorSpec((None,) + tuple(shape), dtype)
 
     @tf.function(autograph=False)

@@ -29,6 +29,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_jacobian import _compat
+
 # The output of two passes with the same draws may differ by round-off
 # (threaded reductions); random draws change it far more than this.
 REPLAY_RTOL = 1e-5
@@ -37,9 +39,7 @@ PROBE_BATCH = 8
 
 def _global_state():
     """The state of the generator behind `keras.random.*(seed=None)`."""
-    from keras.src.random import seed_generator
-
-    return seed_generator.global_seed_generator().state
+    return _compat.global_seed_state()
 
 
 def _candidate_states(model):
@@ -110,7 +110,7 @@ def replayed_states(model, input_shape, dtype, role, training, estimator):
             same seed states differ.
     """
     from keras_jacobian import jacobians
-    from keras_jacobian import validation
+    from keras_jacobian import probes
 
     if not keras.backend.is_float_dtype(dtype):
         dtype = keras.config.floatx()
@@ -120,7 +120,7 @@ def replayed_states(model, input_shape, dtype, role, training, estimator):
         variables.append(states[-1])
     saved = [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
     start = [np.array(keras.ops.convert_to_numpy(s)) for s in states]
-    shape = validation.probe_shape(model, input_shape, role)
+    shape = probes.probe_shape(model, input_shape, role)
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(PROBE_BATCH,) + shape), dtype=dtype)
     try:

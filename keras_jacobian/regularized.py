@@ -5,14 +5,15 @@ import tensorflow as tf
 
 from keras_jacobian import jacobians
 from keras_jacobian import kinks
+from keras_jacobian import probes
 from keras_jacobian import randomness
 from keras_jacobian import steps
 from keras_jacobian import validation
 from keras_jacobian.saving import SavingMixin
 from keras_jacobian.steps import LossStepsMixin
 from keras_jacobian.terms import projections
-from keras_jacobian.terms.jacobian import output_size
-from keras_jacobian.terms.jacobian import select_cotangents
+from keras_jacobian.terms.cotangents import output_size
+from keras_jacobian.terms.cotangents import select_cotangents
 
 TARGETS = ("random", "all")
 
@@ -143,7 +144,7 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
         # Every estimator needs an output differentiable in the input;
         # only reverse-mode rows are differentiated again.
         if check_differentiable:
-            validation.probe_input_gradients(
+            probes.probe_input_gradients(
                 model,
                 input_shape,
                 "model",

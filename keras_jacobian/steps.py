@@ -8,6 +8,8 @@ the optimizer. (Saving lives in `saving.py`.)
 import keras
 import tensorflow as tf
 
+from keras_jacobian import _compat
+
 
 def num_replicas():
     """Replicas that each compute a part of the global batch."""
@@ -99,9 +101,10 @@ class LossStepsMixin:
         one place, in `train_step`.
         """
         loss = tf.zeros((), "float32")
-        if y is not None and self._compile_loss is not None:
+        compiled_loss = _compat.compiled_loss(self)
+        if y is not None and compiled_loss is not None:
             compiled = tf.cast(
-                self._compile_loss(y, y_pred, sample_weight), "float32"
+                compiled_loss(y, y_pred, sample_weight), "float32"
             )
             loss = weight * compiled * num_replicas()
         for extra in self.losses:
@@ -133,7 +136,7 @@ class LossStepsMixin:
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
         for metric, value in logged:
             metric.update_state(value, sample_weight=batch)
-        self._loss_tracker.update_state(total, sample_weight=batch)
+        _compat.loss_tracker(self).update_state(total, sample_weight=batch)
         if y is None:
             return self.get_metrics_result()
         return self.compute_metrics(x, y, y_pred, sample_weight)

@@ -7,6 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_jacobian import _compat
+
 
 def input_spec(model, role):
     """The shape (without batch) and dtype of a single-input model."""
@@ -27,15 +29,16 @@ def input_spec(model, role):
             "shape is unknown. Build it first, e.g. with "
             "`model.build((None,) + input_shape)` or by calling it once."
         )
-    shape = getattr(model, "_build_shapes_dict", None) or {}
-    shapes = list(shape.values())
-    if len(shapes) != 1:
+    shape = (model.get_build_config() or {}).get("input_shape")
+    if not isinstance(shape, (tuple, list)) or not all(
+        d is None or isinstance(d, int) for d in shape
+    ):
         raise ValueError(
             f"Could not read the input shape of the {role} model "
             f"{model.name!r}. Expected a Functional or Sequential model "
             "built on `keras.Input(shape)`."
         )
-    return tuple(shapes[0][1:]), "float32"
+    return tuple(shape[1:]), "float32"
 
 
 TOKEN_FIX = (
@@ -90,9 +93,7 @@ def _embeddings_on_inputs(model):
     input_ids = {id(t) for t in inputs}
     found = []
     for layer in getattr(model, "layers", []):
-        for node in getattr(layer, "_inbound_nodes", []):
-            args = getattr(node, "arguments", None)
-            tensors = getattr(args, "keras_tensors", []) if args else []
+        for tensors in _compat.call_inputs(layer):
             if not any(id(t) in input_ids for t in tensors):
                 continue
             if isinstance(layer, keras.layers.Embedding):
@@ -137,10 +138,10 @@ def check_logits_output(tensor, role):
 
 def _final_softmax(tensor):
     """The layer or op that makes `tensor` a softmax, or None."""
-    history = getattr(tensor, "_keras_history", None)
-    if history is None:
+    produced = _compat.producing_operation(tensor)
+    if produced is None:
         return None
-    operation, _, index = history
+    operation, index = produced
     if isinstance(operation, keras.Model):
         try:
             outputs = operation.outputs
@@ -187,163 +188,6 @@ def check_count(value, name, minimum=1):
     return int(value)
 
 
-def probe_input_gradients(model, input_shape, role, second_order):
-    """Checks that a model has an input gradient, twice if needed.
-
-    Runs the model once, eagerly, on a batch of two random inputs (on
-    every replica when called inside `strategy.scope()`).
-
-    Args:
-        model: a callable Keras model with a single output tensor.
-        input_shape: input shape without the batch axis.
-        role: `"teacher"`, `"student"` or `"model"`, for messages.
-        second_order: also check that the input gradient is itself
-            differentiable with respect to the model's kernels (double
-            backprop), as a Jacobian term that trains the model needs.
-    """
-    from keras_jacobian import randomness
-
-    shape = probe_shape(model, input_shape, role)
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(2,) + shape).astype("float32")
-    # A network random in inference mode (Monte Carlo dropout) advances
-    # its seed states: the check leaves them as they were.
-    with randomness.preserved_states(model):
-        in_replica_context(
-            lambda: _probe(model, tf.constant(x), role, second_order)
-        )
-
-
-# Sizes tried for the unknown spatial axes of a probe input, smallest
-# first. 32 = 2^5: the common image backbones (VGG, ResNet, MobileNet,
-# EfficientNet) downsample by 32 in five stride-2 stages and still have a
-# 1x1 map at 32x32, while a smaller input makes some of them pool empty
-# maps. Networks with large "valid" kernels need more: the first size at
-# which every layer's output is non-empty is used.
-PROBE_SIZES = (32, 64, 128, 256)
-
-
-def probe_shape(model, input_shape, role):
-    """A concrete input shape (without batch) for probing `model`.
-
-    Axes of `input_shape` that are None (a fully convolutional model built
-    on `keras.Input((None, None, C))`) get the smallest size of
-    `PROBE_SIZES` for which Keras' shape inference of the model succeeds
-    (it refuses layers whose output would be empty); known axes are kept.
-
-    Raises:
-        ValueError: when no size of `PROBE_SIZES` fits the model.
-    """
-    input_shape = tuple(input_shape)
-    if None not in input_shape:
-        return input_shape
-    last_error = None
-    for size in PROBE_SIZES:
-        shape = tuple(size if d is None else d for d in input_shape)
-        try:
-            spec = model.compute_output_spec(keras.KerasTensor((2,) + shape))
-        except (ValueError, TypeError) as error:
-            last_error = error
-            continue
-        shapes = [tuple(t.shape) for t in tf.nest.flatten(spec)]
-        if all(d is None or d > 0 for s in shapes for d in s):
-            return shape
-    raise ValueError(
-        f"The {role} model {model.name!r} takes inputs of unknown size "
-        f"{(None,) + input_shape}, and none of the sizes {PROBE_SIZES} "
-        "given to the unknown axes fits it, so its input gradients cannot "
-        f"be checked at construction (last error: {last_error}). Build the "
-        "model on a fixed `keras.Input(shape)`, or pass "
-        "`check_differentiable=False`."
-    )
-
-
-def in_replica_context(fn):
-    """Runs `fn()` where a model's variables can be differentiated.
-
-    Under `strategy.scope()` a model's variables are distributed, and a
-    `tf.GradientTape` cannot watch them in the cross-replica context
-    ("DistributedVariable.handle is not available outside the replica
-    context"). There `fn` runs on every replica with `strategy.run`;
-    elsewhere it simply runs. Exceptions raised by `fn` propagate.
-
-    `strategy.run` called eagerly logs a warning that advises a
-    `tf.function`; for a check run once that advice does not apply (and
-    a `tf.function` per model would warn of retracing instead), so that
-    one message is dropped.
-    """
-    if tf.distribute.has_strategy() and (
-        tf.distribute.in_cross_replica_context()
-    ):
-        logger = tf.get_logger()
-        logger.addFilter(_drop_eager_run_warning)
-        try:
-            tf.distribute.get_strategy().run(fn)
-        finally:
-            logger.removeFilter(_drop_eager_run_warning)
-        return
-    fn()
-
-
-def _drop_eager_run_warning(record):
-    """A `logging` filter: False for `strategy.run`'s eager-overhead note."""
-    return "eagerly has significant overhead" not in record.getMessage()
-
-
-def _probe(model, x, role, second_order):
-    kernels = [v for v in model.trainable_variables if "kernel" in v.path]
-    try:
-        with tf.GradientTape() as outer:
-            with tf.GradientTape() as inner:
-                inner.watch(x)
-                out = model(x, training=False)
-                out = out if not isinstance(out, (list, tuple)) else out[0]
-                scalar = tf.reduce_sum(tf.cast(out, "float32") ** 2)
-            grad = inner.gradient(scalar, x)
-            if grad is None:
-                raise ValueError(
-                    f"The {role} model {model.name!r} has no gradient with "
-                    "respect to its input, so Jacobian terms cannot use "
-                    "it: input Jacobians need a floating-point input the "
-                    "output is differentiable in. Look for an embedding "
-                    "(token ids), a `stop_gradient`, a cast to an integer "
-                    "type or an op without a gradient between input and "
-                    f"output. {TOKEN_FIX}"
-                )
-            penalty = tf.reduce_sum(tf.cast(grad, "float32") ** 2)
-        if not second_order or not kernels:
-            return
-        first = outer.gradient(penalty, kernels)
-    except LookupError as error:
-        raise ValueError(
-            f"The {role} model {model.name!r} is not differentiable twice: "
-            f"{error}. Jacobian terms backpropagate through the input "
-            "gradient. A common cause is image resizing inside the model "
-            "(`Resizing`, `tf.image.resize`): resize in the input pipeline "
-            "instead."
-        ) from error
-    dead = [v.path for v, g in zip(kernels, first) if g is None]
-    if dead:
-        resizing = [
-            layer.name
-            for layer in _all_layers(model)
-            if "resiz" in type(layer).__name__.lower()
-        ]
-        hint = (
-            f" The model resizes images inside it ({resizing}): bilinear "
-            "resizing has no second derivative in TensorFlow. Resize in the "
-            "input pipeline instead."
-            if resizing
-            else " Look for an op without a second derivative between the "
-            "input and these weights."
-        )
-        raise ValueError(
-            f"The {role} model {model.name!r} is not differentiable twice: "
-            "the gradient of its input Jacobian does not reach the kernels "
-            f"{dead}, so a Jacobian term would not train them.{hint}"
-        )
-
-
 def check_strategy_scope(model, role, owner):
     """Raises unless `model`'s variables belong to the current strategy.
 
@@ -385,14 +229,6 @@ def check_strategy_scope(model, role, owner):
         f"`{owner}` inside the same `with strategy.scope():` block, then "
         "call `compile` there too."
     )
-
-
-def _all_layers(model):
-    found = []
-    for layer in getattr(model, "layers", []):
-        found.append(layer)
-        found.extend(_all_layers(layer))
-    return found
 
 
 def check_number(value, name, minimum=0.0, strict=False, context=""):

@@ -14,25 +14,7 @@ from keras_jacobian import attention_maps
 from keras_jacobian.terms.attention import AttentionJacobianMatching
 from keras_jacobian.terms.attention import AttentionTransfer
 from keras_jacobian.terms.features import FeatureDistillation
-
-
-def conv_net(prefix, filters, size=8, classes=3, stride=1):
-    """Two tanh convolutions (the second with `stride`), pooling, logits."""
-    inputs = keras.Input((size, size, 3))
-    h = keras.layers.Conv2D(
-        filters, 3, padding="same", activation="tanh", name=f"{prefix}c1"
-    )(inputs)
-    h = keras.layers.Conv2D(
-        filters,
-        3,
-        strides=stride,
-        padding="same",
-        activation="tanh",
-        name=f"{prefix}c2",
-    )(h)
-    h = keras.layers.GlobalAveragePooling2D()(h)
-    outputs = keras.layers.Dense(classes, name=f"{prefix}out")(h)
-    return keras.Model(inputs, outputs, name=f"{prefix}net")
+from tests import tiny
 
 
 def sub_model(model, name):
@@ -127,8 +109,8 @@ def test_resize_has_second_derivatives():
 
 @pytest.mark.parametrize("student_stride", [1, 2])
 def test_attention_transfer_value(student_stride):
-    teacher = conv_net("t", 5)
-    student = conv_net("s", 3, stride=student_stride)
+    teacher = tiny.named_conv_net("t", 5)
+    student = tiny.named_conv_net("s", 3, second_stride=student_stride)
     pairs = [("tc1", "sc1"), ("tc2", "sc2")]
     distiller = kj.Distiller(teacher, student, [AttentionTransfer(pairs)])
     x = np.random.default_rng(4).normal(size=(3, 8, 8, 3)).astype("float32")
@@ -169,8 +151,8 @@ def plain_attention_row(model, layer, x, pool=1, positions=None):
 
 @pytest.mark.parametrize("student_stride", [1, 2])
 def test_attention_jacobian_rows_and_loss(student_stride):
-    teacher = conv_net("t", 5)
-    student = conv_net("s", 3, stride=student_stride)
+    teacher = tiny.named_conv_net("t", 5)
+    student = tiny.named_conv_net("s", 3, second_stride=student_stride)
     pairs = [("tc1", "sc1"), ("tc2", "sc2")]
     term = AttentionJacobianMatching(pairs)
     distiller = kj.Distiller(teacher, student, [term])
@@ -195,8 +177,8 @@ def test_attention_jacobian_rows_and_loss(student_stride):
 def test_attention_jacobian_row_matches_finite_differences():
     keras.config.set_floatx("float64")
     try:
-        teacher = conv_net("t", 4, size=5)
-        student = conv_net("s", 2, size=5)
+        teacher = tiny.named_conv_net("t", 4, size=5)
+        student = tiny.named_conv_net("s", 2, size=5)
         distiller = kj.Distiller(
             teacher, student, [AttentionJacobianMatching([("tc2", "sc2")])]
         )
@@ -241,8 +223,8 @@ def test_attention_jacobian_row_matches_finite_differences():
     ids=["at", "ajm_c1", "ajm_c2_raw", "feature_adapter"],
 )
 def test_term_trains_student_kernels(term, trained):
-    teacher = conv_net("t", 5)
-    student = conv_net("s", 3)
+    teacher = tiny.named_conv_net("t", 5)
+    student = tiny.named_conv_net("s", 3)
     distiller = kj.Distiller(teacher, student, [term], student_loss_weight=0.0)
     distiller.compile(optimizer=keras.optimizers.SGD(1.0), run_eagerly=True)
     x = np.random.default_rng(7).normal(size=(4, 8, 8, 3)).astype("float32")
@@ -267,8 +249,8 @@ def test_term_trains_student_kernels(term, trained):
 
 @pytest.mark.slow
 def test_keras_round_trip_with_every_term(tmp_path):
-    teacher = conv_net("t", 5)
-    student = conv_net("s", 3)
+    teacher = tiny.named_conv_net("t", 5)
+    student = tiny.named_conv_net("s", 3)
     terms = [
         kj.LogitsDistillation(temperature=2.0),
         kj.JacobianMatching(),

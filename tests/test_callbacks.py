@@ -19,24 +19,7 @@ from keras_jacobian.distribute.strategies import is_chief
 from keras_jacobian.distribute.strategies import is_chief_task
 from keras_jacobian.experiments import plotting
 from keras_jacobian.terms.attention import AttentionTransfer
-
-
-def conv_net(prefix, filters, size=8, classes=3):
-    inputs = keras.Input((size, size, 3))
-    h = keras.layers.Conv2D(
-        filters, 3, padding="same", activation="tanh", name=f"{prefix}c1"
-    )(inputs)
-    h = keras.layers.Conv2D(
-        filters,
-        3,
-        strides=2,
-        padding="same",
-        activation="tanh",
-        name=f"{prefix}c2",
-    )(h)
-    h = keras.layers.GlobalAveragePooling2D()(h)
-    outputs = keras.layers.Dense(classes, name=f"{prefix}out")(h)
-    return keras.Model(inputs, outputs, name=f"{prefix}net")
+from tests import tiny
 
 
 def data(n=8, seed=0):
@@ -47,8 +30,8 @@ def data(n=8, seed=0):
 
 def make_distiller(weights=(1.0, 1.0), run_eagerly=True):
     distiller = kj.Distiller(
-        conv_net("t", 4),
-        conv_net("s", 3),
+        tiny.named_conv_net("t", 4, second_stride=2),
+        tiny.named_conv_net("s", 3, second_stride=2),
         [kj.LogitsDistillation(), AttentionTransfer([("tc2", "sc2")])],
         distillation_loss_weights=list(weights),
     )

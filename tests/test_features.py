@@ -12,24 +12,7 @@ import tensorflow as tf
 import keras_jacobian as kj
 from keras_jacobian.terms.attention import AttentionTransfer
 from keras_jacobian.terms.features import FeatureDistillation
-
-
-def conv_net(prefix, filters, size=8, classes=3, first_stride=1):
-    inputs = keras.Input((size, size, 3))
-    h = keras.layers.Conv2D(
-        filters,
-        3,
-        strides=first_stride,
-        padding="same",
-        activation="tanh",
-        name=f"{prefix}c1",
-    )(inputs)
-    h = keras.layers.Conv2D(
-        filters, 3, padding="same", activation="tanh", name=f"{prefix}c2"
-    )(h)
-    h = keras.layers.GlobalAveragePooling2D(name=f"{prefix}pool")(h)
-    outputs = keras.layers.Dense(classes, name=f"{prefix}out")(h)
-    return keras.Model(inputs, outputs, name=f"{prefix}net")
+from tests import tiny
 
 
 def sequential_net(prefix, filters):
@@ -64,7 +47,7 @@ def batch(size=8, n=3, seed=0):
 
 @pytest.mark.parametrize("loss", ["mse", "mae"])
 def test_conv_adapter_value(loss):
-    teacher, student = conv_net("t", 5), conv_net("s", 3)
+    teacher, student = tiny.named_conv_net("t", 5), tiny.named_conv_net("s", 3)
     term = FeatureDistillation("tc2", "sc2", adapter="auto", loss=loss)
     distiller = kj.Distiller(teacher, student, [term])
     x = batch()
@@ -81,7 +64,7 @@ def test_conv_adapter_value(loss):
 
 
 def test_dense_adapter_on_feature_vectors():
-    teacher, student = conv_net("t", 5), conv_net("s", 3)
+    teacher, student = tiny.named_conv_net("t", 5), tiny.named_conv_net("s", 3)
     term = FeatureDistillation("tpool", "spool", adapter="dense")
     distiller = kj.Distiller(teacher, student, [term])
     x = batch()
@@ -110,7 +93,7 @@ def test_keras_applications_teacher():
     teacher = keras.applications.MobileNet(
         input_shape=(32, 32, 3), alpha=0.25, weights=None, classes=3
     )
-    student = conv_net("s", 4, size=32, first_stride=2)
+    student = tiny.named_conv_net("s", 4, size=32, first_stride=2)
     layer = "conv_pw_1_relu"  # 16 x 16 x 16 in MobileNet(alpha=0.25)
     terms = [
         FeatureDistillation(layer, "sc1", adapter="conv"),
@@ -142,8 +125,8 @@ def test_keras_applications_teacher():
 
 
 def test_spatial_mismatch_resizes_teacher_features():
-    teacher = conv_net("t", 3)
-    student = conv_net("s", 3, first_stride=2)
+    teacher = tiny.named_conv_net("t", 3)
+    student = tiny.named_conv_net("s", 3, first_stride=2)
     distiller = kj.Distiller(
         teacher, student, [FeatureDistillation("tc1", "sc1")]
     )
@@ -159,7 +142,7 @@ def test_spatial_mismatch_resizes_teacher_features():
 
 
 def test_from_keras_feature_distillation_matches_keras_value():
-    teacher, student = conv_net("t", 3), conv_net("s", 3)
+    teacher, student = tiny.named_conv_net("t", 3), tiny.named_conv_net("s", 3)
     keras_term = keras.distillation.FeatureDistillation(
         loss="mse", teacher_layer_name="tc2", student_layer_name="sc2"
     )
@@ -198,13 +181,13 @@ def test_from_keras_defaults_and_refusals():
 
 
 def test_channel_mismatch_without_adapter_names_the_fix():
-    teacher, student = conv_net("t", 5), conv_net("s", 3)
+    teacher, student = tiny.named_conv_net("t", 5), tiny.named_conv_net("s", 3)
     with pytest.raises(ValueError, match="adapter='auto'"):
         kj.Distiller(teacher, student, [FeatureDistillation("tc2", "sc2")])
 
 
 def test_bad_layer_name_lists_available_names():
-    teacher, student = conv_net("t", 3), conv_net("s", 3)
+    teacher, student = tiny.named_conv_net("t", 3), tiny.named_conv_net("s", 3)
     with pytest.raises(ValueError, match=r"no layer named 'nope'.*'sc1'"):
         kj.Distiller(teacher, student, [FeatureDistillation("tc1", "nope")])
 
@@ -222,7 +205,7 @@ def test_subclassed_model_is_refused_with_a_fix():
 
     teacher = Subclassed()
     teacher(batch())
-    student = conv_net("s", 3)
+    student = tiny.named_conv_net("s", 3)
     with pytest.raises(ValueError, match="Functional"):
         kj.Distiller(teacher, student, [FeatureDistillation("conv", "sc1")])
 
@@ -253,7 +236,7 @@ def test_subclassed_model_is_refused_with_a_fix():
     ],
 )
 def test_shape_errors(kwargs, match):
-    teacher, student = conv_net("t", 5), conv_net("s", 3)
+    teacher, student = tiny.named_conv_net("t", 5), tiny.named_conv_net("s", 3)
     with pytest.raises(ValueError, match=match):
         kj.Distiller(teacher, student, [FeatureDistillation(**kwargs)])
 

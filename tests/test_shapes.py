@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import keras_jacobian as kj
 from keras_jacobian import jacobians
-from keras_jacobian import validation
+from keras_jacobian import probes
 
 ESTIMATORS = ("exact", "vjp") + jacobians.INPUT_ESTIMATORS
 SIZES = ((8, 8), (6, 10))
@@ -316,12 +316,12 @@ def valid_net(kernel):
 
 def test_probe_size_fits_the_network():
     # At 32 the second valid convolution would see a 6x6 map.
-    assert validation.probe_shape(valid_net(7), (None, None, 2), "x") == (
+    assert probes.probe_shape(valid_net(7), (None, None, 2), "x") == (
         64,
         64,
         2,
     )
-    assert validation.probe_shape(valid_net(3), (None, 40, 2), "x") == (
+    assert probes.probe_shape(valid_net(3), (None, 40, 2), "x") == (
         32,
         40,
         2,

@@ -223,8 +223,9 @@ def test_replace_atomically_keeps_the_format_ending(tmp_path):
 
 
 def test_backup_callback_writes_through_its_atomic_save(tmp_path, monkeypatch):
-    # The callback overrides Keras' `_save_model`; if Keras renamed the
-    # method, the override would silently stop being used.
+    # The callback's `save_backup` replaces Keras' private save (see
+    # `_compat.BackupAndRestoreHooks`); if Keras renamed that method, the
+    # override would silently stop being used.
     replaced = []
     real_replace = os.replace
 

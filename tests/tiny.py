@@ -90,3 +90,31 @@ def images(n=6, shape=(8, 8, 1), seed=0):
 
 def sparse_ce():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def named_conv_net(
+    prefix, filters, size=8, classes=3, first_stride=1, second_stride=1
+):
+    """Two tanh convolutions, pooling and logits, with layers named by
+    `prefix`: `{prefix}c1`, `{prefix}c2`, `{prefix}pool`, `{prefix}out`
+    (the model `{prefix}net`), on `(size, size, 3)` inputs."""
+    inputs = keras.Input((size, size, 3))
+    h = keras.layers.Conv2D(
+        filters,
+        3,
+        strides=first_stride,
+        padding="same",
+        activation="tanh",
+        name=f"{prefix}c1",
+    )(inputs)
+    h = keras.layers.Conv2D(
+        filters,
+        3,
+        strides=second_stride,
+        padding="same",
+        activation="tanh",
+        name=f"{prefix}c2",
+    )(h)
+    h = keras.layers.GlobalAveragePooling2D(name=f"{prefix}pool")(h)
+    outputs = keras.layers.Dense(classes, name=f"{prefix}out")(h)
+    return keras.Model(inputs, outputs, name=f"{prefix}net")

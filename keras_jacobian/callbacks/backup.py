@@ -4,8 +4,7 @@ import json
 import os
 import socket
 
-import keras
-
+from keras_jacobian import _compat
 from keras_jacobian import saving
 
 try:
@@ -20,7 +19,7 @@ LOCK_NAME = ".backup.lock"
 _HELD = {}
 
 
-class BackupAndRestore(keras.callbacks.BackupAndRestore):
+class BackupAndRestore(_compat.BackupAndRestoreHooks):
     """Keras' `BackupAndRestore`, with every file replaced atomically.
 
     Keras' callback writes `latest.weights.h5` and
@@ -110,7 +109,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             return
         try:
             if self.delete_checkpoint:
-                for path in (self._weights_path, self._training_metadata_path):
+                for path in (self.weights_path, self.metadata_path):
                     if os.path.lexists(path):
                         os.remove(path)
         finally:
@@ -125,7 +124,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         """Raises a clear error for a metadata file this callback cannot
         have written (edited, or another program's), before Keras reads
         it; the backup itself is left untouched."""
-        path = self._training_metadata_path
+        path = self.metadata_path
         if not os.path.isfile(path):
             return
         with open(path, "rb") as f:
@@ -224,29 +223,26 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             f"Received: backup_dir={self.backup_dir!r}"
         )
 
-    def _save_model(self):
-        # Overrides Keras' method of the same name, which
-        # `on_epoch_end` and `on_train_batch_end` call; a test checks that
-        # it is still the method that saves.
+    def save_backup(self):
+        # Called where Keras saves its backup (see `_compat`); a test
+        # checks that it is still the method that saves.
         if "://" in str(self.backup_dir):
             # Remote storage (`gs://...`): no rename here; Keras' own
             # save, through its file utilities.
-            super()._save_model()
+            super().save_backup()
             return
         os.makedirs(self.backup_dir, exist_ok=True)
         saving.replace_atomically(
-            self._weights_path,
+            self.weights_path,
             lambda path: self.model.save_weights(path, overwrite=True),
         )
-        metadata = json.dumps(
-            {"epoch": self._current_epoch, "batch": self._last_batch_seen}
-        )
+        metadata = json.dumps(self.position)
 
         def write(path):
             with open(path, "w") as f:
                 f.write(metadata)
 
-        saving.replace_atomically(self._training_metadata_path, write)
+        saving.replace_atomically(self.metadata_path, write)
 
 
 def _read_owner(fd):

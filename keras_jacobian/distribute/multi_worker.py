@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_jacobian import _compat
 from keras_jacobian import label_range
 from keras_jacobian.distribute import strategies
 
@@ -381,19 +382,9 @@ def _build(model, strategy, dataset):
     with strategy.scope():
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        if _needs_symbolic_build(model):
+        if _compat.needs_symbolic_build(model):
             batch = _first_batch(strategy, dataset)
-            # `_symbolic_build` is the step `Model.fit` itself takes; its
-            # use here is covered by tests/test_multi_worker.py.
-            model._symbolic_build(data_batch=batch)
-
-
-def _needs_symbolic_build(model):
-    for name in ("_compile_metrics", "_compile_loss"):
-        compiled = getattr(model, name, None)
-        if compiled is not None and not compiled.built:
-            return True
-    return False
+            _compat.symbolic_build(model, batch)
 
 
 def _train_function(model, strategy):

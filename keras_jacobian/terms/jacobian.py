@@ -4,156 +4,38 @@ import keras
 import tensorflow as tf
 
 from keras_jacobian import jacobians
-from keras_jacobian import steps
 from keras_jacobian import validation
 from keras_jacobian.terms import projections
 from keras_jacobian.terms import whole
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
-from keras_jacobian.terms.base import labels_to_indices
+from keras_jacobian.terms.cotangents import dense_labels_to_indices
+from keras_jacobian.terms.cotangents import output_size
+from keras_jacobian.terms.cotangents import select_cotangents
+from keras_jacobian.terms.cotangents import softmax_cotangents
+from keras_jacobian.terms.jacobian_options import CLASS_INDEXED
+from keras_jacobian.terms.jacobian_options import LOSSES
+from keras_jacobian.terms.jacobian_options import RECOMMENDED
+from keras_jacobian.terms.jacobian_options import TARGETS
+from keras_jacobian.terms.jacobian_options import check_same_inputs
+from keras_jacobian.terms.jacobian_options import resolve_options
 
-TARGETS = ("teacher_top1", "label", "top_k", "all", "random")
-CLASS_INDEXED = ("teacher_top1", "label", "top_k", "all")
-# What `JacobianMatching(target="all")` means when nothing else is given.
-RECOMMENDED = {
-    "estimator": "vjp",
-    "num_projections": 1,
-    "normalize": whole.TEACHER,
-}
-LOSSES = ("squared", "alignment")
 # Floor for the student's probability in the alignment weight 1 / p_S.
 PROBABILITY_FLOOR = 1e-4
-
-
-def select_cotangents(target, logits, labels, k, num_projections, seed):
-    """The output-space vectors `v_r` whose rows `v_r^T J` are matched.
-
-    Outputs with spatial axes, `(batch, *positions, classes)` (per-pixel
-    logits of a segmentation network), are treated as one vector of
-    `positions * classes` values: a vector `v_r` has the output's shape,
-    and a class-indexed row picks one class at every position, so that
-    its row is the sum over positions of the input gradients of the
-    picked logits (one backward pass, as for one class of a classifier).
-
-    Args:
-        target: one of `TARGETS`.
-        logits: the teacher's logits `(batch, classes)` or
-            `(batch, *positions, classes)`; they pick the classes for
-            `"teacher_top1"` (the top class at each position) and
-            `"top_k"` (row `j`: the `j`-th class at each position).
-        labels: labels for `"label"` (sparse or one-hot, one per example,
-            or per position for outputs with spatial axes), else unused.
-        k: number of classes for `"top_k"`.
-        num_projections: number of random vectors for `"random"`.
-        seed: a `keras.random.SeedGenerator` for `"random"`.
-
-    Returns:
-        A float32 tensor `(batch, rows) + logits.shape[1:]`: one-hot rows
-        for the class-indexed targets (for `"all"`, one row per output
-        value), unit vectors over every output value for `"random"`.
-    """
-    num_classes = logits.shape[-1]
-    batch = tf.shape(logits)[0]
-    dense = logits.shape.rank > 2
-    if target == "teacher_top1":
-        indices = tf.argmax(logits, axis=-1, output_type="int32")[:, None]
-    elif target == "label":
-        if dense:
-            indices = dense_labels_to_indices(labels, logits)[:, None]
-        else:
-            examples = logits.shape[0]
-            if examples is None:
-                examples = batch
-            indices = labels_to_indices(labels, num_classes, examples)
-            indices = indices[:, None]
-    elif target == "top_k":
-        indices = tf.math.top_k(tf.cast(logits, "float32"), k=k).indices
-        if dense:
-            # (batch, *positions, k) to (batch, k, *positions).
-            rank = indices.shape.rank
-            indices = tf.transpose(
-                indices, [0, rank - 1] + list(range(1, rank - 1))
-            )
-    elif target == "all":
-        size = output_size(logits)
-        if not isinstance(size, int):
-            raise ValueError(
-                "target='all' with estimator='exact' takes one row per "
-                "output value, so it needs an output of known size. "
-                f"Received an output of shape {tuple(logits.shape)}. Use "
-                "estimator='vjp' (or 'jvp'), an unbiased estimate of the "
-                "same Frobenius norm."
-            )
-        eye = tf.reshape(
-            tf.eye(size, dtype="float32"), (1, size) + tuple(logits.shape[1:])
-        )
-        return tf.tile(eye, [batch] + [1] * logits.shape.rank)
-    else:
-        size = output_size(logits)
-        vectors = steps.draw_for_replica(
-            lambda n: jacobians.unit_vectors(
-                tf.stack([n, num_projections, size]), seed
-            ),
-            batch,
-        )
-        if not dense:
-            return vectors
-        shape = tf.concat([[batch, num_projections], tf.shape(logits)[1:]], 0)
-        return tf.reshape(vectors, shape)
-    return tf.one_hot(indices, num_classes, dtype="float32")
-
-
-def output_size(outputs):
-    """Values per example: a Python int when known, else a tensor."""
-    shape = outputs.shape[1:]
-    if shape.is_fully_defined():
-        return int(shape.num_elements())
-    return tf.reduce_prod(tf.shape(outputs)[1:])
-
-
-def dense_labels_to_indices(labels, logits):
-    """Per-position labels as int32 class indices `(batch, *positions)`.
-
-    Labels are class indices of shape `(batch, *positions)` or
-    `(batch, *positions, 1)`, or one-hot `(batch, *positions, classes)`;
-    the range and count checks are those of `labels_to_indices`.
-    """
-    num_classes = logits.shape[-1]
-    if labels is None:
-        return labels_to_indices(labels, num_classes)
-    labels = tf.convert_to_tensor(labels)
-    rank = logits.shape.rank
-    if labels.shape.rank == rank and labels.shape[-1] == num_classes != 1:
-        flat = tf.reshape(labels, [-1, num_classes])
-    elif labels.shape.rank == rank - 1 or (
-        labels.shape.rank == rank and labels.shape[-1] == 1
-    ):
-        flat = tf.reshape(labels, [-1])
-    else:
-        raise ValueError(
-            "target='label' with per-position outputs "
-            f"{tuple(logits.shape)} reads one label per position: class "
-            f"indices of shape {tuple(logits.shape[:-1])} (or with a "
-            f"trailing axis of 1), or one-hot labels of shape "
-            f"{tuple(logits.shape)}. Received labels of shape "
-            f"{tuple(labels.shape)}."
-        )
-    count = tf.reduce_prod(tf.shape(logits)[:-1])
-    indices = labels_to_indices(flat, num_classes, count)
-    return tf.reshape(indices, tf.shape(logits)[:-1])
-
-
-def softmax_cotangents(cotangents, logits, temperature):
-    """Maps class vectors `v` to `u = (dp/dz)^T v` for `p = softmax(z/T)`.
-
-    A row of the Jacobian of the probabilities, `v^T dp/dx`, equals the
-    vector-Jacobian product of the logits with `u`, so probability rows
-    are computed from the logits' tape without recording the softmax.
-    """
-    p = tf.nn.softmax(tf.cast(logits, "float32") / temperature, axis=-1)
-    p = p[:, None, :]
-    vp = tf.reduce_sum(cotangents * p, axis=-1, keepdims=True)
-    return p * (cotangents - vp) / temperature
+# The names defined here before the options and output vectors had their
+# own modules stay importable from here.
+__all__ = [
+    "CLASS_INDEXED",
+    "JacobianMatching",
+    "LOSSES",
+    "PROBABILITY_FLOOR",
+    "RECOMMENDED",
+    "TARGETS",
+    "dense_labels_to_indices",
+    "output_size",
+    "select_cotangents",
+    "softmax_cotangents",
+]
 
 
 @keras.saving.register_keras_serializable(package="keras_jacobian")
@@ -359,62 +241,18 @@ class JacobianMatching(DistillationTerm):
         step_size=None,
     ):
         super().__init__(name=name)
-        if target not in TARGETS:
-            raise ValueError(
-                f"`target` must be one of {TARGETS}. Received: "
-                f"target={target!r}"
-            )
-        if target == "top_k":
-            if k is None:
-                raise ValueError(
-                    "target='top_k' needs an integer `k` >= 1. Received: "
-                    f"k={k!r}"
-                )
-            k = validation.check_count(k, "k")
-        elif k is not None:
-            raise ValueError(
-                f"`k` is only used with target='top_k'. Received: k={k!r} "
-                f"with target={target!r}. Remove `k` or set "
-                "target='top_k'."
-            )
-        if num_projections is not None:
-            num_projections = validation.check_count(
-                num_projections, "num_projections"
-            )
-        if loss not in LOSSES:
-            raise ValueError(
-                f"`loss` must be one of {LOSSES}. Received: loss={loss!r}"
-            )
-        if loss == "alignment" and target == "random":
-            raise ValueError(
-                "loss='alignment' weights each class's row by 1 / p_S of "
-                "that class, which random projections do not have. Use a "
-                "class-indexed target ('teacher_top1', 'label', 'top_k', "
-                "'all') with loss='alignment'."
-            )
-        temperature = validation.check_number(
-            temperature, "temperature", strict=True
+        options = resolve_options(
+            target,
+            k,
+            num_projections,
+            normalize,
+            loss,
+            temperature,
+            estimator,
+            step_size,
         )
-        if normalize is not None:
-            normalize = whole.check_normalize(normalize)
-        if target == "all" and estimator is None:
-            # Unit rows and the alignment loss are computed exactly only.
-            if normalize is True or loss == "alignment":
-                estimator = "exact"
-            else:
-                estimator = RECOMMENDED["estimator"]
-                if num_projections is None:
-                    num_projections = RECOMMENDED["num_projections"]
-        estimator = _check_estimator(target, estimator, loss, step_size)
-        normalize = _check_normalize(target, estimator, normalize, loss)
-        self.target = target
-        self.k = k
-        self.num_projections = 1 if num_projections is None else num_projections
-        self.normalize = normalize
-        self.loss = loss
-        self.temperature = float(temperature)
-        self.estimator = estimator
-        self.step_size = None if step_size is None else float(step_size)
+        for key, value in options.items():
+            setattr(self, key, value)
 
     @property
     def cacheable(self):
@@ -459,7 +297,7 @@ class JacobianMatching(DistillationTerm):
         if len(t) > 2 or len(s) > 2:
             self._check_dense_outputs(t, s)
         if self.estimator in jacobians.INPUT_ESTIMATORS:
-            _check_same_inputs(teacher_shapes["input"], student_shapes["input"])
+            check_same_inputs(teacher_shapes["input"], student_shapes["input"])
         if self.target == "top_k" and self.k > t[-1]:
             raise ValueError(
                 f"`k` cannot exceed the number of classes ({t[-1]}). "
@@ -596,63 +434,6 @@ class JacobianMatching(DistillationTerm):
             }
         )
         return config
-
-
-def _check_estimator(target, estimator, loss, step_size):
-    """The shared rules, then those of matching a teacher's rows."""
-    estimator = validation.check_estimator(target, estimator, step_size)
-    if estimator != "exact" and target not in ("all", "random"):
-        raise ValueError(
-            f"estimator={estimator!r} estimates the whole Jacobian "
-            "(every class), so it needs target='all'. Received: "
-            f"target={target!r}. Use target='all', or estimator='exact' "
-            "(or None) for selected rows."
-        )
-    if estimator != "exact" and loss == "alignment":
-        raise ValueError(
-            "loss='alignment' weights each class's row by 1 / p_S of that "
-            f"class, which estimator={estimator!r} does not compute. Use "
-            "estimator='exact' with loss='alignment'."
-        )
-    return estimator
-
-
-def _check_normalize(target, estimator, normalize, loss):
-    """Resolves `normalize=None` and checks it against the estimator."""
-    if normalize is None:
-        if target in ("all", "random") and loss != "alignment":
-            return RECOMMENDED["normalize"]
-        return True
-    normalize = whole.check_normalize(normalize)
-    if normalize is True and estimator != "exact":
-        raise ValueError(
-            "normalize=True unit-normalises every class row of both "
-            "networks; the student's row norms are not linear in its "
-            "Jacobian, so no projection estimates that loss without bias "
-            f"and estimator={estimator!r} cannot compute it. Use "
-            "normalize='teacher' (the error relative to the teacher's "
-            "mean squared row norm) or normalize=False, or "
-            "estimator='exact'."
-        )
-    if normalize == whole.TEACHER and loss == "alignment":
-        raise ValueError(
-            "normalize='teacher' scales squared distances; "
-            "loss='alignment' has its own weights 1 / p_S. Use "
-            "normalize=True or False with loss='alignment'."
-        )
-    return normalize
-
-
-def _check_same_inputs(teacher_input, student_input):
-    if tuple(teacher_input[1:]) != tuple(student_input[1:]):
-        raise ValueError(
-            "Input-direction estimators ('jvp', 'finite_difference', "
-            "'forward_difference') move "
-            "both networks along the same input directions, so their "
-            f"input shapes must agree. Received: teacher {teacher_input}, "
-            f"student {student_input}. Use estimator='exact' or 'vjp' for "
-            "networks at different resolutions."
-        )
 
 
 def _check_output_shape(vectors, logits):
