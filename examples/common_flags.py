@@ -12,8 +12,12 @@ a user sees the scripts' progress lines and nothing else. Set
 `TF_CPP_MIN_LOG_LEVEL=0` to see them again.
 """
 
+import difflib
 import logging as std_logging
 import os
+import re
+import sys
+import textwrap
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -52,6 +56,7 @@ _import_tensorflow_quietly()
 # the scripts' pipelines shuffle themselves.
 warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed")
 
+from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
@@ -220,3 +225,107 @@ def value(name, default):
     """The value of flag `name`, or `default` when the flag is `None`."""
     flag_value = getattr(FLAGS, name)
     return default if flag_value is None else flag_value
+
+
+# Command line: short help, one-line errors.
+
+SHORT_HELP = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
+FULL_HELP = ("--helpfull", "-helpfull")
+
+
+def did_you_mean(value, choices):
+    """' Did you mean ...?' for the choice closest to `value`, or ''."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def usage_head(doc):
+    """The part of a script's docstring that `--help` prints.
+
+    That is the text above the first section heading (a line underlined
+    with dashes); the sections below (tables of results, the paper's
+    settings) are printed by `--helpfull` only.
+    """
+    lines = (doc or "").strip("\n").splitlines()
+    for i in range(1, len(lines)):
+        if lines[i] and set(lines[i]) == {"-"} and lines[i - 1].strip():
+            return "\n".join(lines[: i - 1]).rstrip()
+    return "\n".join(lines)
+
+
+def short_help(doc, names, defaults=None):
+    """The text of `--help`: the docstring's head and the main flags."""
+    defaults = defaults or {}
+    out = [usage_head(doc), "", "Main flags (--helpfull lists every flag):"]
+    for name in names:
+        flag = FLAGS[name]
+        default = defaults.get(name, flag.default_as_str)
+        if default is None or default == "None":
+            default = "none"
+        elif isinstance(default, (list, tuple)):
+            default = ",".join(map(str, default))
+        text = re.sub(r"\s*\(default: see (the )?script\)", "", flag.help)
+        if "(default:" not in text:
+            text += f" (default: {str(default).strip(chr(39))})"
+        text = f"--{name}: {text}"
+        out.append(
+            textwrap.fill(
+                text, 80, initial_indent="  ", subsequent_indent="      "
+            )
+        )
+    return "\n".join(out)
+
+
+def _flag_error_message(error):
+    """The message of a flag parsing error, with a suggestion if any."""
+    message = str(error)
+    match = re.match(r"flag --(\w+)=(.*?): ", message)
+    if match and match[1] in FLAGS:
+        choices = getattr(FLAGS[match[1]].parser, "enum_values", None)
+        if choices:
+            message = (
+                message.rstrip(".") + "." + did_you_mean(match[2], choices)
+            )
+    return message
+
+
+def run(main, names, defaults=None):
+    """Runs `main` with absl, with a short `--help` and one-line errors.
+
+    `--help` prints the head of the main module's docstring and the flags
+    `names` (with `defaults`, the script's values of flags whose default is
+    `None`) and exits with status 0; `--helpfull` prints the whole
+    docstring and every flag. A bad flag value, or an `app.UsageError`
+    raised by `main`, prints `<script>: error: <message>` to the standard
+    error, without a traceback or the usage, and exits with status 1.
+    """
+    script = os.path.basename(sys.argv[0])
+    doc = sys.modules["__main__"].__doc__
+
+    def fail(message):
+        sys.stderr.write(
+            f"{script}: error: {message}\nRun {script} --help for the main "
+            "flags.\n"
+        )
+        sys.exit(1)
+
+    def parse(argv):
+        arguments = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+        if any(a in SHORT_HELP for a in arguments):
+            print(short_help(doc, names, defaults))
+            sys.exit(0)
+        if any(a in FULL_HELP for a in arguments):
+            app.usage(writeto_stdout=True)
+            sys.exit(0)
+        try:
+            return FLAGS(argv)
+        except flags.Error as error:
+            fail(_flag_error_message(error))
+
+    def checked_main(argv):
+        try:
+            return main(argv)
+        except app.UsageError as error:
+            fail(str(error))
+
+    app.run(checked_main, flags_parser=parse)

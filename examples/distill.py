@@ -18,16 +18,12 @@ subset and initialises the student), with each method of `--methods`:
 (any combination of `act`, `jac`, `whole` and `ce` joined by `_` is
 accepted, e.g. `jac_ce`). The loss of a method is `student_loss_weight * CE +
 activation_weight * KD + jacobian_weight * JacobianMatching`, the terms a
-method leaves out having weight 0. All methods share one compiled
-`Distiller` whose loss weights are variables, so the training step is traced
-once for the whole experiment.
+method leaves out having weight 0.
 
-Writes to `--output_dir` (default `/tmp/keras_jacobian/distill`):
-`results.md` and `results.json` (accuracy per method and samples per class:
-mean over seeds with its 95% confidence interval, then the paper's
-comparisons as paired differences, seed by seed, with their intervals, plus
-every run) and `results.png` (the same with interval error bars), and
-prints one line per finished run with the time left, then the tables.
+Writes `results.md`, `results.json` (accuracy: mean over seeds with its 95%
+interval, the paper's comparisons as paired differences, every run) and
+`results.png` to `--output_dir` (default `/tmp/keras_jacobian/distill`),
+and prints one line per finished run, then the tables.
 
 Default command: the regime where the paper's claim is tested, few images
 per class (offline; digits, 8x8 images, 10 classes, 1,198 training and 599
@@ -40,6 +36,12 @@ teacher's top-1 class, normalised rows, weight 1; Adam 1e-3, constant,
 methods = 50 students):
 
   python examples/distill.py
+
+Tables of its results, of the paper's setting and of how the defaults
+were chosen: docs/examples.md, or --helpfull.
+
+Results of the default run
+--------------------------
 
 It took 5 min 15 s of wall-clock time on 2 quiet CPU cores (load 1; the
 teacher 28 s), and 21 min 9 s on cores shared with other jobs (load 11 to
@@ -251,6 +253,7 @@ def parse_method(name):
         raise app.UsageError(
             f"Expected --methods entries made of {list(PARTS)} joined by "
             f"'_' (e.g. {','.join(PAPER_METHODS)}). Received: {name!r}."
+            + common_flags.did_you_mean(name, PAPER_METHODS + ("act_whole",))
         )
     return frozenset(parts)
 
@@ -652,5 +655,24 @@ def main(argv):
     run(FLAGS.output_dir or DEFAULT_OUTPUT_DIR)
 
 
+HELP_FLAGS = (
+    "samples_per_class",
+    "methods",
+    "seeds",
+    "output_dir",
+    "dataset",
+    "teacher_path",
+    "jacobian_weight",
+    "evaluate_on",
+)
+
 if __name__ == "__main__":
-    app.run(main)
+    common_flags.run(
+        main,
+        HELP_FLAGS,
+        defaults={
+            "samples_per_class": ",".join(DEFAULT_SAMPLES_PER_CLASS),
+            "methods": ",".join(PAPER_METHODS),
+            "output_dir": DEFAULT_OUTPUT_DIR,
+        },
+    )

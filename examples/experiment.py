@@ -7,6 +7,7 @@ import math
 import os
 import weakref
 
+import common_flags
 import keras
 import numpy as np
 import tensorflow as tf
@@ -97,6 +98,7 @@ def check_choices(values, known, flag):
             f"Expected --{flag} to be a non-empty list of {list(known)}. "
             f"Received unknown values {unknown}. Pass e.g. "
             f"--{flag}={','.join(list(known)[:2])}."
+            + (common_flags.did_you_mean(unknown[0], known) if unknown else "")
         )
     return list(values)
 

@@ -345,6 +345,10 @@ def report(
         differences=differences,
     )
     print(text, flush=True)
+    print(
+        f"Wrote {stem}.md, {stem}.json and {stem}.png to {output_dir}",
+        flush=True,
+    )
     summary["differences"] = differences
     return summary
 

@@ -35,6 +35,12 @@ epochs of 38 steps, penalty weight 0.05; 4 methods x 5 seeds):
 
   python examples/robustness.py
 
+Tables of its results and the CIFAR-10 setting: docs/examples.md, or
+--helpfull.
+
+Results of the default run
+--------------------------
+
 It took 14 min 15 s of wall-clock time (3 min 22 s of CPU time) on 2 CPU
 cores shared with other jobs (load average about 12), and printed (test
 accuracy %, mean ± half-width of the 95% interval over seeds 0-4):
@@ -316,5 +322,23 @@ def main(argv):
     run(FLAGS.output_dir or DEFAULT_OUTPUT_DIR)
 
 
+HELP_FLAGS = (
+    "samples_per_class",
+    "methods",
+    "seeds",
+    "output_dir",
+    "dataset",
+    "sigmas",
+    "penalty_weight",
+)
+
 if __name__ == "__main__":
-    app.run(main)
+    common_flags.run(
+        main,
+        HELP_FLAGS,
+        defaults={
+            "samples_per_class": "all",
+            "methods": ",".join(METHODS),
+            "output_dir": DEFAULT_OUTPUT_DIR,
+        },
+    )

@@ -16,6 +16,17 @@ Each method of `--methods` adds terms on top:
   lwf_at_jac  LwF + attention + Jacobians: + attention transfer and
               matching of the input gradients of the attention maps
 
+Default command (offline: digits, a teacher pretrained here on digits 0-4,
+a student on digits 5-9):
+
+  python examples/transfer.py
+
+The teachers, the results of the default run and the paper's setting:
+docs/examples.md, or --helpfull.
+
+Details
+-------
+
 All methods share one compiled `Distiller` whose term weights are set per
 run. The teacher (`--teacher_weights`) is
 
@@ -558,5 +569,22 @@ def main(argv):
     run(FLAGS.output_dir or DEFAULT_OUTPUT_DIR)
 
 
+HELP_FLAGS = (
+    "samples_per_class",
+    "methods",
+    "seeds",
+    "output_dir",
+    "dataset",
+    "teacher_weights",
+)
+
 if __name__ == "__main__":
-    app.run(main)
+    common_flags.run(
+        main,
+        HELP_FLAGS,
+        defaults={
+            "samples_per_class": ",".join(DEFAULT_SAMPLES_PER_CLASS),
+            "methods": ",".join(METHODS),
+            "output_dir": DEFAULT_OUTPUT_DIR,
+        },
+    )

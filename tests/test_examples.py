@@ -525,12 +525,17 @@ def test_distill_prints_progress_and_nothing_else(tmp_path):
             r"about \d+( min \d+)? s left",
             line,
         ), line
-    rest = lines[1 + len(runs) :]
+    rest = lines[1 + len(runs) : -1]
     allowed = ("Test accuracy", "Cells:", "Paired differences")
     for line in rest:
         assert not line or line.startswith("|") or line.startswith(allowed), (
             line
         )
+    assert lines[-1] == (
+        f"Wrote results.md, results.json and results.png to {tmp_path}"
+    )
+    for name in ("results.md", "results.json", "results.png"):
+        assert (tmp_path / name).exists()
 
 
 def test_transfer_preprocessing_against_numpy():
