@@ -242,6 +242,68 @@ if __name__ != "__main__":
                         missing.append(f"{_relative(path)} -> {name}")
         assert not missing, f"Links to missing files: {missing}"
 
+    # Pages whose numbers are those of the example scripts' default runs.
+    NUMBER_PAGES = ("docs/index.md", "docs/examples.md")
+
+    def _cells(line):
+        return tuple(
+            cell.strip().replace("**", "")
+            for cell in line.strip().strip("|").split("|")
+        )
+
+    def _records():
+        """What the scripts and benchmarks record of their runs."""
+        texts = [p.read_text() for p in sorted(ROOT.glob("examples/*.py"))]
+        texts += [
+            p.read_text()
+            for p in sorted(ROOT.glob("benchmarks/results/**/*.md"))
+        ]
+        return "\n".join(texts)
+
+    def test_doc_numbers_are_the_recorded_ones():
+        """Tables, percentages and durations of the pages are on record.
+
+        Each table row with a number must be a row of a table in an example
+        script's docstring (or a benchmark result), cell for cell; every
+        decimal number and every "N min M s" of the prose must appear
+        there too. A page whose numbers have no record must point to the
+        page that has them instead.
+        """
+        records = _records()
+        rows = {
+            _cells(line)
+            for line in records.splitlines()
+            if line.strip().startswith("|")
+        }
+        record_numbers = set(re.findall(r"[+-]?\d+\.\d+", records))
+        record_times = set(re.findall(r"\d+ min \d+ s", records))
+        stale = []
+        for name in NUMBER_PAGES:
+            text = (ROOT / name).read_text()
+            prose = []
+            for line in text.splitlines():
+                if line.strip().startswith("|"):
+                    cells = _cells(line)
+                    has_number = any(re.search(r"\d\.\d", c) for c in cells)
+                    if has_number and cells not in rows:
+                        stale.append(f"{name}: table row {line.strip()}")
+                else:
+                    prose.append(line)
+            prose = "\n".join(prose)
+            for number in re.findall(r"\d+\.\d+(?=%| points)", prose):
+                if number not in record_numbers and (
+                    "+" + number not in record_numbers
+                ):
+                    stale.append(f"{name}: {number}")
+            for time_text in re.findall(r"\d+ min \d+ s", prose):
+                if time_text not in record_times:
+                    stale.append(f"{name}: {time_text}")
+        assert not stale, (
+            "Numbers of the docs that no example script or benchmark result "
+            "records (copy them from the script's docstring, or remove "
+            f"them): {stale}"
+        )
+
     def test_mkdocs_build_strict(tmp_path):
         if importlib.util.find_spec("mkdocs") is None:
             pytest.skip(
