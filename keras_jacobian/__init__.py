@@ -67,6 +67,7 @@ Apart from the core
   scripts (needs the `examples` extra).
 """
 
+from keras_jacobian import _quiet  # noqa: F401
 from keras_jacobian import attention_maps
 from keras_jacobian import callbacks
 from keras_jacobian import distribute
