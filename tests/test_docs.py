@@ -330,7 +330,37 @@ if __name__ != "__main__":
         assert proc.returncode == 0, (
             f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
         )
-        assert (tmp_path / "site" / "api" / "distiller" / "index.html").exists()
+        site = tmp_path / "site"
+        assert (site / "api" / "distiller" / "index.html").exists()
+        _check_site_is_offline_with_math(site)
+
+    def _check_site_is_offline_with_math(site):
+        """KaTeX is in the site; no page loads anything from the network."""
+        katex = site / "assets" / "katex"
+        for name in ("katex.min.js", "katex.min.css", "LICENSE"):
+            assert (katex / name).is_file(), name
+        css = (katex / "katex.min.css").read_text()
+        for font in re.findall(r"url\((fonts/[^)]+\.woff2)\)", css):
+            assert (katex / font).is_file(), font
+        remote = re.compile(
+            r"<(?:script|img|iframe)\b[^>]*\bsrc=[\"']?(?:https?:)?//"
+            r"|<link\b[^>]*\bhref=[\"']?(?:https?:)?//[^>]*>",
+            re.IGNORECASE,
+        )
+        pages_with_math = 0
+        for page in sorted(site.rglob("*.html")):
+            html = page.read_text()
+            loads = [
+                m
+                for m in remote.findall(html)
+                if "stylesheet" in m or "preconnect" in m or "<link" not in m
+            ]
+            assert not loads, f"{page} loads from the network: {loads}"
+            if 'class="arithmatex"' in html:
+                pages_with_math += 1
+                assert "assets/katex/katex.min.js" in html, page
+                assert "assets/katex/contrib/auto-render.min.js" in html, page
+        assert pages_with_math >= 5, pages_with_math
 
 
 if __name__ == "__main__":
