@@ -19,6 +19,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -361,6 +362,24 @@ if __name__ != "__main__":
                 assert "assets/katex/katex.min.js" in html, page
                 assert "assets/katex/contrib/auto-render.min.js" in html, page
         assert pages_with_math >= 5, pages_with_math
+        node = shutil.which("node")
+        if node is None:
+            return  # The static checks above still ran.
+        proc = subprocess.run(
+            [
+                node,
+                str(ROOT / "tests" / "katex_formulas.js"),
+                str(katex / "katex.min.js"),
+                str(site),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert result["formulas"] >= 20, result
+        assert not result["errors"], result["errors"]
 
 
 if __name__ == "__main__":
