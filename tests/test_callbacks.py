@@ -109,7 +109,7 @@ def test_attention_and_saliency_loggers_write_readable_events(tmp_path):
     (event,) = events.Tensors("attention/tc1/teacher")
     png = tf.io.decode_png(tf.make_ndarray(event.tensor_proto)[2]).numpy()
     features = keras.Model(
-        distiller.teacher.inputs, distiller.teacher.get_layer("tc1").output
+        distiller.teacher.input, distiller.teacher.get_layer("tc1").output
     )(x[:1])
     q = np.mean(np.square(features.numpy()[0]), axis=-1)
     np.testing.assert_allclose(png[..., 0] / 255.0, q / q.max(), atol=0.01)
