@@ -91,7 +91,7 @@ def test_build_lwf_student_heads_and_names():
     names = [layer.name for layer in student.layers]
     assert {"task", "source", "bc1", "bc2"} <= set(names)
     vector = keras.Model(
-        student.inputs, student.get_layer("lwf_student_pool").output
+        student.input, student.get_layer("lwf_student_pool").output
     )
     student2 = transfer.build_lwf_student(vector, 2, 4, name="s2")
     assert [o.shape[-1] for o in student2.outputs] == [2, 4]
