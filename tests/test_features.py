@@ -30,7 +30,7 @@ def sequential_net(prefix, filters):
 
 
 def features_of(model, name, x):
-    return keras.Model(model.input, model.get_layer(name).output)(
+    return keras.Model(model.inputs[0], model.get_layer(name).output)(
         x, training=False
     ).numpy()
 
