@@ -48,6 +48,7 @@ The operations the terms use
   twice differentiable; an input size for fully convolutional models).
 - `kinks.py`: the kinks of a network (ReLU, max pooling, ...) read from
   its graph; the difference estimators refuse a student that has them.
+- `_quiet.py`: imports TensorFlow without its start-up lines.
 - `_compat.py`: every private Keras or TensorFlow API the library uses
   (pinned by tests/test_compat.py), e.g. forward-mode rules kept at exact
   shapes (relaxed ones break XLA compilation).
