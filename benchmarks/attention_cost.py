@@ -54,7 +54,9 @@ CONFIGS = {
     "+ JacobianMatching(teacher_top1)": [kj.JacobianMatching],
     "+ NoiseDistillation(0.1)": [lambda: kj.NoiseDistillation(0.1)],
     "+ FeatureDistillation(adapter)": [
-        lambda: FeatureDistillation("tc3", "sc3", adapter="conv")
+        lambda: FeatureDistillation(
+            teacher_layer_name="tc3", student_layer_name="sc3", adapter="conv"
+        )
     ],
     "+ AttentionTransfer(2 pairs)": [lambda: AttentionTransfer(PAIRS)],
     "+ AttentionJacobianMatching(1 pair)": [
@@ -70,8 +72,12 @@ def build_step(extra, x, y):
     keras.utils.set_random_seed(0)
     teacher = conv_net("t", (32, 32, 64))
     student = conv_net("s", (16, 16, 32))
-    terms = [kj.LogitsDistillation()] + [make() for make in extra]
-    distiller = kj.Distiller(teacher, student, terms)
+    terms = [kj.LogitsDistillation(temperature=4.0, loss="kd")] + [
+        make() for make in extra
+    ]
+    distiller = kj.Distiller(
+        teacher, student, terms, supervised_loss_weight=1.0
+    )
     distiller.compile(
         optimizer="adam",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

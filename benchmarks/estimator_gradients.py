@@ -48,7 +48,9 @@ def weight_gradient(teacher, student, x, estimator, seed=3):
     term = kj.JacobianMatching(
         "all", estimator=estimator, normalize=False, num_projections=1
     )
-    distiller = kj.Distiller(teacher, student, [term], seed=seed)
+    distiller = kj.Distiller(
+        teacher, student, [term], seed=seed, supervised_loss_weight=1.0
+    )
     tctx = distiller._context(
         distiller._teacher_forward, x, None, distiller.teacher_input_shape
     )

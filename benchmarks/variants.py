@@ -112,6 +112,7 @@ class Setup:
             terms,
             distillation_loss_weights=weights,
             seed=0,
+            supervised_loss_weight=1.0,
         )
         return self.compile(model, jit_compile)
 
@@ -123,7 +124,7 @@ class Setup:
 
 
 def _kd():
-    return LogitsDistillation("kl", temperature=4.0)
+    return LogitsDistillation(temperature=4.0, loss="kd")
 
 
 @register_variant(ACTIVATION, baseline=ACTIVATION)

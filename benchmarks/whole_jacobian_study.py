@@ -127,7 +127,7 @@ def _run(data, teacher, config, k, seed, batch_norm):
     student = models.vgg4(
         data.input_shape, data.num_classes, width=16, batch_norm=batch_norm
     )
-    terms = [kj.LogitsDistillation(temperature=4.0)]
+    terms = [kj.LogitsDistillation(temperature=4.0, loss="kd")]
     weights = [1.0]
     if CONFIGS[name] is not None:
         terms.append(kj.JacobianMatching(**CONFIGS[name]))
@@ -137,7 +137,7 @@ def _run(data, teacher, config, k, seed, batch_norm):
         student,
         terms,
         distillation_loss_weights=weights,
-        student_loss_weight=0.0,
+        supervised_loss_weight=0.0,
         seed=seed,
     )
     distiller.compile(keras.optimizers.Adam(1e-3))

@@ -47,19 +47,25 @@ def conv_pair():
 
 
 CASES = {
-    "logits": lambda: [LogitsDistillation()],
-    "jacobian_top1": lambda: [LogitsDistillation(), JacobianMatching()],
-    "jacobian_label": lambda: [LogitsDistillation(), JacobianMatching("label")],
+    "logits": lambda: [LogitsDistillation(temperature=4.0, loss="kd")],
+    "jacobian_top1": lambda: [
+        LogitsDistillation(temperature=4.0, loss="kd"),
+        JacobianMatching(),
+    ],
+    "jacobian_label": lambda: [
+        LogitsDistillation(temperature=4.0, loss="kd"),
+        JacobianMatching("label"),
+    ],
     "jacobian_top_k3": lambda: [
-        LogitsDistillation(),
+        LogitsDistillation(temperature=4.0, loss="kd"),
         JacobianMatching("top_k", k=3),
     ],
     "jacobian_all": lambda: [
-        LogitsDistillation(),
+        LogitsDistillation(temperature=4.0, loss="kd"),
         JacobianMatching("all", estimator="exact"),
     ],
     "jacobian_random": lambda: [
-        LogitsDistillation(),
+        LogitsDistillation(temperature=4.0, loss="kd"),
         JacobianMatching("random"),
     ],
     "noise": lambda: [NoiseDistillation(0.1)],
@@ -74,7 +80,9 @@ def build(name):
         return JacobianRegularizedModel(
             student, weight=0.01, target=name.split("_")[1]
         )
-    return Distiller(teacher, student, CASES[name]())
+    return Distiller(
+        teacher, student, CASES[name](), supervised_loss_weight=1.0
+    )
 
 
 def time_steps(name, jit_compile):

@@ -150,6 +150,10 @@ flags.DEFINE_float("temperature", 4.0, "Softmax temperature of KD (kl).")
 flags.DEFINE_enum(
     "activation_loss", "kl", ["kl", "mse"], "Activation matching loss."
 )
+# LogitsDistillation's loss for each --activation_loss: Hinton's KD, or the
+# squared logit error summed over classes (not Keras' "mse", a mean of
+# logits divided by the temperature).
+ACTIVATION_LOSSES = {"kl": "kd", "mse": "squared_logits"}
 flags.DEFINE_enum(
     "jacobian_target",
     "teacher_top1",

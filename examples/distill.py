@@ -481,7 +481,8 @@ def make_terms():
     """The activation and Jacobian terms shared by every method."""
     return [
         keras_jacobian.LogitsDistillation(
-            FLAGS.activation_loss, temperature=FLAGS.temperature
+            temperature=FLAGS.temperature,
+            loss=common_flags.ACTIVATION_LOSSES[FLAGS.activation_loss],
         ),
         keras_jacobian.JacobianMatching(
             target=FLAGS.jacobian_target,
@@ -515,9 +516,8 @@ def build_distiller(teacher, data, strategy):
             teacher,
             student,
             terms,
-            # Each method assigns its own weights before training.
             distillation_loss_weights=[1.0] * len(terms),
-            student_loss_weight=1.0,
+            supervised_loss_weight=1.0,
             seed=FLAGS.seed,
         )
         distiller.compile(

@@ -357,7 +357,8 @@ def build_distiller(teacher, data, pairs, sizes, channels=3):
     student = build_student(teacher, data, sizes[1], channels)
     terms = [
         keras_jacobian.LogitsDistillation(
-            FLAGS.activation_loss, temperature=FLAGS.temperature
+            temperature=FLAGS.temperature,
+            loss=common_flags.ACTIVATION_LOSSES[FLAGS.activation_loss],
         ),
         keras_jacobian.JacobianMatching(
             target=FLAGS.jacobian_target,
@@ -376,6 +377,7 @@ def build_distiller(teacher, data, pairs, sizes, channels=3):
         terms,
         distillation_output=lwf.SOURCE_HEAD,
         seed=FLAGS.seed,
+        supervised_loss_weight=1.0,
     )
     distiller.compile(
         optimizer=keras.optimizers.Adam(

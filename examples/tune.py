@@ -175,7 +175,7 @@ def run(output_dir):
         teacher,
         student_builder,
         learning_rate=distill.learning_rate(),
-        activation_loss=FLAGS.activation_loss,
+        activation_loss=common_flags.ACTIVATION_LOSSES[FLAGS.activation_loss],
         jacobian_normalize=None if FLAGS.jacobian_normalize else False,
         seed=FLAGS.seed,
     )

@@ -7,6 +7,10 @@ Where things are (every module holds one concern):
 The models you train
 - `distiller.py`: `Distiller`, a `keras.Model` whose training step runs the
   frozen teacher and the student under nested tapes and adds the terms.
+- `construction.py`: what the `Distiller` derives from its built networks
+  (endpoint models, checks), and building unbuilt ones on the first batch.
+- `loss_weights.py`: Keras' convex mix of the losses, or an independent
+  supervised weight.
 - `regularized.py`: `JacobianRegularizedModel`, the teacher-free
   Jacobian-norm penalty (robustness to input noise).
 - `steps.py`: the `train_step`/`test_step` both share: loss scaling for
@@ -19,8 +23,8 @@ The models you train
 The loss terms (`terms/`), one file per family
 - `terms/base.py`: `DistillationTerm`, the two-phase protocol (teacher
   targets, then a per-example loss) and the `StepContext` terms read.
-- `terms/logits.py`: `LogitsDistillation` (KD with softmax and `T^2`, or
-  squared logits).
+- `terms/logits.py`: `LogitsDistillation` (Keras' losses with their Keras
+  meaning; `"kd"`, Hinton's KD with softmax and `T^2`; squared logits).
 - `terms/jacobian.py`: `JacobianMatching` (which rows, normalised or raw,
   squared or alignment, and the choice of estimator).
 - `terms/jacobian_options.py`: its arguments checked and their defaults
@@ -32,7 +36,9 @@ The loss terms (`terms/`), one file per family
 - `terms/noise.py`: `NoiseDistillation` (matching under input noise).
 - `terms/features.py`: `FeatureDistillation` (intermediate activations).
 - `terms/attention.py`: `AttentionTransfer`, `AttentionJacobianMatching`.
-- `terms/conversion.py`: accepting `keras.distillation` terms.
+- `terms/conversion.py`: accepting `keras.distillation` terms, custom
+  `DistillationLoss` subclasses included (`KerasDistillationLoss`).
+- `terms/keras_losses.py`: Keras losses inside terms, with Keras' meaning.
 
 The operations the terms use
 - `jacobians/`: where every input Jacobian is computed, all names
@@ -83,6 +89,7 @@ from keras_jacobian.regularized import JacobianRegularizedModel
 from keras_jacobian.terms.attention import AttentionJacobianMatching
 from keras_jacobian.terms.attention import AttentionTransfer
 from keras_jacobian.terms.base import DistillationTerm
+from keras_jacobian.terms.conversion import DistillationLoss
 from keras_jacobian.terms.features import FeatureDistillation
 from keras_jacobian.terms.jacobian import JacobianMatching
 from keras_jacobian.terms.logits import LogitsDistillation
@@ -104,6 +111,7 @@ def __getattr__(name):
 __all__ = [
     "AttentionJacobianMatching",
     "AttentionTransfer",
+    "DistillationLoss",
     "DistillationTerm",
     "Distiller",
     "FeatureDistillation",

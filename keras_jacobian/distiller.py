@@ -4,33 +4,19 @@ import keras
 import tensorflow as tf
 
 from keras_jacobian import _compat
-from keras_jacobian import endpoints
+from keras_jacobian import construction
 from keras_jacobian import jacobians
-from keras_jacobian import kinks
 from keras_jacobian import label_range
-from keras_jacobian import probes
-from keras_jacobian import randomness
+from keras_jacobian import loss_weights
 from keras_jacobian import steps
 from keras_jacobian import validation
+from keras_jacobian.construction import TASK
 from keras_jacobian.saving import SavingMixin
 from keras_jacobian.steps import LossStepsMixin
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
 from keras_jacobian.terms.base import StepContext
 from keras_jacobian.terms.conversion import convert_term
-
-# Endpoint key of the task head's output in the student's endpoint model,
-# so that the task loss reads the same forward pass as the terms.
-TASK = "__task_output__"
-INPUT_KEYS = ("student", "teacher", "teacher_targets")
-
-
-def _compatible(a, b):
-    """Whether one batch can feed networks of input shapes `a` and `b`
-    (`None` matches any size)."""
-    return len(a) == len(b) and all(
-        i is None or j is None or i == j for i, j in zip(a, b)
-    )
 
 
 def _as_list(value):
@@ -40,7 +26,13 @@ def _as_list(value):
 
 
 @keras.saving.register_keras_serializable(package="keras_jacobian")
-class Distiller(SavingMixin, LossStepsMixin, keras.Model):
+class Distiller(
+    construction.BuildOnFirstBatchMixin,
+    label_range.CheckedStepsMixin,
+    SavingMixin,
+    LossStepsMixin,
+    keras.Model,
+):
     """Trains a student network from a frozen teacher, Jacobians included.
 
     Each training step runs the teacher (frozen, in inference mode) and
@@ -50,15 +42,17 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
     weights, so that the student's Jacobian rows are themselves
     differentiated (double backprop) and Jacobian terms train the student.
 
-    The loss is
+    The loss is Keras' convex mix (as in `keras.distillation.Distiller`)
 
-        student_loss_weight * compiled_loss(y, student(x))
-        + sum_i distillation_loss_weights[i] * term_i
+        w * compiled_loss(y, student(x))
+        + (1 - w) * sum_i distillation_loss_weights[i] * term_i
 
-    plus the student's regularisation losses. The compiled loss is the one
-    given to `compile(loss=...)`; with no `loss`, with labels absent, or
-    with `student_loss_weight=0`, the student learns from the teacher
-    alone. Every term is averaged over the batch and scaled once for
+    with `w = student_loss_weight`, or, given `supervised_loss_weight=s`
+    instead, `s * compiled_loss + sum_i distillation_loss_weights[i] *
+    term_i`; plus the student's regularisation losses. The compiled loss
+    is the one given to `compile(loss=...)`; with no `loss`, with labels
+    absent, or at weight 0, the student learns from the teacher alone.
+    Every term is averaged over the batch and scaled once for
     `tf.distribute` replicas, so N replicas train the same model as one
     device with the same global batch.
 
@@ -66,7 +60,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
     `distiller.student_loss_weight_variable`): callbacks may change them
     between steps without retracing. A term whose weight is 0 is skipped
     at run time (`tf.cond`), so it costs nothing; so is the compiled loss
-    while `student_loss_weight` is 0.
+    while its weight is 0 (and every term at `student_loss_weight=1`).
 
     The distiller trains its own copies of the terms, made from their
     configurations (`get_config`): one term object may be passed to
@@ -75,10 +69,12 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
     a repeated name gets a suffix there (`"logits_distillation_1"`), not
     in the objects passed in.
 
-    `fit` and `evaluate` log `loss` (the total), `student_loss`, one
-    `"<term name>_loss"` per term, `total_loss` and the compiled metrics on
-    the student's predictions; `evaluate` computes the same terms on the
-    evaluation data. `call` (and `predict`) return the student's output.
+    `fit` and `evaluate` log `loss` (the total), `student_loss` (the
+    compiled loss, unweighted), `distillation_loss` (`sum_i d_i term_i`,
+    as in Keras), one `"<term name>_loss"` per term, `total_loss` and the
+    compiled metrics on the student's predictions; `evaluate` computes the
+    same terms on the evaluation data. `call` (and `predict`) return the
+    student's output.
 
     Inputs: a tensor fed to both networks, or a dict
     `{"student": x_s, "teacher": x_t}` when the networks take the same
@@ -109,15 +105,16 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             student that is the teacher or shares its trainable layers is
             refused (start it from the teacher with
             `keras.models.clone_model` and `set_weights`). A subclassed
-            model (built) is accepted when no term reads an intermediate
-            layer.
+            model is accepted when no term reads an intermediate layer.
+            Unbuilt networks are built on the first batch, as in Keras.
         distillation_losses: a term or a list of terms
             (`LogitsDistillation`, `JacobianMatching`, `NoiseDistillation`,
-            ...). Keras' own `keras.distillation.LogitsDistillation` with a
-            KL loss is accepted as `LogitsDistillation("kl")` (with the
-            softmax and `T^2` that its string form skips).
+            ...), or `keras.distillation.DistillationLoss`es (Keras' own
+            terms, or subclasses), which keep their Keras meaning.
         distillation_loss_weights: one float per term; default 1.0 each.
-        student_loss_weight: weight of the compiled (supervised) loss.
+        student_loss_weight: Keras' mix `w` in `[0, 1]`, default 0.5.
+        supervised_loss_weight: instead of `student_loss_weight`, an
+            independent weight `>= 0` of the compiled loss.
         distillation_output: for a student with two outputs, the name of
             the layer whose output mimics the teacher; the other output is
             the task output that `call` returns and the compiled loss uses.
@@ -137,10 +134,11 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         teacher=teacher,
         student=student,
         distillation_losses=[
-            keras_jacobian.LogitsDistillation(temperature=4.0),
+            keras_jacobian.LogitsDistillation(temperature=4.0, loss="kd"),
             keras_jacobian.JacobianMatching(target="teacher_top1"),
         ],
         distillation_loss_weights=[1.0, 1.0],
+        supervised_loss_weight=1.0,
     )
     distiller.compile(
         optimizer="adam",
@@ -158,10 +156,11 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         student,
         distillation_losses,
         distillation_loss_weights=None,
-        student_loss_weight=1.0,
+        student_loss_weight=None,
         distillation_output=None,
         seed=None,
         check_differentiable=True,
+        supervised_loss_weight=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -181,11 +180,14 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         weights = validation.check_term_weights(
             terms, distillation_loss_weights
         )
-        student_loss_weight = validation.check_number(
-            student_loss_weight, "student_loss_weight"
+        self._convex = loss_weights.convex(
+            student_loss_weight, supervised_loss_weight
+        )
+        supervised = loss_weights.supervised_weight(
+            student_loss_weight, supervised_loss_weight
         )
         validation.check_label_terms(terms, distillation_output)
-        validation.check_own_weights(teacher, student)
+        self._teacher_trainable = teacher.trainable
         teacher.trainable = False
         self.teacher = teacher
         self.student = student
@@ -195,106 +197,6 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         self.seed = seed
         self.check_differentiable = check_differentiable
 
-        teacher_shape, teacher_dtype = validation.input_spec(teacher, "teacher")
-        student_shape, student_dtype = validation.input_spec(student, "student")
-        validation.check_input_kinds(teacher_shape, student_shape)
-        self.teacher_input_shape = teacher_shape
-        self.student_input_shape = student_shape
-        self.needs_input_gradients = any(t.needs_input_gradients for t in terms)
-        uses_input_jacobians = any(t.uses_input_jacobians for t in terms)
-        if uses_input_jacobians:
-            validation.check_float_input(teacher_dtype, "teacher")
-            validation.check_float_input(student_dtype, "student")
-            validation.check_token_inputs(teacher, "teacher")
-            validation.check_token_inputs(student, "student")
-
-        teacher_endpoints = _ordered_union(t.teacher_endpoints for t in terms)
-        student_endpoints = _ordered_union(t.student_endpoints for t in terms)
-        self.teacher_endpoints = endpoints.endpoint_model(
-            teacher, teacher_endpoints, "teacher"
-        )
-        self.student_task = endpoints.task_model(student, distillation_output)
-        self.student_endpoints = endpoints.endpoint_model(
-            student,
-            student_endpoints,
-            "student",
-            output_layer=distillation_output,
-            extra_outputs=(
-                None
-                if self.student_task is None
-                else {TASK: self.student_task.outputs[0]}
-            ),
-        )
-
-        if any(t.reads_logits for t in terms):
-            validation.check_logits_output(
-                self.teacher_endpoints.output[OUTPUT], "teacher"
-            )
-            validation.check_logits_output(
-                self.student_endpoints.output[OUTPUT], "student"
-            )
-        self.teacher_precision = jacobians.network_precision(teacher)
-        self.student_precision = jacobians.network_precision(student)
-
-        teacher_shapes = _shapes(self.teacher_endpoints, teacher_shape)
-        student_shapes = _shapes(self.student_endpoints, student_shape)
-        for term in terms:
-            term.build(teacher_shapes, student_shapes)
-            term.check_models(self.teacher_endpoints, self.student_endpoints)
-        self.term_layers = [layer for t in terms for layer in t.layers]
-        self._label_monitor = _label_monitor(terms, teacher_shapes)
-        self._teacher_random_state = randomness.RandomState()
-        self._student_random_state = randomness.RandomState()
-        estimators = [
-            t.estimator
-            for t in terms
-            if getattr(t, "estimator", None) in jacobians.INPUT_ESTIMATORS
-        ]
-        if estimators:
-            # A difference estimator, if any, names the refusal.
-            estimator = sorted(
-                estimators, key=jacobians.DIFFERENCE_ESTIMATORS.__contains__
-            )[-1]
-            self._teacher_random_state = randomness.replayed_states(
-                self.teacher_endpoints,
-                teacher_shape,
-                teacher_dtype,
-                "teacher",
-                training=False,
-                estimator=estimator,
-            )
-            self._student_random_state = randomness.replayed_states(
-                self.student_endpoints,
-                student_shape,
-                student_dtype,
-                "student",
-                training=True,
-                estimator=estimator,
-            )
-            if estimator in jacobians.DIFFERENCE_ESTIMATORS:
-                kinks.check_smooth(
-                    self.student_endpoints,
-                    student_shape,
-                    student_dtype,
-                    "student",
-                    estimator,
-                )
-        # Every estimator needs an output differentiable in the input;
-        # reverse-mode rows of the student are differentiated again.
-        if uses_input_jacobians and check_differentiable:
-            probes.probe_input_gradients(
-                self.teacher_endpoints_output(),
-                teacher_shape,
-                "teacher",
-                second_order=False,
-            )
-            probes.probe_input_gradients(
-                self.student_endpoints_output(),
-                student_shape,
-                "student",
-                second_order=self.needs_input_gradients,
-            )
-
         self.term_weights = [
             keras.Variable(
                 w, dtype="float32", trainable=False, name=f"{t.name}_weight"
@@ -302,20 +204,43 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             for t, w in zip(terms, weights)
         ]
         self.student_loss_weight_variable = keras.Variable(
-            float(student_loss_weight),
+            float(supervised),
             dtype="float32",
             trainable=False,
             name="student_loss_weight",
         )
+        self._given_weights = (supervised, list(weights))
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.distillation_loss_tracker = keras.metrics.Mean(
+            name="distillation_loss"
+        )
         self.term_trackers = [
             keras.metrics.Mean(name=f"{t.name}_loss") for t in terms
         ]
         self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
-        # Every variable exists now; a built model can be saved and backed
-        # up (`save_weights`, `BackupAndRestore`) before or after `fit`.
-        self.built = True
+        if construction.is_built(teacher) and construction.is_built(student):
+            construction.construct(self)
+            # Every variable exists now; a built model can be saved and
+            # backed up (`save_weights`, `BackupAndRestore`) before or
+            # after `fit`.
+            self.built = True
+
+    # Keras' names of the loss weights (see `loss_weights`).
+
+    student_loss_weight = loss_weights.student_loss_weight
+    supervised_loss_weight = loss_weights.supervised_loss_weight
+    distillation_loss_weights = loss_weights.distillation_loss_weights
+
+    @property
+    def _teacher_feature_extractor(self):
+        """Keras' name of the teacher's endpoint model."""
+        return self.teacher_endpoints
+
+    @property
+    def _student_feature_extractor(self):
+        """Keras' name of the student's endpoint model."""
+        return self.student_endpoints
 
     # Construction helpers.
 
@@ -332,15 +257,11 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
 
     def teacher_endpoints_output(self):
         """A model returning the teacher's distillation output only."""
-        return keras.Model(
-            self.teacher_endpoints.inputs, self.teacher_endpoints.output[OUTPUT]
-        )
+        return construction.endpoints_output(self.teacher_endpoints)
 
     def student_endpoints_output(self):
         """A model returning the student's distillation output only."""
-        return keras.Model(
-            self.student_endpoints.inputs, self.student_endpoints.output[OUTPUT]
-        )
+        return construction.endpoints_output(self.student_endpoints)
 
     # Forward passes.
 
@@ -351,35 +272,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
         return self.student(x, training=training)
 
     def _split_inputs(self, x):
-        if isinstance(x, dict):
-            unknown = set(x) - set(INPUT_KEYS)
-            if unknown or "student" not in x:
-                raise ValueError(
-                    "Distiller inputs must be a tensor, or a dict with key "
-                    "'student' and optional keys 'teacher' and "
-                    f"'teacher_targets'. Received keys: {sorted(x)}"
-                )
-            xs = x["student"]
-            xt = x.get("teacher", xs)
-            cached = x.get("teacher_targets")
-        else:
-            xs = xt = x
-            cached = None
-        if (
-            cached is None
-            and not _compatible(
-                self.teacher_input_shape, self.student_input_shape
-            )
-            and xt is xs
-        ):
-            raise ValueError(
-                "Teacher and student take different input shapes "
-                f"(teacher {self.teacher_input_shape}, student "
-                f"{self.student_input_shape}), so each needs its own copy "
-                "of the batch: pass x as {'student': x_s, 'teacher': x_t}, "
-                "resizing in the input pipeline."
-            )
-        return _as_float(xs), _as_float(xt), cached
+        return construction.split_inputs(self, x)
 
     def _teacher_forward(self, x):
         return self.teacher_endpoints(x, training=False)
@@ -462,24 +355,6 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             check_random=check_random,
         )
 
-    def make_train_function(self, force=False):
-        if self.train_function is not None and not force:
-            return self.train_function
-        super().make_train_function(force=force)
-        self.train_function = label_range.checked(
-            self.train_function, self, self._label_monitor
-        )
-        return self.train_function
-
-    def make_test_function(self, force=False):
-        if self.test_function is not None and not force:
-            return self.test_function
-        super().make_test_function(force=force)
-        self.test_function = label_range.checked(
-            self.test_function, self, self._label_monitor
-        )
-        return self.test_function
-
     def _step_losses(self, x, y, sample_weight, training):
         """Forward passes and every loss, inside the caller's tape."""
         xs, xt, cached = self._split_inputs(x)
@@ -514,6 +389,7 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
                 for name, tensor in sctx.outputs.items()
             }
         batch = tf.shape(xs)[0]
+        scale = loss_weights.terms_scale(self)
         term_values = []
         for i, term in enumerate(self.distillation_losses):
 
@@ -532,31 +408,39 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
                 # Skipped at weight 0, and on a replica left without
                 # examples (Jacobians of an empty batch fail in TensorFlow).
                 per_example = tf.cond(
-                    (self.term_weights[i] > 0.0) & (batch > 0),
+                    (scale * self.term_weights[i] > 0.0) & (batch > 0),
                     compute,
                     lambda: tf.zeros([batch], "float32"),
                 )
             term_values.append(
-                steps.reduce_per_example(per_example, sample_weight)
+                steps.reduce_per_example(
+                    per_example, None if term.per_batch else sample_weight
+                )
             )
         if self.student_task is not None:
             y_pred = sctx.outputs[TASK]
         else:
             y_pred = sctx.outputs[OUTPUT]
         weight = self.student_loss_weight_variable
-        if y is None or _compat.compiled_loss(self) is None:
-            student_loss = self.supervised_loss(y, y_pred, sample_weight)
-        else:
+        student_loss = tf.zeros((), "float32")
+        if y is not None and _compat.compiled_loss(self) is not None:
             # At weight 0 the compiled loss is not computed at all.
             student_loss = tf.cond(
                 weight > 0.0,
-                lambda: self.supervised_loss(y, y_pred, sample_weight, weight),
-                lambda: self.supervised_loss(None, y_pred, sample_weight),
+                lambda: self.supervised_loss(
+                    y, y_pred, sample_weight, regularization=False
+                ),
+                lambda: tf.zeros((), "float32"),
             )
-        total = student_loss
+        total = weight * student_loss
+        for extra in self.losses:
+            total = total + tf.cast(tf.reduce_sum(extra), "float32")
+        distillation = tf.zeros((), "float32")
         for w, value in zip(self.term_weights, term_values):
-            total = total + w * value
+            total = total + (scale * w) * value
+            distillation = distillation + w * value
         logged = [(self.student_loss_tracker, student_loss)]
+        logged.append((self.distillation_loss_tracker, distillation))
         logged += list(zip(self.term_trackers, term_values))
         logged.append((self.total_loss_tracker, total))
         return y_pred, logged, total
@@ -573,15 +457,9 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
                     keras.saving.serialize_keras_object(t)
                     for t in self.distillation_losses
                 ],
-                "distillation_loss_weights": [
-                    float(keras.ops.convert_to_numpy(w))
-                    for w in self.term_weights
-                ],
-                "student_loss_weight": float(
-                    keras.ops.convert_to_numpy(
-                        self.student_loss_weight_variable
-                    )
-                ),
+                "distillation_loss_weights": self.distillation_loss_weights,
+                "student_loss_weight": self.student_loss_weight,
+                "supervised_loss_weight": self.supervised_loss_weight,
                 "distillation_output": self.distillation_output,
                 "seed": self.seed,
                 "check_differentiable": self.check_differentiable,
@@ -605,47 +483,13 @@ class Distiller(SavingMixin, LossStepsMixin, keras.Model):
             keras.saving.deserialize_keras_object(t)
             for t in config["distillation_losses"]
         ]
+        if "supervised_loss_weight" not in config:
+            # Saved by 0.1.0, whose `student_loss_weight` was independent
+            # of the terms' weights.
+            config["supervised_loss_weight"] = config.pop(
+                "student_loss_weight", 1.0
+            )
         return cls(**config)
-
-
-def _label_monitor(terms, teacher_shapes):
-    """A `LabelRangeMonitor` when a term reads labels, else `None`."""
-    if not any(t.reads_labels for t in terms):
-        return None
-    classes = teacher_shapes[OUTPUT][-1]
-    return label_range.LabelRangeMonitor(
-        classes,
-        f"target='label' needs class indices in [0, {classes}): the "
-        f"distillation output has {classes} classes. Fix the labels (e.g. "
-        "shift labels numbered from 1, drop 'unlabelled' markers such as "
-        "-1), or pick target='teacher_top1', which needs no labels.",
-    )
-
-
-def _ordered_union(groups):
-    seen = []
-    for group in groups:
-        for name in group:
-            if name not in seen:
-                seen.append(name)
-    if OUTPUT not in seen:
-        seen.insert(0, OUTPUT)
-    return seen
-
-
-def _shapes(endpoints, input_shape):
-    shapes = {
-        name: tuple(tensor.shape) for name, tensor in endpoints.output.items()
-    }
-    shapes["input"] = (None,) + tuple(input_shape)
-    return shapes
-
-
-def _as_float(x):
-    x = tf.convert_to_tensor(x)
-    if not x.dtype.is_floating:
-        x = tf.cast(x, keras.config.floatx())
-    return x
 
 
 __all__ = ["Distiller", "DistillationTerm"]

@@ -113,3 +113,36 @@ def checked(function, model, monitor):
         return logs
 
     return run_and_check
+
+
+class CheckedStepsMixin:
+    """Wraps a model's `train_function` and `test_function` with
+    `checked`, reading the model's `_label_monitor` (`None` for no
+    check); a model built on its first batch gets its monitor during the
+    first call, so its functions read it after each call."""
+
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force=force)
+        self.train_function = self._label_checked(self.train_function)
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        if self.test_function is not None and not force:
+            return self.test_function
+        super().make_test_function(force=force)
+        self.test_function = self._label_checked(self.test_function)
+        return self.test_function
+
+    def _label_checked(self, function):
+        if self.built:
+            return checked(function, self, self._label_monitor)
+
+        def run(*args, **kwargs):
+            logs = function(*args, **kwargs)
+            if self._label_monitor is not None and self.jit_compile:
+                self._label_monitor.check(self.distribute_strategy)
+            return logs
+
+        return run

@@ -93,8 +93,11 @@ class LossStepsMixin:
     weighted by the replica's number of examples.
     """
 
-    def supervised_loss(self, y, y_pred, sample_weight, weight=1.0):
-        """`weight` times the compiled loss, plus regularisation losses.
+    def supervised_loss(
+        self, y, y_pred, sample_weight, weight=1.0, regularization=True
+    ):
+        """`weight` times the compiled loss, plus regularisation losses
+        (unless `regularization=False`).
 
         Both per replica: Keras' loss objects divide by the replica count,
         which is undone here so that every part of the total is scaled in
@@ -107,7 +110,7 @@ class LossStepsMixin:
                 compiled_loss(y, y_pred, sample_weight), "float32"
             )
             loss = weight * compiled * num_replicas()
-        for extra in self.losses:
+        for extra in self.losses if regularization else ():
             loss = loss + tf.cast(tf.reduce_sum(extra), "float32")
         return loss
 

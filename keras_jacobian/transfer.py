@@ -56,7 +56,7 @@ def build_lwf_student(
     student = keras_jacobian.build_lwf_student(backbone, 67, 1000)
     distiller = keras_jacobian.Distiller(
         teacher, student,
-        [keras_jacobian.LogitsDistillation(temperature=2.0)],
+        [keras_jacobian.LogitsDistillation(temperature=2.0, loss="kd")],
         distillation_output="source",
     )
     ```

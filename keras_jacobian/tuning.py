@@ -48,7 +48,9 @@ class DistillerHyperModel(kt.HyperModel):
             given the trial's `HyperParameters` when it takes an argument
             (so that it may define hyper-parameters of its own).
         learning_rate: Adam learning rate.
-        activation_loss: `"kl"` (KD) or `"mse"` (logit matching).
+        activation_loss: `LogitsDistillation`'s `loss`: `"kd"` (Hinton's
+            KD, the default), `"squared_logits"` (logit matching) or a
+            Keras loss (with its Keras meaning).
         student_loss_weights: choices of the cross-entropy weight.
         weight_range: `(low, high)`, the log-scale range of the activation
             and Jacobian weights.
@@ -85,7 +87,7 @@ class DistillerHyperModel(kt.HyperModel):
         student_builder,
         *,
         learning_rate=1e-3,
-        activation_loss="kl",
+        activation_loss="kd",
         student_loss_weights=(0.0, 0.5, 1.0),
         weight_range=(1e-2, 1e2),
         temperatures=(1.0, 2.0, 4.0, 8.0),
@@ -131,7 +133,7 @@ class DistillerHyperModel(kt.HyperModel):
             )
         for target in jacobian_targets:
             JacobianMatching(target=target)  # Validates the name early.
-        LogitsDistillation(activation_loss)
+        LogitsDistillation(loss=activation_loss)
         self.teacher = teacher
         self.student_builder = student_builder
         self.learning_rate = float(learning_rate)
@@ -181,7 +183,7 @@ class DistillerHyperModel(kt.HyperModel):
         if use_activation:
             terms.append(
                 LogitsDistillation(
-                    self.activation_loss, temperature=float(temperature)
+                    temperature=float(temperature), loss=self.activation_loss
                 )
             )
             weights.append(float(activation_weight))
@@ -193,7 +195,7 @@ class DistillerHyperModel(kt.HyperModel):
             )
             weights.append(float(jacobian_weight))
         if not terms:
-            terms.append(LogitsDistillation(self.activation_loss))
+            terms.append(LogitsDistillation(loss=self.activation_loss))
             weights.append(0.0)
         student = self._student(hp)
         distiller = Distiller(
@@ -201,7 +203,7 @@ class DistillerHyperModel(kt.HyperModel):
             student,
             terms,
             distillation_loss_weights=weights,
-            student_loss_weight=float(student_loss_weight),
+            supervised_loss_weight=float(student_loss_weight),
             seed=self.seed,
         )
         distiller.compile(

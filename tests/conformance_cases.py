@@ -70,7 +70,9 @@ class Case:
         """The model under test, with default constructor arguments."""
         if self.term is None:
             return self.model(student)
-        return kj.Distiller(teacher, student, [term or self.term()])
+        return kj.Distiller(
+            teacher, student, [term or self.term()], supervised_loss_weight=1.0
+        )
 
     def networks(self, copy=False, strides=1, student_filters=None):
         """A fresh `(teacher, student)` pair in the current dtype policy.
@@ -218,14 +220,14 @@ register(
     Case(
         "logits_kl",
         ref.knowledge_distillation(4.0),  # the default temperature
-        term=lambda: kj.LogitsDistillation(),
+        term=lambda: kj.LogitsDistillation(temperature=4.0, loss="kd"),
     )
 )
 register(
     Case(
         "logits_mse",
         ref.squared_logits,
-        term=lambda: kj.LogitsDistillation("mse"),
+        term=lambda: kj.LogitsDistillation(loss="squared_logits"),
     )
 )
 register(
@@ -244,14 +246,14 @@ register(
     Case(
         "feature",
         ref.feature_mse,
-        term=lambda: kj.FeatureDistillation(*ref.PAIR),
+        term=lambda: kj.FeatureDistillation("mse", *ref.PAIR),
     )
 )
 register(
     Case(
         "feature_adapter",
         ref.feature_mse,
-        term=lambda: kj.FeatureDistillation(*ref.PAIR, adapter="conv"),
+        term=lambda: kj.FeatureDistillation("mse", *ref.PAIR, adapter="conv"),
         student_filters=2,
         copy_skip=(
             "the adapter maps 2 student channels to 3 teacher channels: "

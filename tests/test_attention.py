@@ -112,7 +112,9 @@ def test_attention_transfer_value(student_stride):
     teacher = tiny.named_conv_net("t", 5)
     student = tiny.named_conv_net("s", 3, second_stride=student_stride)
     pairs = [("tc1", "sc1"), ("tc2", "sc2")]
-    distiller = kj.Distiller(teacher, student, [AttentionTransfer(pairs)])
+    distiller = kj.Distiller(
+        teacher, student, [AttentionTransfer(pairs)], supervised_loss_weight=1.0
+    )
     x = np.random.default_rng(4).normal(size=(3, 8, 8, 3)).astype("float32")
     got = evaluate_terms(distiller, x)["attention_transfer_loss"]
 
@@ -155,7 +157,9 @@ def test_attention_jacobian_rows_and_loss(student_stride):
     student = tiny.named_conv_net("s", 3, second_stride=student_stride)
     pairs = [("tc1", "sc1"), ("tc2", "sc2")]
     term = AttentionJacobianMatching(pairs)
-    distiller = kj.Distiller(teacher, student, [term])
+    distiller = kj.Distiller(
+        teacher, student, [term], supervised_loss_weight=1.0
+    )
     x = np.random.default_rng(5).normal(size=(3, 8, 8, 3)).astype("float32")
     targets = distiller.teacher_targets(tf.constant(x))[0]
     expected_loss = np.zeros(3)
@@ -180,7 +184,10 @@ def test_attention_jacobian_row_matches_finite_differences():
         teacher = tiny.named_conv_net("t", 4, size=5)
         student = tiny.named_conv_net("s", 2, size=5)
         distiller = kj.Distiller(
-            teacher, student, [AttentionJacobianMatching([("tc2", "sc2")])]
+            teacher,
+            student,
+            [AttentionJacobianMatching([("tc2", "sc2")])],
+            supervised_loss_weight=1.0,
         )
         x = np.random.default_rng(6).normal(size=(1, 5, 5, 3))
         targets = distiller.teacher_targets(tf.constant(x))[0]
@@ -218,7 +225,11 @@ def test_attention_jacobian_row_matches_finite_differences():
             ["sc1", "sc2"],
         ),
         (
-            FeatureDistillation("tc2", "sc2", adapter="conv"),
+            FeatureDistillation(
+                teacher_layer_name="tc2",
+                student_layer_name="sc2",
+                adapter="conv",
+            ),
             ["sc1", "sc2", "feature_distillation_adapter"],
         ),
     ],
@@ -227,7 +238,7 @@ def test_attention_jacobian_row_matches_finite_differences():
 def test_term_trains_student_kernels(term, trained):
     teacher = tiny.named_conv_net("t", 5)
     student = tiny.named_conv_net("s", 3)
-    distiller = kj.Distiller(teacher, student, [term], student_loss_weight=0.0)
+    distiller = kj.Distiller(teacher, student, [term], supervised_loss_weight=0.0)
     distiller.compile(optimizer=keras.optimizers.SGD(1.0), run_eagerly=True)
     x = np.random.default_rng(7).normal(size=(4, 8, 8, 3)).astype("float32")
     before = {v.path: v.numpy().copy() for v in distiller.trainable_variables}
@@ -254,10 +265,12 @@ def test_keras_round_trip_with_every_term(tmp_path):
     teacher = tiny.named_conv_net("t", 5)
     student = tiny.named_conv_net("s", 3)
     terms = [
-        kj.LogitsDistillation(temperature=2.0),
+        kj.LogitsDistillation(temperature=2.0, loss="kd"),
         kj.JacobianMatching(),
         kj.NoiseDistillation(0.1),
-        FeatureDistillation("tc2", "sc2", adapter="auto"),
+        FeatureDistillation(
+            teacher_layer_name="tc2", student_layer_name="sc2", adapter="auto"
+        ),
         AttentionTransfer([("tc1", "sc1"), ("tc2", "sc2")]),
         AttentionJacobianMatching([("tc1", "sc1")], p=2),
     ]
@@ -267,6 +280,7 @@ def test_keras_round_trip_with_every_term(tmp_path):
         terms,
         distillation_loss_weights=[1.0, 0.5, 1.0, 1.0, 2.0, 0.5],
         seed=3,
+        supervised_loss_weight=1.0,
     )
     distiller.compile(
         optimizer="adam",

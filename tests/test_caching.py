@@ -34,7 +34,9 @@ def _data(n=12):
 
 
 def _distiller(terms):
-    distiller = Distiller(_net(4, 1), _net(3, 2), terms)
+    distiller = Distiller(
+        _net(4, 1), _net(3, 2), terms, supervised_loss_weight=1.0
+    )
     distiller.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -44,7 +46,7 @@ def _distiller(terms):
 
 def _terms():
     return [
-        LogitsDistillation(temperature=2.0),
+        LogitsDistillation(temperature=2.0, loss="kd"),
         JacobianMatching("label"),
         JacobianMatching("top_k", k=2, normalize=False),
     ]
@@ -99,7 +101,9 @@ def test_cached_targets_are_the_teachers():
     ids=["random_projections", "noise"],
 )
 def test_refuses_terms_drawn_each_step(term):
-    distiller = _distiller([LogitsDistillation(), term])
+    distiller = _distiller(
+        [LogitsDistillation(temperature=4.0, loss="kd"), term]
+    )
     with pytest.raises(ValueError, match="draw new random values"):
         cache_teacher(distiller, _data(), batch_size=4)
 
@@ -112,7 +116,7 @@ def test_refuses_random_pipeline():
         .batch(4)
         .map(lambda a, b: (flip(a, training=True), b))
     )
-    distiller = _distiller([LogitsDistillation()])
+    distiller = _distiller([LogitsDistillation(temperature=4.0, loss="kd")])
     with pytest.raises(ValueError, match="random operations"):
         cache_teacher(distiller, augmented)
 
@@ -146,6 +150,6 @@ def test_random_op_detection():
 
 
 def test_arrays_need_batch_size():
-    distiller = _distiller([LogitsDistillation()])
+    distiller = _distiller([LogitsDistillation(temperature=4.0, loss="kd")])
     with pytest.raises(ValueError, match="batch_size"):
         cache_teacher(distiller, _data())

@@ -32,8 +32,12 @@ def make_distiller(weights=(1.0, 1.0), run_eagerly=True):
     distiller = kj.Distiller(
         tiny.named_conv_net("t", 4, second_stride=2),
         tiny.named_conv_net("s", 3, second_stride=2),
-        [kj.LogitsDistillation(), AttentionTransfer([("tc2", "sc2")])],
+        [
+            kj.LogitsDistillation(temperature=4.0, loss="kd"),
+            AttentionTransfer([("tc2", "sc2")]),
+        ],
         distillation_loss_weights=list(weights),
+        supervised_loss_weight=1.0,
     )
     distiller.compile(
         optimizer=keras.optimizers.SGD(0.0),

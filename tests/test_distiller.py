@@ -17,7 +17,11 @@ def make_distiller(terms=None, weights=None, **kwargs):
         seed=10, name="student"
     )
     if terms is None:
-        terms = [kj.LogitsDistillation(), kj.JacobianMatching()]
+        terms = [
+            kj.LogitsDistillation(temperature=4.0, loss="kd"),
+            kj.JacobianMatching(),
+        ]
+    kwargs.setdefault("supervised_loss_weight", 1.0)
     return kj.Distiller(teacher, student, terms, weights, **kwargs)
 
 
@@ -45,7 +49,7 @@ def test_jacobian_term_alone_gives_gradients_to_student_kernels():
 
 
 def test_teacher_frozen_and_batchnorm_statistics_unchanged():
-    distiller = make_distiller(student_loss_weight=0.5)
+    distiller = make_distiller(supervised_loss_weight=0.5)
     teacher = distiller.teacher
     # Give the teacher's BatchNorm non-trivial statistics first.
     bn = teacher.get_layer("bn")
@@ -79,6 +83,7 @@ def test_fit_and_evaluate_log_every_term():
     names = {
         "loss",
         "student_loss",
+        "distillation_loss",
         "logits_distillation_loss",
         "jacobian_matching_loss",
         "total_loss",
@@ -105,19 +110,24 @@ def test_fit_and_evaluate_log_every_term():
     )
 
 
-def test_weights_and_student_loss_weight_scale_the_total():
-    distiller = make_distiller(weights=[2.0, 0.5], student_loss_weight=3.0)
+def test_weights_and_supervised_loss_weight_scale_the_total():
+    distiller = make_distiller(weights=[2.0, 0.5], supervised_loss_weight=3.0)
     distiller.compile(loss=tiny.sparse_ce())
     x, y = data()
     logs = distiller.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
     logits = distiller.student.predict(x, verbose=0)
     ce = tiny.sparse_ce()(y, logits).numpy()
-    np.testing.assert_allclose(logs["student_loss"], 3.0 * ce, rtol=1e-5)
-    expected = (
-        3.0 * ce
-        + 2.0 * logs["logits_distillation_loss"]
+    # As in Keras, `student_loss` logs the unweighted compiled loss and
+    # `distillation_loss` the terms' weighted sum.
+    np.testing.assert_allclose(logs["student_loss"], ce, rtol=1e-5)
+    distillation = (
+        2.0 * logs["logits_distillation_loss"]
         + 0.5 * logs["jacobian_matching_loss"]
     )
+    np.testing.assert_allclose(
+        logs["distillation_loss"], distillation, rtol=1e-5
+    )
+    expected = 3.0 * ce + distillation
     np.testing.assert_allclose(logs["loss"], expected, rtol=1e-5)
 
 
@@ -174,7 +184,11 @@ def test_digits_distillation_trains_the_student():
     distiller = kj.Distiller(
         teacher,
         student,
-        [kj.LogitsDistillation(temperature=4.0), kj.JacobianMatching()],
+        [
+            kj.LogitsDistillation(temperature=4.0, loss="kd"),
+            kj.JacobianMatching(),
+        ],
+        supervised_loss_weight=1.0,
     )
     distiller.compile(
         keras.optimizers.Adam(3e-3), tiny.sparse_ce(), metrics=["accuracy"]
@@ -194,9 +208,12 @@ def test_digits_distillation_trains_the_student():
 @pytest.mark.parametrize(
     "terms",
     [
-        [kj.LogitsDistillation(), kj.JacobianMatching()],
         [
-            kj.LogitsDistillation("mse"),
+            kj.LogitsDistillation(temperature=4.0, loss="kd"),
+            kj.JacobianMatching(),
+        ],
+        [
+            kj.LogitsDistillation(loss="squared_logits"),
             kj.JacobianMatching("top_k", k=2, normalize=False),
             kj.JacobianMatching("random", num_projections=2),
             kj.NoiseDistillation(0.1, num_samples=2),

@@ -13,7 +13,8 @@ def test_different_channels():
         kj.Distiller(
             tiny.conv_net((8, 8, 1)),
             tiny.conv_net((8, 8, 3)),
-            [kj.LogitsDistillation()],
+            [kj.LogitsDistillation(temperature=4.0, loss="kd")],
+            supervised_loss_weight=1.0,
         )
 
 
@@ -21,7 +22,8 @@ def test_different_resolutions_need_two_inputs():
     distiller = kj.Distiller(
         tiny.conv_net((8, 8, 1)),
         tiny.conv_net((6, 6, 1)),
-        [kj.LogitsDistillation()],
+        [kj.LogitsDistillation(temperature=4.0, loss="kd")],
+        supervised_loss_weight=1.0,
     )
     distiller.compile(optimizer="adam")
     with pytest.raises(ValueError, match="'teacher': x_t"):
@@ -34,7 +36,12 @@ def test_different_resolutions_need_two_inputs():
 )
 def test_class_count_mismatch(term):
     with pytest.raises(ValueError, match="same number of classes"):
-        kj.Distiller(tiny.conv_net(classes=5), tiny.conv_net(classes=4), [term])
+        kj.Distiller(
+            tiny.conv_net(classes=5),
+            tiny.conv_net(classes=4),
+            [term],
+            supervised_loss_weight=1.0,
+        )
 
 
 def test_logits_class_count_mismatch():
@@ -42,14 +49,18 @@ def test_logits_class_count_mismatch():
         kj.Distiller(
             tiny.conv_net(classes=5),
             tiny.conv_net(classes=4),
-            [kj.LogitsDistillation()],
+            [kj.LogitsDistillation(temperature=4.0, loss="kd")],
+            supervised_loss_weight=1.0,
         )
 
 
 def test_k_larger_than_classes():
     with pytest.raises(ValueError, match="cannot exceed the number"):
         kj.Distiller(
-            tiny.conv_net(), tiny.conv_net(), [kj.JacobianMatching("top_k", 6)]
+            tiny.conv_net(),
+            tiny.conv_net(),
+            [kj.JacobianMatching("top_k", 6)],
+            supervised_loss_weight=1.0,
         )
 
 
@@ -71,10 +82,13 @@ def test_bad_jacobian_arguments(kwargs, message):
 
 
 def test_bad_logit_and_noise_arguments():
-    with pytest.raises(ValueError, match="must be one of"):
-        kj.LogitsDistillation("ce")
+    with pytest.raises(ValueError, match="must be a Keras loss.*'kd'"):
+        kj.LogitsDistillation(loss="ce")
+    # The first argument is the temperature, as in Keras.
+    with pytest.raises(ValueError, match="temperature"):
+        kj.LogitsDistillation("kd")
     with pytest.raises(ValueError, match="positive"):
-        kj.LogitsDistillation(temperature=-1)
+        kj.LogitsDistillation(temperature=-1, loss="kd")
     with pytest.raises(ValueError, match="stddev"):
         kj.NoiseDistillation(0)
     with pytest.raises(ValueError, match="num_samples"):
@@ -86,8 +100,12 @@ def test_weight_count_mismatch():
         kj.Distiller(
             tiny.conv_net(),
             tiny.conv_net(),
-            [kj.LogitsDistillation(), kj.JacobianMatching()],
+            [
+                kj.LogitsDistillation(temperature=4.0, loss="kd"),
+                kj.JacobianMatching(),
+            ],
             distillation_loss_weights=[1.0],
+            supervised_loss_weight=1.0,
         )
 
 
@@ -99,9 +117,19 @@ def test_integer_inputs_have_no_jacobian():
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
     with pytest.raises(ValueError, match="token inputs"):
-        kj.Distiller(token_model(), token_model(), [kj.JacobianMatching()])
+        kj.Distiller(
+            token_model(),
+            token_model(),
+            [kj.JacobianMatching()],
+            supervised_loss_weight=1.0,
+        )
     # Output-only terms work on token models.
-    kj.Distiller(token_model(), token_model(), [kj.LogitsDistillation()])
+    kj.Distiller(
+        token_model(),
+        token_model(),
+        [kj.LogitsDistillation(temperature=4.0, loss="kd")],
+        supervised_loss_weight=1.0,
+    )
 
 
 def test_resizing_inside_the_model_is_reported():
@@ -112,7 +140,12 @@ def test_resizing_inside_the_model_is_reported():
     h = keras.layers.Flatten()(h)
     student = keras.Model(inputs, keras.layers.Dense(5)(h))
     with pytest.raises(ValueError, match="Resize in the input pipeline"):
-        kj.Distiller(tiny.conv_net(), student, [kj.JacobianMatching()])
+        kj.Distiller(
+            tiny.conv_net(),
+            student,
+            [kj.JacobianMatching()],
+            supervised_loss_weight=1.0,
+        )
 
 
 def test_output_without_input_gradient_is_reported():
@@ -121,7 +154,12 @@ def test_output_without_input_gradient_is_reported():
     h = keras.layers.Flatten()(h)
     student = keras.Model(inputs, keras.layers.Dense(5)(h))
     with pytest.raises(ValueError, match="no gradient with respect to"):
-        kj.Distiller(tiny.conv_net(), student, [kj.JacobianMatching()])
+        kj.Distiller(
+            tiny.conv_net(),
+            student,
+            [kj.JacobianMatching()],
+            supervised_loss_weight=1.0,
+        )
 
 
 def test_subclassed_model_is_reported():
@@ -137,16 +175,30 @@ def test_subclassed_model_is_reported():
     net = Net()
     net(np.zeros((1, 8, 8, 1), "float32"))
     # Output terms work on a subclassed model; intermediate layers do not.
-    kj.Distiller(tiny.conv_net(), net, [kj.LogitsDistillation()])
+    kj.Distiller(
+        tiny.conv_net(),
+        net,
+        [kj.LogitsDistillation(temperature=4.0, loss="kd")],
+        supervised_loss_weight=1.0,
+    )
     with pytest.raises(ValueError, match="Functional model"):
         kj.Distiller(
-            tiny.conv_net(), net, [kj.FeatureDistillation("conv1", "dense")]
+            tiny.conv_net(),
+            net,
+            [
+                kj.FeatureDistillation(
+                    teacher_layer_name="conv1", student_layer_name="dense"
+                )
+            ],
+            supervised_loss_weight=1.0,
         )
 
 
 def test_not_a_term():
     with pytest.raises(ValueError, match="keras_jacobian term"):
-        kj.Distiller(tiny.conv_net(), tiny.conv_net(), ["kl"])
+        kj.Distiller(
+            tiny.conv_net(), tiny.conv_net(), ["kl"], supervised_loss_weight=1.0
+        )
 
 
 # A student of zeros has no gradient for its last bias through the Jacobian
@@ -157,7 +209,12 @@ def test_zero_jacobian_gives_no_nan():
     for layer in student.layers:
         if layer.weights:
             layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
-    distiller = kj.Distiller(tiny.conv_net(), student, [kj.JacobianMatching()])
+    distiller = kj.Distiller(
+        tiny.conv_net(),
+        student,
+        [kj.JacobianMatching()],
+        supervised_loss_weight=1.0,
+    )
     distiller.compile(optimizer="sgd")
     history = distiller.fit(tiny.images(4), epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
@@ -222,7 +279,12 @@ def test_token_models_are_refused_by_the_gradient_probe():
 
     term = kj.JacobianMatching("all", estimator="forward_difference")
     with pytest.raises(ValueError, match="floating-point input"):
-        kj.Distiller(hidden_token_model(), hidden_token_model(), [term])
+        kj.Distiller(
+            hidden_token_model(),
+            hidden_token_model(),
+            [term],
+            supervised_loss_weight=1.0,
+        )
     with pytest.raises(ValueError, match="floating-point input"):
         kj.JacobianRegularizedModel(
             hidden_token_model(), target="all", estimator="jvp"
@@ -279,22 +341,39 @@ def softmax_student(kind):
 @pytest.mark.parametrize("kind", ["dense", "layer", "op", "nested"])
 def test_softmax_outputs_are_refused_where_logits_are_read(kind):
     for term in (
-        kj.LogitsDistillation(),
+        kj.LogitsDistillation(temperature=4.0, loss="kd"),
         kj.JacobianMatching(),
         kj.NoiseDistillation(0.1),
     ):
         with pytest.raises(ValueError, match="logits are expected") as info:
-            kj.Distiller(tiny.conv_net(), softmax_student(kind), [term])
+            kj.Distiller(
+                tiny.conv_net(),
+                softmax_student(kind),
+                [term],
+                supervised_loss_weight=1.0,
+            )
         assert "Remove the final activation" in str(info.value)
         with pytest.raises(ValueError, match="teacher.*softmax"):
-            kj.Distiller(softmax_student(kind), tiny.conv_net(), [term])
+            kj.Distiller(
+                softmax_student(kind),
+                tiny.conv_net(),
+                [term],
+                supervised_loss_weight=1.0,
+            )
     with pytest.raises(ValueError, match="logits are expected"):
         kj.JacobianRegularizedModel(softmax_student(kind))
     # Terms that read features only do not care about the output.
     kj.Distiller(
         tiny.conv_net(),
         softmax_student(kind),
-        [kj.FeatureDistillation("logits", "features", adapter="dense")],
+        [
+            kj.FeatureDistillation(
+                teacher_layer_name="logits",
+                student_layer_name="features",
+                adapter="dense",
+            )
+        ],
+        supervised_loss_weight=1.0,
     )
 
 
@@ -310,9 +389,15 @@ def test_keras_applications_softmax_names_classifier_activation():
 
     student = tiny.conv_net((32, 32, 3))
     with pytest.raises(ValueError, match="classifier_activation=None"):
-        kj.Distiller(mobilenet(), student, [kj.LogitsDistillation()])
+        kj.Distiller(
+            mobilenet(),
+            student,
+            [kj.LogitsDistillation(temperature=4.0, loss="kd")],
+            supervised_loss_weight=1.0,
+        )
     kj.Distiller(
         mobilenet(classifier_activation=None),
         student,
-        [kj.LogitsDistillation()],
+        [kj.LogitsDistillation(temperature=4.0, loss="kd")],
+        supervised_loss_weight=1.0,
     )

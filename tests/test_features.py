@@ -48,8 +48,15 @@ def batch(size=8, n=3, seed=0):
 @pytest.mark.parametrize("loss", ["mse", "mae"])
 def test_conv_adapter_value(loss):
     teacher, student = tiny.named_conv_net("t", 5), tiny.named_conv_net("s", 3)
-    term = FeatureDistillation("tc2", "sc2", adapter="auto", loss=loss)
-    distiller = kj.Distiller(teacher, student, [term])
+    term = FeatureDistillation(
+        teacher_layer_name="tc2",
+        student_layer_name="sc2",
+        adapter="auto",
+        loss=loss,
+    )
+    distiller = kj.Distiller(
+        teacher, student, [term], supervised_loss_weight=1.0
+    )
     x = batch()
     got = term_losses(distiller, x)["feature_distillation_loss"]
     term = distiller.distillation_losses[0]
@@ -65,8 +72,12 @@ def test_conv_adapter_value(loss):
 
 def test_dense_adapter_on_feature_vectors():
     teacher, student = tiny.named_conv_net("t", 5), tiny.named_conv_net("s", 3)
-    term = FeatureDistillation("tpool", "spool", adapter="dense")
-    distiller = kj.Distiller(teacher, student, [term])
+    term = FeatureDistillation(
+        teacher_layer_name="tpool", student_layer_name="spool", adapter="dense"
+    )
+    distiller = kj.Distiller(
+        teacher, student, [term], supervised_loss_weight=1.0
+    )
     x = batch()
     got = term_losses(distiller, x)["feature_distillation_loss"]
     term = distiller.distillation_losses[0]
@@ -79,7 +90,14 @@ def test_dense_adapter_on_feature_vectors():
 def test_sequential_models_without_adapter():
     teacher, student = sequential_net("t", 4), sequential_net("s", 4)
     distiller = kj.Distiller(
-        teacher, student, [FeatureDistillation("tc1", "sc1")]
+        teacher,
+        student,
+        [
+            FeatureDistillation(
+                teacher_layer_name="tc1", student_layer_name="sc1"
+            )
+        ],
+        supervised_loss_weight=1.0,
     )
     x = batch()
     got = term_losses(distiller, x)["feature_distillation_loss"]
@@ -96,10 +114,14 @@ def test_keras_applications_teacher():
     student = tiny.named_conv_net("s", 4, size=32, first_stride=2)
     layer = "conv_pw_1_relu"  # 16 x 16 x 16 in MobileNet(alpha=0.25)
     terms = [
-        FeatureDistillation(layer, "sc1", adapter="conv"),
+        FeatureDistillation(
+            teacher_layer_name=layer, student_layer_name="sc1", adapter="conv"
+        ),
         AttentionTransfer([(layer, "sc1")]),
     ]
-    distiller = kj.Distiller(teacher, student, terms)
+    distiller = kj.Distiller(
+        teacher, student, terms, supervised_loss_weight=1.0
+    )
     x = batch(size=32, n=2)
     got = term_losses(distiller, x)
     t_feat = features_of(teacher, layer, x)
@@ -128,7 +150,14 @@ def test_spatial_mismatch_resizes_teacher_features():
     teacher = tiny.named_conv_net("t", 3)
     student = tiny.named_conv_net("s", 3, first_stride=2)
     distiller = kj.Distiller(
-        teacher, student, [FeatureDistillation("tc1", "sc1")]
+        teacher,
+        student,
+        [
+            FeatureDistillation(
+                teacher_layer_name="tc1", student_layer_name="sc1"
+            )
+        ],
+        supervised_loss_weight=1.0,
     )
     x = batch()
     got = term_losses(distiller, x)["feature_distillation_loss"]
@@ -146,7 +175,9 @@ def test_from_keras_feature_distillation_matches_keras_value():
     keras_term = keras.distillation.FeatureDistillation(
         loss="mse", teacher_layer_name="tc2", student_layer_name="sc2"
     )
-    distiller = kj.Distiller(teacher, student, [keras_term])
+    distiller = kj.Distiller(
+        teacher, student, [keras_term], supervised_loss_weight=1.0
+    )
     converted = distiller.distillation_losses[0]
     assert isinstance(converted, FeatureDistillation)
     assert (converted.teacher_layer_name, converted.student_layer_name) == (
@@ -162,7 +193,7 @@ def test_from_keras_feature_distillation_matches_keras_value():
     np.testing.assert_allclose(got, float(expected), rtol=1e-5)
 
 
-def test_from_keras_defaults_and_refusals():
+def test_from_keras_defaults_and_other_keras_losses():
     term = FeatureDistillation.from_keras(
         keras.distillation.FeatureDistillation(loss="mae")
     )
@@ -171,10 +202,22 @@ def test_from_keras_defaults_and_refusals():
         "output",
         "mae",
     )
-    with pytest.raises(ValueError, match="mean squared or mean absolute"):
-        FeatureDistillation.from_keras(
-            keras.distillation.FeatureDistillation(loss="cosine_similarity")
-        )
+    # Any other Keras loss keeps its Keras value: cosine similarity is
+    # -sum(t * s) / (|t| |s|) per position, averaged.
+    teacher, student = tiny.named_conv_net("t", 3), tiny.named_conv_net("s", 3)
+    keras_term = keras.distillation.FeatureDistillation(
+        loss="cosine_similarity",
+        teacher_layer_name="tc2",
+        student_layer_name="sc2",
+    )
+    distiller = kj.Distiller(teacher, student, [keras_term])
+    assert isinstance(distiller.distillation_losses[0], FeatureDistillation)
+    x = batch()
+    t, s = features_of(teacher, "tc2", x), features_of(student, "sc2", x)
+    norm = np.linalg.norm
+    cosine = -np.sum(t * s, -1) / (norm(t, axis=-1) * norm(s, axis=-1))
+    got = term_losses(distiller, x)["feature_distillation_loss"]
+    np.testing.assert_allclose(got, np.mean(cosine), rtol=1e-5)
 
 
 # Errors.
@@ -183,13 +226,31 @@ def test_from_keras_defaults_and_refusals():
 def test_channel_mismatch_without_adapter_names_the_fix():
     teacher, student = tiny.named_conv_net("t", 5), tiny.named_conv_net("s", 3)
     with pytest.raises(ValueError, match="adapter='auto'"):
-        kj.Distiller(teacher, student, [FeatureDistillation("tc2", "sc2")])
+        kj.Distiller(
+            teacher,
+            student,
+            [
+                FeatureDistillation(
+                    teacher_layer_name="tc2", student_layer_name="sc2"
+                )
+            ],
+            supervised_loss_weight=1.0,
+        )
 
 
 def test_bad_layer_name_lists_available_names():
     teacher, student = tiny.named_conv_net("t", 3), tiny.named_conv_net("s", 3)
     with pytest.raises(ValueError, match=r"no layer named 'nope'.*'sc1'"):
-        kj.Distiller(teacher, student, [FeatureDistillation("tc1", "nope")])
+        kj.Distiller(
+            teacher,
+            student,
+            [
+                FeatureDistillation(
+                    teacher_layer_name="tc1", student_layer_name="nope"
+                )
+            ],
+            supervised_loss_weight=1.0,
+        )
 
 
 def test_subclassed_model_is_refused_with_a_fix():
@@ -207,7 +268,16 @@ def test_subclassed_model_is_refused_with_a_fix():
     teacher(batch())
     student = tiny.named_conv_net("s", 3)
     with pytest.raises(ValueError, match="Functional"):
-        kj.Distiller(teacher, student, [FeatureDistillation("conv", "sc1")])
+        kj.Distiller(
+            teacher,
+            student,
+            [
+                FeatureDistillation(
+                    teacher_layer_name="conv", student_layer_name="sc1"
+                )
+            ],
+            supervised_loss_weight=1.0,
+        )
 
 
 @pytest.mark.parametrize(
@@ -238,7 +308,12 @@ def test_subclassed_model_is_refused_with_a_fix():
 def test_shape_errors(kwargs, match):
     teacher, student = tiny.named_conv_net("t", 5), tiny.named_conv_net("s", 3)
     with pytest.raises(ValueError, match=match):
-        kj.Distiller(teacher, student, [FeatureDistillation(**kwargs)])
+        kj.Distiller(
+            teacher,
+            student,
+            [FeatureDistillation(**kwargs)],
+            supervised_loss_weight=1.0,
+        )
 
 
 @pytest.mark.parametrize(
@@ -251,7 +326,7 @@ def test_shape_errors(kwargs, match):
             "student_layer_name": "s",
             "adapter": "linear",
         },
-        {"teacher_layer_name": "t", "student_layer_name": "s", "loss": "huber"},
+        {"teacher_layer_name": "t", "student_layer_name": "s", "loss": "nope"},
     ],
 )
 def test_argument_errors(kwargs):
@@ -260,7 +335,13 @@ def test_argument_errors(kwargs):
 
 
 def test_config_round_trip():
-    term = FeatureDistillation("a", "b", adapter="conv", loss="mae", name="f")
+    term = FeatureDistillation(
+        teacher_layer_name="a",
+        student_layer_name="b",
+        adapter="conv",
+        loss="mae",
+        name="f",
+    )
     restored = keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(term)
     )

@@ -155,7 +155,9 @@ def test_accepted_students_train_with_the_tape_gradient(case, estimator):
     term = kj.JacobianMatching(
         "all", estimator=estimator, normalize=False, num_projections=2
     )
-    distiller = kj.Distiller(teacher, student, [term], seed=3)
+    distiller = kj.Distiller(
+        teacher, student, [term], seed=3, supervised_loss_weight=1.0
+    )
     distiller.compile(optimizer=keras.optimizers.SGD(1.0))
     x = _input(student)
     state = distiller.seed_generator.state.numpy()

@@ -33,7 +33,11 @@ def _distiller():
     distiller = Distiller(
         teacher,
         student,
-        [LogitsDistillation(), JacobianMatching("label")],
+        [
+            LogitsDistillation(temperature=4.0, loss="kd"),
+            JacobianMatching("label"),
+        ],
+        supervised_loss_weight=1.0,
     )
     distiller.compile(
         optimizer=keras.optimizers.SGD(0.05),

@@ -35,7 +35,7 @@ def policy():
 
 def _terms():
     return [
-        LogitsDistillation("kl", temperature=2.0),
+        LogitsDistillation(temperature=2.0, loss="kd"),
         JacobianMatching("teacher_top1", name="jm_top1"),
         JacobianMatching(
             "all", estimator="exact", normalize=False, name="jm_all_raw"
@@ -49,7 +49,9 @@ def _distiller(policy_name, weights=None):
     if weights is not None:
         teacher.set_weights(weights[0])
         student.set_weights(weights[1])
-    distiller = Distiller(teacher, student, _terms())
+    distiller = Distiller(
+        teacher, student, _terms(), supervised_loss_weight=1.0
+    )
     distiller.compile(
         optimizer=keras.optimizers.SGD(0.05),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -118,8 +120,8 @@ def test_mixed_precision_terms_close_to_float32(policy, policy_name):
 
 
 DETERMINISTIC_TERMS = [
-    lambda: LogitsDistillation("kl", temperature=2.0),
-    lambda: LogitsDistillation("mse", name="mse"),
+    lambda: LogitsDistillation(temperature=2.0, loss="kd"),
+    lambda: LogitsDistillation(loss="squared_logits", name="mse"),
     lambda: JacobianMatching("teacher_top1", name="top1"),
     lambda: JacobianMatching("label", normalize=False, name="label"),
     lambda: JacobianMatching("top_k", k=2, name="top_k"),
@@ -147,6 +149,7 @@ def _model(kind):
         student,
         [t() for t in terms],
         seed=3,
+        supervised_loss_weight=1.0,
     )
 
 

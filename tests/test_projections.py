@@ -32,7 +32,9 @@ def full_jacobians(model, x):
 
 
 def evaluate(teacher, student, terms, x, seed=0):
-    distiller = kj.Distiller(teacher, student, terms, seed=seed)
+    distiller = kj.Distiller(
+        teacher, student, terms, seed=seed, supervised_loss_weight=1.0
+    )
     distiller.compile()
     return distiller.evaluate(x, batch_size=len(x), verbose=0, return_dict=True)
 
@@ -215,7 +217,7 @@ def test_proposition_one_against_noise_as_sigma_shrinks(estimator):
             teacher,
             student,
             [
-                kj.LogitsDistillation("mse"),
+                kj.LogitsDistillation(loss="squared_logits"),
                 kj.JacobianMatching(
                     "all", estimator=estimator, normalize=False
                 ),
@@ -242,7 +244,9 @@ def test_gradient_matches_finite_differences_float64(estimator):
     term = kj.JacobianMatching(
         "all", estimator=estimator, normalize=False, num_projections=2
     )
-    distiller = kj.Distiller(teacher, student, [term], seed=3)
+    distiller = kj.Distiller(
+        teacher, student, [term], seed=3, supervised_loss_weight=1.0
+    )
     state = distiller.seed_generator.state.numpy()
     kernel = student.layers[1].kernel
     inputs = tf.constant(x)
@@ -343,7 +347,9 @@ def test_relative_scale_bias_on_relu_batch_norm_teachers():
         term = kj.JacobianMatching(
             "all", estimator=estimator, num_projections=num_projections
         )
-        distiller = kj.Distiller(teacher, student, [term], seed=1)
+        distiller = kj.Distiller(
+            teacher, student, [term], seed=1, supervised_loss_weight=1.0
+        )
         distiller.compile()
         got = distiller.evaluate(
             copies, batch_size=4, verbose=0, return_dict=True
@@ -509,7 +515,9 @@ def test_step_size_the_dtype_cannot_resolve_is_refused(step_size):
     term = kj.JacobianMatching(
         "all", estimator="forward_difference", step_size=step_size
     )
-    distiller = kj.Distiller(tiny.conv_net(seed=0), model, [term])
+    distiller = kj.Distiller(
+        tiny.conv_net(seed=0), model, [term], supervised_loss_weight=1.0
+    )
     distiller.compile(optimizer="sgd")
     with pytest.raises(tf.errors.InvalidArgumentError, match="too small"):
         distiller.fit(x, batch_size=4, verbose=0)
@@ -527,6 +535,7 @@ def test_step_size_below_the_smallest_normal_is_refused_at_construction():
             tiny.conv_net(dtype="float16"),
             tiny.conv_net(dtype="float16"),
             [term],
+            supervised_loss_weight=1.0,
         )
     with pytest.raises(ValueError, match="smallest normal float16"):
         kj.JacobianRegularizedModel(
@@ -535,7 +544,9 @@ def test_step_size_below_the_smallest_normal_is_refused_at_construction():
             estimator="forward_difference",
             step_size=1e-5,
         )
-    kj.Distiller(tiny.conv_net(), tiny.conv_net(), [term])
+    kj.Distiller(
+        tiny.conv_net(), tiny.conv_net(), [term], supervised_loss_weight=1.0
+    )
 
 
 @pytest.mark.parametrize("estimator", INPUT_ESTIMATORS)
@@ -546,7 +557,9 @@ def test_relative_term_with_a_partial_last_batch(estimator):
     student = tiny.mlp(seed=10, name="s", dtype="float32")
     term = kj.JacobianMatching("all", estimator=estimator)
     assert term.normalize == "teacher"
-    distiller = kj.Distiller(teacher, student, [term])
+    distiller = kj.Distiller(
+        teacher, student, [term], supervised_loss_weight=1.0
+    )
     distiller.compile(optimizer="sgd")
     x = np.random.default_rng(0).normal(size=(10, 3)).astype("float32")
     data = tf.data.Dataset.from_tensor_slices(x).batch(4)

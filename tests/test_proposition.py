@@ -11,7 +11,9 @@ from tests import tiny
 
 
 def evaluate(teacher, student, terms, x):
-    distiller = kj.Distiller(teacher, student, terms, seed=7)
+    distiller = kj.Distiller(
+        teacher, student, terms, seed=7, supervised_loss_weight=1.0
+    )
     distiller.compile()
     return distiller.evaluate(x, batch_size=len(x), verbose=0, return_dict=True)
 
@@ -46,7 +48,7 @@ def test_linear_noise_proposition_holds():
         teacher,
         student,
         [
-            kj.LogitsDistillation("mse"),
+            kj.LogitsDistillation(loss="squared_logits"),
             kj.JacobianMatching("all", estimator="exact", normalize=False),
             kj.NoiseDistillation(sigma, num_samples=200_000),
         ],
@@ -83,7 +85,7 @@ def test_nonlinear_noise_matches_first_order_as_sigma_shrinks():
             teacher,
             student,
             [
-                kj.LogitsDistillation("mse"),
+                kj.LogitsDistillation(loss="squared_logits"),
                 kj.JacobianMatching("all", estimator="exact", normalize=False),
                 kj.NoiseDistillation(sigma, num_samples=100_000),
             ],

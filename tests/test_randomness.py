@@ -259,7 +259,9 @@ def _distiller(teacher, student, estimator):
     term = kj.JacobianMatching(
         "all", estimator=estimator, normalize=False, num_projections=2
     )
-    return kj.Distiller(teacher, student, [term], seed=1)
+    return kj.Distiller(
+        teacher, student, [term], seed=1, supervised_loss_weight=1.0
+    )
 
 
 def _mc_pair():
@@ -321,7 +323,7 @@ def test_unreplayable_randomness_is_refused():
             r"student.*cannot be replayed.*estimator='jvp', 'exact' or 'vjp'"
         )
         with pytest.raises(ValueError, match=pattern):
-            kj.Distiller(teacher, student, [term])
+            kj.Distiller(teacher, student, [term], supervised_loss_weight=1.0)
         with pytest.raises(ValueError, match="of the model.*replayed"):
             kj.JacobianRegularizedModel(
                 student, target="all", estimator=estimator
@@ -329,13 +331,16 @@ def test_unreplayable_randomness_is_refused():
         # The teacher runs in inference mode: random there too.
         clean = tiny.conv_net(SHAPE, CLASSES, seed=3, name="s")
         with pytest.raises(ValueError, match="inference-mode passes"):
-            kj.Distiller(random_teacher, clean, [term])
+            kj.Distiller(
+                random_teacher, clean, [term], supervised_loss_weight=1.0
+            )
     # Autodiff through one pass is exact at that pass's draws.
     for estimator in ("jvp", "exact"):
         kj.Distiller(
             random_teacher,
             student,
             [kj.JacobianMatching("all", estimator=estimator)],
+            supervised_loss_weight=1.0,
         )
 
 
@@ -373,7 +378,9 @@ def test_mobilenet_v3_student_trains_with_input_directions():
     with pytest.raises(ValueError, match="kinks.*ReLU.*'vjp'"):
         kj.Distiller(teacher, student, [term])
     term = kj.JacobianMatching("all", estimator="jvp")
-    distiller = kj.Distiller(teacher, student, [term])
+    distiller = kj.Distiller(
+        teacher, student, [term], supervised_loss_weight=1.0
+    )
     # Eagerly: tracing this step takes 30 s or more on 2 cores.
     distiller.compile(optimizer="sgd", loss=tiny.sparse_ce(), run_eagerly=True)
     x = tiny.images(4, (32, 32, 3))

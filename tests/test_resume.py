@@ -38,8 +38,12 @@ def _distiller():
     distiller = Distiller(
         teacher,
         student,
-        [LogitsDistillation(), JacobianMatching("random")],
+        [
+            LogitsDistillation(temperature=4.0, loss="kd"),
+            JacobianMatching("random"),
+        ],
         seed=5,
+        supervised_loss_weight=1.0,
     )
     distiller.compile(
         optimizer="adam",

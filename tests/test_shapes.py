@@ -111,7 +111,9 @@ def test_jacobian_matching_trains_and_is_exact_at_unknown_sizes(estimator):
     term = kj.JacobianMatching(
         "all", estimator=estimator, normalize=False, num_projections=2
     )
-    distiller = kj.Distiller(teacher, student, [term], seed=1)
+    distiller = kj.Distiller(
+        teacher, student, [term], seed=1, supervised_loss_weight=1.0
+    )
     distiller.compile(optimizer=keras.optimizers.SGD(0.01))
     before = student.get_weights()
     history = distiller.fit(
@@ -187,7 +189,9 @@ def block_sum(rows, factor):
 def test_teacher_at_twice_the_resolution_with_unknown_sizes(normalize):
     teacher, student = fcn(0), fcn(10)
     term = kj.JacobianMatching("all", estimator="exact", normalize=normalize)
-    distiller = kj.Distiller(teacher, student, [term])
+    distiller = kj.Distiller(
+        teacher, student, [term], supervised_loss_weight=1.0
+    )
     for h, w in SIZES:
         xs = batch((h, w), seed=3)
         # The teacher sees the same images, upsampled by 2.
@@ -209,7 +213,9 @@ def test_teacher_at_twice_the_resolution_with_unknown_sizes(normalize):
 
 def test_input_directions_refuse_two_resolutions_when_the_step_runs():
     term = kj.JacobianMatching("all", estimator="forward_difference")
-    distiller = kj.Distiller(fcn(0), fcn(10), [term])
+    distiller = kj.Distiller(
+        fcn(0), fcn(10), [term], supervised_loss_weight=1.0
+    )
     xs = batch((8, 8))
     xt = batch((16, 16))
     with pytest.raises(
@@ -240,7 +246,9 @@ def test_attention_transfer_resizes_maps_of_unknown_size():
     teacher = fcn(0, strides=2, prefix="t_")
     student = fcn(10, strides=4, prefix="s_")
     term = kj.AttentionTransfer([("t_conv2", "s_conv2")])
-    distiller = kj.Distiller(teacher, student, [term])
+    distiller = kj.Distiller(
+        teacher, student, [term], supervised_loss_weight=1.0
+    )
     for shape in SIZES[:1] + ((12, 16),):
         x = batch(shape, seed=4)
         logs = evaluate(distiller, x)
@@ -273,7 +281,9 @@ def test_attention_jacobian_matching_with_maps_of_unknown_size():
     teacher = fcn(0, strides=2, prefix="t_")
     student = fcn(10, strides=4, prefix="s_")
     term = kj.AttentionJacobianMatching([("t_conv2", "s_conv2")])
-    distiller = kj.Distiller(teacher, student, [term])
+    distiller = kj.Distiller(
+        teacher, student, [term], supervised_loss_weight=1.0
+    )
     for shape in SIZES[:1] + ((12, 16),):
         x = batch(shape, seed=4)
         logs = evaluate(distiller, x)
@@ -289,8 +299,12 @@ def test_attention_jacobian_matching_with_maps_of_unknown_size():
 def test_feature_distillation_resizes_features_of_unknown_size():
     teacher = fcn(0, strides=2, prefix="t_")
     student = fcn(10, strides=4, prefix="s_")
-    term = kj.FeatureDistillation("t_conv2", "s_conv2")
-    distiller = kj.Distiller(teacher, student, [term])
+    term = kj.FeatureDistillation(
+        teacher_layer_name="t_conv2", student_layer_name="s_conv2"
+    )
+    distiller = kj.Distiller(
+        teacher, student, [term], supervised_loss_weight=1.0
+    )
     x = batch((12, 16), seed=4)
     logs = evaluate(distiller, x)
     t = keras.Model(teacher.input, teacher.get_layer("t_conv2").output)(x)
@@ -307,7 +321,10 @@ def test_feature_distillation_resizes_features_of_unknown_size():
 def test_caching_refuses_maps_resized_to_an_unknown_student_size():
     term = kj.AttentionTransfer([("t_conv2", "s_conv2")])
     distiller = kj.Distiller(
-        fcn(0, prefix="t_"), fcn(10, strides=4, prefix="s_"), [term]
+        fcn(0, prefix="t_"),
+        fcn(10, strides=4, prefix="s_"),
+        [term],
+        supervised_loss_weight=1.0,
     )
     with pytest.raises(ValueError, match="unknown until the student runs"):
         distiller.teacher_targets(tf.constant(batch((8, 8))))
@@ -334,12 +351,22 @@ def test_probe_size_fits_the_network():
         40,
         2,
     )
-    kj.Distiller(valid_net(7), valid_net(7), [kj.JacobianMatching()])
+    kj.Distiller(
+        valid_net(7),
+        valid_net(7),
+        [kj.JacobianMatching()],
+        supervised_loss_weight=1.0,
+    )
 
 
 def test_probe_refuses_a_network_no_probe_size_fits():
     with pytest.raises(ValueError, match="check_differentiable=False"):
-        kj.Distiller(valid_net(70), valid_net(3), [kj.JacobianMatching()])
+        kj.Distiller(
+            valid_net(70),
+            valid_net(3),
+            [kj.JacobianMatching()],
+            supervised_loss_weight=1.0,
+        )
 
 
 @pytest.mark.parametrize("estimator", jacobians.INPUT_ESTIMATORS)
@@ -386,13 +413,15 @@ def np_softmax(z):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-@pytest.mark.parametrize("loss", ["kl", "mse"])
+@pytest.mark.parametrize("loss", ["kd", "squared_logits"])
 def test_logits_distillation_averages_pixels_per_example(loss):
     # Batch 4 and width 4: per-pixel losses broadcast against the sample
     # weights along the width without the per-example mean.
     teacher, student = seg(0, size=4), seg(10, size=4)
-    term = kj.LogitsDistillation(loss, temperature=2.0)
-    distiller = kj.Distiller(teacher, student, [term])
+    term = kj.LogitsDistillation(temperature=2.0, loss=loss)
+    distiller = kj.Distiller(
+        teacher, student, [term], supervised_loss_weight=1.0
+    )
     distiller.compile()
     x = batch((4, 4), n=4)
     weights = np.array([1.0, 0.0, 2.0, 0.5])
@@ -401,7 +430,7 @@ def test_logits_distillation_averages_pixels_per_example(loss):
         x, np.zeros(4), sample_weight=weights, verbose=0, return_dict=True
     )
     t, s = teacher(x).numpy(), student(x).numpy()
-    if loss == "kl":
+    if loss == "kd":
         p, q = np_softmax(t / 2.0), np_softmax(s / 2.0)
         pixels = 4.0 * np.sum(p * (np.log(p) - np.log(q)), axis=-1)
     else:
@@ -415,7 +444,9 @@ def test_logits_distillation_averages_pixels_per_example(loss):
 def test_noise_distillation_averages_pixels_per_example():
     teacher, student = seg(0, size=4), seg(10, size=4)
     term = kj.NoiseDistillation(0.1, num_samples=2)
-    distiller = kj.Distiller(teacher, student, [term], seed=3)
+    distiller = kj.Distiller(
+        teacher, student, [term], seed=3, supervised_loss_weight=1.0
+    )
     distiller.compile()
     x = batch((4, 4), n=4)
     weights = np.array([1.0, 0.0, 2.0, 0.5])
@@ -518,7 +549,9 @@ def test_jacobian_matching_of_per_pixel_outputs(case):
     size = 3 if case == "all" else None
     teacher, student = seg(0, size), seg(10, size)
     term = kj.JacobianMatching(**DENSE_CASES[case])
-    distiller = kj.Distiller(teacher, student, [term], seed=2)
+    distiller = kj.Distiller(
+        teacher, student, [term], seed=2, supervised_loss_weight=1.0
+    )
     distiller.compile(optimizer="sgd")
     x = batch((size or 4, 4 if size is None else size))
     labels = np.random.default_rng(1).integers(0, 3, size=x.shape[:-1])
@@ -570,7 +603,9 @@ def test_regularized_model_of_per_pixel_outputs(estimator):
 
 def test_feature_distillation_of_per_pixel_outputs():
     teacher, student = seg(0), seg(10)
-    distiller = kj.Distiller(teacher, student, [kj.FeatureDistillation()])
+    distiller = kj.Distiller(
+        teacher, student, [kj.FeatureDistillation()], supervised_loss_weight=1.0
+    )
     x = batch((4, 6))
     logs = evaluate(distiller, x)
     np.testing.assert_allclose(
@@ -582,15 +617,30 @@ def test_feature_distillation_of_per_pixel_outputs():
 
 def test_per_pixel_refusals():
     with pytest.raises(ValueError, match="loss='squared'"):
-        kj.Distiller(seg(0), seg(1), [kj.JacobianMatching(loss="alignment")])
+        kj.Distiller(
+            seg(0),
+            seg(1),
+            [kj.JacobianMatching(loss="alignment")],
+            supervised_loss_weight=1.0,
+        )
     exact = kj.JacobianMatching("all", estimator="exact")
     with pytest.raises(ValueError, match="estimator='vjp'"):
-        kj.Distiller(seg(0), seg(1), [exact])
+        kj.Distiller(seg(0), seg(1), [exact], supervised_loss_weight=1.0)
     with pytest.raises(ValueError, match="estimator='vjp'"):
         kj.JacobianRegularizedModel(seg(0), target="all")
     with pytest.raises(ValueError, match="same shape"):
-        kj.Distiller(seg(0, size=8), seg(1, size=4), [kj.JacobianMatching()])
-    distiller = kj.Distiller(seg(0), seg(1), [kj.JacobianMatching("label")])
+        kj.Distiller(
+            seg(0, size=8),
+            seg(1, size=4),
+            [kj.JacobianMatching()],
+            supervised_loss_weight=1.0,
+        )
+    distiller = kj.Distiller(
+        seg(0),
+        seg(1),
+        [kj.JacobianMatching("label")],
+        supervised_loss_weight=1.0,
+    )
     with pytest.raises(ValueError, match="one label per position"):
         distiller.teacher_targets(tf.constant(batch((4, 4))), np.zeros((3,)))
 
@@ -601,8 +651,10 @@ def test_fully_convolutional_student_shares_the_batch_of_a_fixed_teacher():
     teacher = tiny.conv_net((8, 8, 1), classes=3, dtype="float64", seed=3)
     student = fcn(10)
     term = kj.JacobianMatching("all", estimator="exact", normalize=False)
-    terms = [kj.LogitsDistillation(), term]
-    distiller = kj.Distiller(teacher, student, terms, seed=1)
+    terms = [kj.LogitsDistillation(temperature=4.0, loss="kd"), term]
+    distiller = kj.Distiller(
+        teacher, student, terms, seed=1, supervised_loss_weight=1.0
+    )
     distiller.compile(optimizer=keras.optimizers.SGD(0.01))
     x = batch((8, 8), n=4, seed=2)
     logs = distiller.evaluate(x, verbose=0, return_dict=True)

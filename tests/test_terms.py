@@ -23,6 +23,7 @@ def full_jacobians(model, x):
 
 
 def evaluate_terms(teacher, student, terms, x, y=None, **kwargs):
+    kwargs.setdefault("supervised_loss_weight", 1.0)
     distiller = kj.Distiller(teacher, student, terms, **kwargs)
     distiller.compile()
     return distiller.evaluate(
@@ -48,7 +49,10 @@ class LogitsTest(parameterized.TestCase):
         student = tiny.conv_net(seed=10, name="s")
         x = tiny.images()
         logs = evaluate_terms(
-            teacher, student, [kj.LogitsDistillation("kl", temperature)], x
+            teacher,
+            student,
+            [kj.LogitsDistillation(temperature=temperature, loss="kd")],
+            x,
         )
         p = np_softmax(teacher.predict(x, verbose=0) / temperature)
         q = np_softmax(student.predict(x, verbose=0) / temperature)
@@ -59,11 +63,11 @@ class LogitsTest(parameterized.TestCase):
             logs["logits_distillation_loss"], expected, rtol=1e-4
         )
 
-    def test_kd_is_the_default_and_zero_for_identical_networks(self):
+    def test_kd_is_zero_for_identical_networks(self):
         teacher = tiny.conv_net(seed=0, name="t")
         student = tiny.conv_net(seed=0, name="s")
-        term = kj.LogitsDistillation()
-        self.assertEqual((term.loss, term.temperature), ("kl", 4.0))
+        term = kj.LogitsDistillation(temperature=4.0, loss="kd")
+        self.assertEqual((term.loss, term.temperature), ("kd", 4.0))
         logs = evaluate_terms(teacher, student, [term], tiny.images())
         self.assertAlmostEqual(logs["logits_distillation_loss"], 0.0, 6)
 
@@ -72,7 +76,7 @@ class LogitsTest(parameterized.TestCase):
         student = tiny.conv_net(seed=10, name="s")
         x = tiny.images()
         logs = evaluate_terms(
-            teacher, student, [kj.LogitsDistillation("mse")], x
+            teacher, student, [kj.LogitsDistillation(loss="squared_logits")], x
         )
         diff = teacher.predict(x, verbose=0) - student.predict(x, verbose=0)
         expected = np.mean(np.sum(diff**2, axis=-1))
@@ -80,29 +84,23 @@ class LogitsTest(parameterized.TestCase):
             logs["logits_distillation_loss"], expected, rtol=1e-5
         )
 
-    def test_keras_kl_term_becomes_knowledge_distillation(self):
+    def test_keras_terms_keep_their_keras_values(self):
+        # Keras' LogitsDistillation with a KL name (no softmax, no T^2),
+        # with Keras' mean squared error, and with a KLDivergence()
+        # instance (Hinton's KD): converted, each gives the value that
+        # Keras' own compute_loss gives on the same logits.
         teacher = tiny.conv_net(seed=0, name="t")
         student = tiny.conv_net(seed=10, name="s")
         x = tiny.images()
-        ours = evaluate_terms(
-            teacher, student, [kj.LogitsDistillation("kl", 3.0)], x
-        )
-        theirs = evaluate_terms(
-            teacher,
-            student,
-            [keras.distillation.LogitsDistillation(temperature=3.0)],
-            x,
-        )
-        np.testing.assert_allclose(
-            theirs["logits_distillation_loss"],
-            ours["logits_distillation_loss"],
-            rtol=1e-6,
-        )
-
-    def test_keras_mse_term_is_refused(self):
-        term = keras.distillation.LogitsDistillation(loss="mse")
-        with self.assertRaisesRegex(ValueError, "LogitsDistillation\\('mse'"):
-            kj.Distiller(tiny.conv_net(), tiny.conv_net(), [term])
+        t = teacher.predict(x, verbose=0)
+        s = student.predict(x, verbose=0)
+        for loss in ("kl_divergence", "mse", keras.losses.KLDivergence()):
+            term = keras.distillation.LogitsDistillation(3.0, loss)
+            theirs = float(term.compute_loss(t, s))
+            ours = evaluate_terms(teacher, student, [term], x)
+            np.testing.assert_allclose(
+                ours["logits_distillation_loss"], theirs, rtol=1e-5
+            )
 
 
 class JacobianRowsTest(parameterized.TestCase):
@@ -235,6 +233,7 @@ class JacobianMatchingTest(parameterized.TestCase):
             self.teacher,
             self.student,
             [kj.JacobianMatching("random", normalize=False)],
+            supervised_loss_weight=1.0,
         )
         distiller.compile()
         values = [
@@ -290,23 +289,36 @@ class JacobianMatchingTest(parameterized.TestCase):
         np.testing.assert_allclose(self.value(term), expected, rtol=1e-4)
 
 
-def test_logits_distillation_accepts_keras_loss_names():
-    t = np.array([[2.0, -1.0, 0.5]], "float32")
-    s = np.array([[0.1, 0.3, -0.2]], "float32")
+def test_logits_distillation_keras_names_keep_keras_meaning():
+    t = np.array([[2.0, -1.0, 0.5], [0.3, 0.2, -2.0]], "float32")
+    s = np.array([[0.1, 0.3, -0.2], [1.0, -0.5, 0.4]], "float32")
     temperature = 3.0
 
     def softmax(z):
         e = np.exp(z - z.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
 
+    def keras_kl(a, b):
+        # keras.losses.kl_divergence clips both to [1e-7, 1].
+        a, b = np.clip(a, 1e-7, 1), np.clip(b, 1e-7, 1)
+        return np.sum(a * np.log(a / b), axis=-1)
+
     p, q = softmax(t / temperature), softmax(s / temperature)
-    kd = temperature**2 * np.sum(p * (np.log(p) - np.log(q)))
-    for name, expected in [
-        ("kl_divergence", kd),
-        ("mean_squared_error", np.sum((t - s) ** 2)),
-    ]:
-        term = kj.LogitsDistillation(loss=name, temperature=temperature)
-        assert term.loss in ("kl", "mse")
+    kd = temperature**2 * np.sum(p * (np.log(p) - np.log(q)), axis=-1)
+    cases = [
+        ("kl_divergence", keras_kl(t / temperature, s / temperature)),
+        ("kld", keras_kl(t / temperature, s / temperature)),
+        ("mean_squared_error", np.mean(((t - s) / temperature) ** 2, -1)),
+        ("mse", np.mean(((t - s) / temperature) ** 2, -1)),
+        (keras.losses.KLDivergence(), kd),
+        ("kd", kd),
+        ("squared_logits", np.sum((t - s) ** 2, axis=-1)),
+    ]
+    for loss, expected in cases:
+        term = kj.LogitsDistillation(temperature=temperature, loss=loss)
         ctx = types.SimpleNamespace(outputs={"output": tf.constant(s)})
         value = term.per_example_loss({"logits": tf.constant(t)}, ctx)
-        np.testing.assert_allclose(value.numpy(), [expected], rtol=1e-5)
+        np.testing.assert_allclose(value.numpy(), expected, rtol=1e-5)
+        np.testing.assert_allclose(
+            float(term.compute_loss(t, s)), np.mean(expected), rtol=1e-5
+        )

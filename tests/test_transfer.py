@@ -65,17 +65,23 @@ def data(n=16, seed=0):
 
 def all_terms():
     return [
-        kj.LogitsDistillation(temperature=2.0),
+        kj.LogitsDistillation(temperature=2.0, loss="kd"),
         kj.JacobianMatching(),
         AttentionTransfer([("tc1", "bc1"), ("tc2", "bc2")]),
         AttentionJacobianMatching([("tc1", "bc1")]),
-        FeatureDistillation("tc2", "bc2", adapter="conv"),
+        FeatureDistillation(
+            teacher_layer_name="tc2", student_layer_name="bc2", adapter="conv"
+        ),
     ]
 
 
 def lwf_distiller(teacher, student):
     distiller = kj.Distiller(
-        teacher, student, all_terms(), distillation_output="source"
+        teacher,
+        student,
+        all_terms(),
+        distillation_output="source",
+        supervised_loss_weight=1.0,
     )
     distiller.compile(
         optimizer=keras.optimizers.Adam(0.01),
@@ -116,7 +122,10 @@ def test_extract_task_model_errors():
     with pytest.raises(ValueError, match="no layer named 'task'"):
         transfer.task_model(teacher_net())
     distiller = kj.Distiller(
-        teacher_net(), teacher_net(), [kj.LogitsDistillation()]
+        teacher_net(),
+        teacher_net(),
+        [kj.LogitsDistillation(temperature=4.0, loss="kd")],
+        supervised_loss_weight=1.0,
     )
     with pytest.raises(ValueError, match="single head"):
         transfer.extract_task_model(distiller)

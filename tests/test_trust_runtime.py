@@ -26,7 +26,10 @@ y_data = np.random.default_rng(1).integers(0, 5, size=(16,)).astype("int32")
 
 
 def _terms():
-    return [kj.LogitsDistillation(), kj.JacobianMatching("teacher_top1")]
+    return [
+        kj.LogitsDistillation(temperature=4.0, loss="kd"),
+        kj.JacobianMatching("teacher_top1"),
+    ]
 
 
 def _distiller(teacher=None, student=None):
@@ -35,6 +38,7 @@ def _distiller(teacher=None, student=None):
         teacher if teacher is not None else tiny.conv_net(filters=6, seed=10),
         student if student is not None else tiny.conv_net(seed=20),
         _terms(),
+        supervised_loss_weight=1.0,
     )
 
 

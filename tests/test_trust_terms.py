@@ -83,6 +83,7 @@ def test_out_of_range_label_fails_in_fit(bad):
         tiny.conv_net(seed=0),
         tiny.conv_net(seed=1),
         [kj.JacobianMatching(target="label")],
+        supervised_loss_weight=1.0,
     )
     distiller.compile(optimizer="sgd")
     x = tiny.images(4)
@@ -100,6 +101,7 @@ def test_out_of_range_label_fails_under_xla(method):
         tiny.conv_net(seed=0),
         tiny.conv_net(seed=1),
         [kj.JacobianMatching(target="label")],
+        supervised_loss_weight=1.0,
     )
     distiller.compile(optimizer="sgd", jit_compile=True)
     assert distiller.jit_compile
@@ -133,6 +135,7 @@ def test_out_of_range_label_fails_eagerly_with_value_error(bad):
         tiny.conv_net(seed=0),
         tiny.conv_net(seed=1),
         [kj.JacobianMatching(target="label")],
+        supervised_loss_weight=1.0,
     )
     x = tf.constant(tiny.images(3))
     with pytest.raises(ValueError, match=rf"\[0, 5\).*{bad}"):
@@ -148,6 +151,7 @@ def test_float_labels_with_fractions_are_refused():
         tiny.conv_net(seed=0),
         tiny.conv_net(seed=1),
         [kj.JacobianMatching(target="label")],
+        supervised_loss_weight=1.0,
     )
     x = tiny.images(3)
     # Used to be truncated to class 2, silently.
@@ -168,6 +172,7 @@ def test_one_hot_row_without_a_class_is_refused():
         tiny.conv_net(seed=0),
         tiny.conv_net(seed=1),
         [kj.JacobianMatching(target="label")],
+        supervised_loss_weight=1.0,
     )
     x = tiny.images(3)
     labels = np.eye(5, dtype="float32")[[1, 0, 2]]
@@ -184,6 +189,7 @@ def test_label_shape_mistakes_are_named():
         tiny.conv_net(seed=0),
         tiny.conv_net(seed=1),
         [kj.JacobianMatching(target="label")],
+        supervised_loss_weight=1.0,
     )
     distiller.compile(optimizer="sgd")
     x = tiny.images(4)
@@ -210,6 +216,7 @@ def test_labels_in_range_still_train_with_sparse_and_one_hot():
             tiny.conv_net(seed=0),
             tiny.conv_net(seed=1),
             [kj.JacobianMatching(target="label")],
+            supervised_loss_weight=1.0,
         )
         distiller.compile(optimizer="sgd")
         history = distiller.fit(x, labels, batch_size=4, verbose=0)
@@ -229,12 +236,14 @@ def test_label_target_is_refused_with_distillation_output():
             student,
             [kj.JacobianMatching(target="label")],
             distillation_output="source",
+            supervised_loss_weight=1.0,
         )
     distiller = kj.Distiller(
         tiny.conv_net(seed=0),
         student,
         [kj.JacobianMatching()],
         distillation_output="source",
+        supervised_loss_weight=1.0,
     )
     x = tiny.images(2)
     with pytest.raises(ValueError, match="task head"):
@@ -301,6 +310,7 @@ def test_resampled_student_has_the_teachers_rows(
             teacher,
             student,
             [kj.JacobianMatching(target, normalize=False)],
+            supervised_loss_weight=1.0,
         )
         got = term_values(distiller, {"student": xs, "teacher": xt})
         assert got["jacobian_matching_loss"] <= 1e-6 * scale, target
@@ -315,7 +325,9 @@ def test_resampled_student_attention_jacobian_is_zero(normalize):
     term = kj.AttentionJacobianMatching(
         [("conv1", "conv1"), ("conv2", "conv2")], normalize=normalize
     )
-    distiller = kj.Distiller(teacher, student, [term])
+    distiller = kj.Distiller(
+        teacher, student, [term], supervised_loss_weight=1.0
+    )
     targets = distiller.teacher_targets(tf.constant(xt))[0]
     scale = float(np.sum(targets["rows_0"].numpy() ** 2)) / 3
     bound = 1e-6 if normalize else 1e-6 * scale
@@ -345,7 +357,9 @@ def test_alignment_value_against_numpy(target, normalize):
     term = kj.JacobianMatching(
         target, normalize=normalize, loss="alignment", temperature=temperature
     )
-    got = term_values(kj.Distiller(teacher, student, [term]), x)
+    got = term_values(
+        kj.Distiller(teacher, student, [term], supervised_loss_weight=1.0), x
+    )
     jt, _ = probability_rows(teacher, x, temperature)
     js, ps = probability_rows(student, x, temperature)
     if target == "all":
@@ -381,7 +395,12 @@ ALIGNMENT = [
 @pytest.mark.parametrize("kwargs", ALIGNMENT)
 def test_copied_student_has_zero_alignment_gradient(kwargs):
     teacher, student = confident_copy()
-    distiller = kj.Distiller(teacher, student, [kj.JacobianMatching(**kwargs)])
+    distiller = kj.Distiller(
+        teacher,
+        student,
+        [kj.JacobianMatching(**kwargs)],
+        supervised_loss_weight=1.0,
+    )
     distiller.compile(optimizer="sgd")
     x = tf.constant(tiny.images(8))
     with tf.GradientTape() as tape:
@@ -397,7 +416,12 @@ def test_copied_student_has_zero_alignment_gradient(kwargs):
 @pytest.mark.parametrize("kwargs", ALIGNMENT)
 def test_copied_student_does_not_move_under_sgd(kwargs):
     teacher, student = confident_copy()
-    distiller = kj.Distiller(teacher, student, [kj.JacobianMatching(**kwargs)])
+    distiller = kj.Distiller(
+        teacher,
+        student,
+        [kj.JacobianMatching(**kwargs)],
+        supervised_loss_weight=1.0,
+    )
     distiller.compile(optimizer="sgd")
     before = student.get_weights()
     distiller.fit(tiny.images(8), epochs=30, batch_size=8, verbose=0)
@@ -410,7 +434,9 @@ def test_alignment_is_bounded_below(normalize):
     teacher = tiny.conv_net(seed=0, name="t")
     student = tiny.conv_net(seed=3, name="s")
     term = kj.JacobianMatching("all", loss="alignment", normalize=normalize)
-    distiller = kj.Distiller(teacher, student, [term])
+    distiller = kj.Distiller(
+        teacher, student, [term], supervised_loss_weight=1.0
+    )
     x = tiny.images(4)
     for seed in (3, 4):
         weights = tiny.conv_net(seed=seed, name=f"s{seed}").get_weights()
@@ -439,10 +465,17 @@ def feature_net(filters, size=8, stride=1, name=None):
 
 @pytest.mark.parametrize("widths", [(2, 2), (2, 3)])
 def test_feature_term_reused_in_two_distillers_trains_both(widths):
-    term = kj.FeatureDistillation("c1", "c1", adapter="auto")
+    term = kj.FeatureDistillation(
+        teacher_layer_name="c1", student_layer_name="c1", adapter="auto"
+    )
     teacher = feature_net(4, name="t")
     distillers = [
-        kj.Distiller(teacher, feature_net(w, name=f"s{i}"), [term])
+        kj.Distiller(
+            teacher,
+            feature_net(w, name=f"s{i}"),
+            [term],
+            supervised_loss_weight=1.0,
+        )
         for i, w in enumerate(widths)
     ]
     assert term.adapter_layer is None
@@ -479,10 +512,16 @@ def test_attention_term_reused_at_two_map_sizes():
     teacher = feature_net(4, name="t")
     x = tiny.images(4)
     students = [feature_net(2, name="s0"), feature_net(2, stride=2, name="s1")]
-    shared = [kj.Distiller(teacher, s, [term]) for s in students]
+    shared = [
+        kj.Distiller(teacher, s, [term], supervised_loss_weight=1.0)
+        for s in students
+    ]
     for distiller, student in zip(shared, students):
         fresh = kj.Distiller(
-            teacher, student, [kj.AttentionTransfer([("c1", "c1")])]
+            teacher,
+            student,
+            [kj.AttentionTransfer([("c1", "c1")])],
+            supervised_loss_weight=1.0,
         )
         expected = term_values(fresh, x)["attention_transfer_loss"]
         got = term_values(distiller, x)["attention_transfer_loss"]
@@ -491,16 +530,22 @@ def test_attention_term_reused_at_two_map_sizes():
 
 
 def test_term_names_of_the_user_are_not_changed():
-    first, second = kj.LogitsDistillation(), kj.LogitsDistillation("mse")
+    first, second = (
+        kj.LogitsDistillation(temperature=4.0, loss="kd"),
+        kj.LogitsDistillation(loss="squared_logits"),
+    )
     distiller = kj.Distiller(
-        tiny.conv_net(seed=0), tiny.conv_net(seed=1), [first, second]
+        tiny.conv_net(seed=0),
+        tiny.conv_net(seed=1),
+        [first, second],
+        supervised_loss_weight=1.0,
     )
     assert (first.name, second.name) == ("logits_distillation",) * 2
     assert [t.name for t in distiller.distillation_losses] == [
         "logits_distillation",
         "logits_distillation_1",
     ]
-    assert distiller.distillation_losses[1].loss == "mse"
+    assert distiller.distillation_losses[1].loss == "squared_logits"
 
 
 # Numbers: NaN, inf, NumPy scalars and arrays.
@@ -510,7 +555,8 @@ def build_with(**overrides):
     kwargs = dict(
         teacher=tiny.conv_net(seed=0),
         student=tiny.conv_net(seed=1),
-        distillation_losses=[kj.LogitsDistillation()],
+        distillation_losses=[kj.LogitsDistillation(temperature=4.0, loss="kd")],
+        supervised_loss_weight=1.0,
     )
     kwargs.update(overrides)
     return kj.Distiller(**kwargs)
@@ -518,8 +564,11 @@ def build_with(**overrides):
 
 NUMBER_PLACES = [
     ("weight", lambda v: build_with(distillation_loss_weights=[v])),
-    ("student", lambda v: build_with(student_loss_weight=v)),
-    ("kd_temperature", lambda v: kj.LogitsDistillation(temperature=v)),
+    ("student", lambda v: build_with(supervised_loss_weight=v)),
+    (
+        "kd_temperature",
+        lambda v: kj.LogitsDistillation(temperature=v, loss="kd"),
+    ),
     (
         "alignment_temperature",
         lambda v: kj.JacobianMatching(loss="alignment", temperature=v),
@@ -561,24 +610,30 @@ def test_arrays_are_refused_with_their_shape(place, make):
 def test_numpy_weights_are_stored_as_floats():
     distiller = build_with(
         distillation_loss_weights=[np.float32(0.5)],
-        student_loss_weight=np.int64(2),
+        supervised_loss_weight=np.int64(2),
     )
     config = distiller.get_config()
     assert config["distillation_loss_weights"] == [0.5]
-    assert config["student_loss_weight"] == 2.0
-    term = kj.LogitsDistillation(temperature=np.array(3.0))
+    assert config["supervised_loss_weight"] == 2.0
+    term = kj.LogitsDistillation(temperature=np.array(3.0), loss="kd")
     assert type(term.get_config()["temperature"]) is float
 
 
 def test_weights_as_a_numpy_vector():
     distiller = build_with(
-        distillation_losses=[kj.LogitsDistillation(), kj.JacobianMatching()],
+        distillation_losses=[
+            kj.LogitsDistillation(temperature=4.0, loss="kd"),
+            kj.JacobianMatching(),
+        ],
         distillation_loss_weights=np.array([0.5, 2.0], "float32"),
     )
     assert distiller.get_config()["distillation_loss_weights"] == [0.5, 2.0]
     with pytest.raises(ValueError, match=r"weights\[1\].*shape \(2,\)"):
         build_with(
-            distillation_losses=[kj.LogitsDistillation()] * 2,
+            distillation_losses=[
+                kj.LogitsDistillation(temperature=4.0, loss="kd")
+            ]
+            * 2,
             distillation_loss_weights=[1.0, np.ones(2)],
         )
 
@@ -618,7 +673,12 @@ def test_scheduler_accepts_numpy_values():
 def test_student_that_is_the_teacher_is_refused():
     teacher = tiny.conv_net()
     with pytest.raises(ValueError, match="clone_model"):
-        kj.Distiller(teacher, teacher, [kj.LogitsDistillation()])
+        kj.Distiller(
+            teacher,
+            teacher,
+            [kj.LogitsDistillation(temperature=4.0, loss="kd")],
+            supervised_loss_weight=1.0,
+        )
 
 
 def test_student_sharing_teacher_layers_is_refused():
@@ -628,14 +688,24 @@ def test_student_sharing_teacher_layers_is_refused():
     h = keras.layers.Flatten()(h)
     student = keras.Model(inputs, keras.layers.Dense(5)(h))
     with pytest.raises(ValueError, match=r"shares 2 weights.*conv1.*clone"):
-        kj.Distiller(teacher, student, [kj.LogitsDistillation()])
+        kj.Distiller(
+            teacher,
+            student,
+            [kj.LogitsDistillation(temperature=4.0, loss="kd")],
+            supervised_loss_weight=1.0,
+        )
 
 
 def test_cloned_student_is_accepted_and_trains():
     teacher = tiny.conv_net()
     student = keras.models.clone_model(teacher)
     student.set_weights(teacher.get_weights())
-    distiller = kj.Distiller(teacher, student, [kj.LogitsDistillation()])
+    distiller = kj.Distiller(
+        teacher,
+        student,
+        [kj.LogitsDistillation(temperature=4.0, loss="kd")],
+        supervised_loss_weight=1.0,
+    )
     distiller.compile(optimizer="sgd", loss=tiny.sparse_ce())
     before = student.get_weights()
     distiller.fit(
@@ -665,8 +735,13 @@ def test_subclassed_student_with_output_terms():
     teacher = tiny.conv_net(seed=0)
     student = Subclassed()
     student(tiny.images(1))
-    terms = [kj.LogitsDistillation("mse"), kj.JacobianMatching()]
-    distiller = kj.Distiller(teacher, student, terms)
+    terms = [
+        kj.LogitsDistillation(loss="squared_logits"),
+        kj.JacobianMatching(),
+    ]
+    distiller = kj.Distiller(
+        teacher, student, terms, supervised_loss_weight=1.0
+    )
     x = tiny.images(4)
     got = term_values(distiller, x)
     t_logits = teacher.predict(x, verbose=0)
@@ -701,11 +776,18 @@ def test_subclassed_student_with_intermediate_layer_is_refused():
         kj.Distiller(
             tiny.conv_net(),
             student,
-            [kj.FeatureDistillation("conv1", "conv2d", adapter="auto")],
+            [
+                kj.FeatureDistillation(
+                    teacher_layer_name="conv1",
+                    student_layer_name="conv2d",
+                    adapter="auto",
+                )
+            ],
+            supervised_loss_weight=1.0,
         )
 
 
-# The compiled loss is skipped at student_loss_weight=0.
+# The compiled loss is skipped at weight 0.
 
 
 def test_compiled_loss_is_not_computed_at_weight_zero():
@@ -717,7 +799,7 @@ def test_compiled_loss_is_not_computed_at_weight_zero():
             y_true, y_pred, from_logits=True
         )
 
-    distiller = build_with(student_loss_weight=0.0)
+    distiller = build_with(supervised_loss_weight=0.0)
     distiller.compile(optimizer="sgd", loss=counting_loss)
     x, y = tiny.images(8), np.arange(8) % 5
     history = distiller.fit(x, y, epochs=1, batch_size=4, verbose=0)
@@ -781,7 +863,9 @@ def test_saliency_rows_are_the_terms_rows(policy, target):
     finally:
         keras.config.set_dtype_policy("float32")
     term = kj.JacobianMatching(target)
-    distiller = kj.Distiller(teacher, student, [term])
+    distiller = kj.Distiller(
+        teacher, student, [term], supervised_loss_weight=1.0
+    )
     x = tf.constant(tiny.images(4))
     y = np.array([1, 0, 4, 2])
     targets = distiller.teacher_targets(x, y)[0]

@@ -15,6 +15,7 @@ weight and the scaling for `tf.distribute` replicas, in one place.
 
 import re
 
+import keras
 import tensorflow as tf
 
 from keras_jacobian import jacobians
@@ -155,6 +156,8 @@ class DistillationTerm:
         reads_logits: the term reads the distillation output as logits
             (it applies a softmax, or differentiates them), so networks
             whose output is already a softmax are refused.
+        per_batch: the term's value is one number per batch (a Keras
+            `DistillationLoss`), which `sample_weight` does not weight.
 
     Args:
         name: the term's name; its metric is logged as `f"{name}_loss"`.
@@ -166,6 +169,7 @@ class DistillationTerm:
     reads_labels = False
     synchronizes = False
     reads_logits = False
+    per_batch = False
 
     def __init__(self, name=None):
         if name is not None and not isinstance(name, str):
@@ -211,6 +215,19 @@ class DistillationTerm:
             teacher: the teacher's endpoint model.
             student: the student's endpoint model.
         """
+
+    def validate_model_compatibility(self, teacher, student):
+        """Checks the networks as given to the `Distiller` (Keras' name).
+
+        Args:
+            teacher: the teacher model.
+            student: the student model.
+        """
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        """Raises a `ValueError` unless the two outputs have the same
+        structure (as `keras.distillation.DistillationLoss` does)."""
+        keras.tree.assert_same_structure(teacher_outputs, student_outputs)
 
     def teacher_targets(self, ctx):
         """Returns a dict of per-example target tensors from the teacher."""

@@ -6,8 +6,10 @@ import keras
 import tensorflow as tf
 
 from keras_jacobian import attention_maps
+from keras_jacobian.terms import keras_losses
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
+from keras_jacobian.terms.logits import mean_over_positions
 
 ADAPTERS = (None, "conv", "dense", "auto")
 LOSSES = ("mse", "mae")
@@ -60,7 +62,10 @@ class FeatureDistillation(DistillationTerm):
     et al. 2015; "activation matching" of intermediate layers in Srinivas
     & Fleuret 2018). The per-example loss is the mean over feature values
     of the squared (`"mse"`) or absolute (`"mae"`) difference between the
-    teacher's features and `adapter(student features)`.
+    teacher's features and `adapter(student features)`. The arguments,
+    their order and defaults are those of
+    `keras.distillation.FeatureDistillation` (`loss` first), followed by
+    the library's `adapter`.
 
     When the networks have different widths, a learnable adapter maps the
     student's channels to the teacher's: a 1x1 `Conv2D` for feature maps
@@ -76,13 +81,15 @@ class FeatureDistillation(DistillationTerm):
     is resized to the student's by area weights.
 
     Args:
+        loss: `"mse"` (default) or `"mae"`, or any Keras loss (a name, a
+            function or a `keras.losses.Loss`), averaged over the feature
+            values as in `keras.distillation.FeatureDistillation`.
         teacher_layer_name: name of the teacher's layer, or `"output"`
             (or `None`) for its output.
         student_layer_name: name of the student's layer, or `"output"`
             (or `None`) for its output.
         adapter: `None` (channel counts must agree), `"conv"`, `"dense"`
             or `"auto"`.
-        loss: `"mse"` or `"mae"`.
         name: metric name prefix, default `"feature_distillation"`.
 
     Example:
@@ -99,10 +106,10 @@ class FeatureDistillation(DistillationTerm):
 
     def __init__(
         self,
+        loss="mse",
         teacher_layer_name=None,
         student_layer_name=None,
         adapter=None,
-        loss="mse",
         name=None,
         **kwargs,
     ):
@@ -129,9 +136,10 @@ class FeatureDistillation(DistillationTerm):
                 f"`adapter` must be one of {ADAPTERS}. Received: "
                 f"adapter={adapter!r}"
             )
+        self.loss_fn = None
         if loss not in LOSSES:
-            raise ValueError(
-                f"`loss` must be one of {LOSSES}. Received: loss={loss!r}"
+            self.loss_fn = keras_losses.loss_function(
+                loss, "FeatureDistillation"
             )
         self.teacher_layer_name = teacher_layer_name
         self.student_layer_name = student_layer_name
@@ -142,34 +150,14 @@ class FeatureDistillation(DistillationTerm):
 
     @classmethod
     def from_keras(cls, term):
-        """Converts a `keras.distillation.FeatureDistillation`.
-
-        Its layer names carry over (`None`, the final output, becomes
-        `"output"`); its loss must be a single mean squared or mean
-        absolute error, whose value this term reproduces.
-        """
+        """Converts a `keras.distillation.FeatureDistillation` with a
+        single loss, keeping its layer names and its loss's meaning."""
         loss = term.loss
-        if isinstance(loss, (list, tuple, dict)):
-            raise ValueError(
-                "Only a single loss can be converted from "
-                "keras.distillation.FeatureDistillation. Received: "
-                f"loss={loss!r}. Use one keras_jacobian.FeatureDistillation "
-                "per pair of layers."
-            )
-        key = getattr(loss, "name", None) or getattr(loss, "__name__", "")
-        if isinstance(loss, str):
-            key = loss
-        key = str(key).lower()
-        if key not in _KERAS_LOSS_NAMES:
-            raise ValueError(
-                "keras.distillation.FeatureDistillation is accepted with a "
-                f"mean squared or mean absolute error. Received: loss={loss!r}"
-                ". For other comparisons write a DistillationTerm."
-            )
+        key = loss if isinstance(loss, str) else getattr(loss, "__name__", "")
         return cls(
+            loss=_KERAS_LOSS_NAMES.get(str(key).lower(), loss),
             teacher_layer_name=term.teacher_layer_name,
             student_layer_name=term.student_layer_name,
-            loss=_KERAS_LOSS_NAMES[key],
         )
 
     @property
@@ -262,11 +250,35 @@ class FeatureDistillation(DistillationTerm):
         student = ctx.outputs[self.student_layer_name]
         if self.adapter_layer is not None:
             student = self.adapter_layer(student)
+        if self.loss_fn is not None:
+            return self._keras_loss(targets["features"], student)
         diff = targets["features"] - tf.cast(student, "float32")
         diff = tf.reshape(diff, [tf.shape(diff)[0], -1])
         if self.loss == "mse":
             return tf.reduce_mean(tf.square(diff), axis=-1)
         return tf.reduce_mean(tf.abs(diff), axis=-1)
+
+    def _keras_loss(self, teacher_features, student_features):
+        values = keras_losses.per_example(
+            self.loss_fn, teacher_features, tf.cast(student_features, "float32")
+        )
+        return mean_over_positions(values)
+
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        """The loss of a batch of features, a scalar (as Keras'
+        `compute_loss`; without the adapter)."""
+        if self.loss_fn is not None:
+            values = self._keras_loss(
+                tf.cast(teacher_outputs, "float32"), student_outputs
+            )
+        else:
+            diff = tf.cast(teacher_outputs, "float32") - tf.cast(
+                student_outputs, "float32"
+            )
+            diff = tf.reshape(diff, [tf.shape(diff)[0], -1])
+            reduce = tf.square if self.loss == "mse" else tf.abs
+            values = tf.reduce_mean(reduce(diff), axis=-1)
+        return tf.reduce_mean(values)
 
     def get_config(self):
         config = super().get_config()
@@ -275,7 +287,17 @@ class FeatureDistillation(DistillationTerm):
                 "teacher_layer_name": self.teacher_layer_name,
                 "student_layer_name": self.student_layer_name,
                 "adapter": self.adapter,
-                "loss": self.loss,
+                "loss": (
+                    self.loss
+                    if self.loss in LOSSES
+                    else keras_losses.serialize(self.loss)
+                ),
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["loss"] = keras_losses.deserialize(config.get("loss", "mse"))
+        return cls(**config)

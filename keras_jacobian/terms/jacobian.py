@@ -66,7 +66,7 @@ class JacobianMatching(DistillationTerm):
     With `normalize=False` the rows are compared raw and summed:
     for `target="all"` the term is exactly `||J_T - J_S||_F^2` per example
     (summed over classes and input values), so that
-    `LogitsDistillation("mse")` plus `sigma^2` times this term is the
+    `LogitsDistillation(loss="squared_logits")` + `sigma^2` x this term is the
     first-order expansion of `NoiseDistillation(sigma)`. For `"random"`
     the sum over projections is scaled by `classes / num_projections`,
     which makes it an unbiased estimate of the same Frobenius norm
@@ -215,7 +215,7 @@ class JacobianMatching(DistillationTerm):
         teacher,
         student,
         [
-            keras_jacobian.LogitsDistillation(temperature=4.0),
+            keras_jacobian.LogitsDistillation(temperature=4.0, loss="kd"),
             keras_jacobian.JacobianMatching(target="teacher_top1"),
         ],
         distillation_loss_weights=[1.0, 1.0],

@@ -1,16 +1,25 @@
-"""Activation (logit) matching: Hinton's knowledge distillation or MSE."""
+"""Logit matching: Keras' losses, Hinton's KD, squared logits."""
+
+import warnings
 
 import keras
 import tensorflow as tf
 
 from keras_jacobian import validation
+from keras_jacobian.terms import keras_losses
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
 
-LOSSES = ("kl", "mse")
-# keras.losses names of the same losses: here they keep their full meaning
-# (the KL form with the softmax at temperature T and the T^2 factor).
-LOSS_ALIASES = {"kl_divergence": "kl", "mean_squared_error": "mse"}
+# The library's own losses. Their names are none of Keras' loss names, so
+# that a program ported from keras.distillation cannot select them by
+# accident: every Keras name keeps its Keras meaning.
+KD = "kd"
+SQUARED_LOGITS = "squared_logits"
+OWN_LOSSES = (KD, SQUARED_LOGITS)
+# Names of 0.1.0. "kl" is no Keras name and stays, deprecated; "mse" is
+# Keras' mean squared error, and reads as 0.1.0's loss only in a saved
+# configuration (where Keras' losses are stored as dicts, never names).
+_FORMER = {"kl": KD, "mse": SQUARED_LOGITS}
 
 
 def kd_loss(teacher_logits, student_logits, temperature):
@@ -59,48 +68,69 @@ def mean_over_positions(values):
 class LogitsDistillation(DistillationTerm):
     """Matches the student's logits to the teacher's.
 
-    With `loss="kl"` this is Hinton et al.'s knowledge distillation: both
-    networks' logits are softened by a softmax at temperature `T`, the loss
-    is `KL(teacher || student)`, and it is scaled by `T^2` so that its
-    gradient keeps the same magnitude as `T` changes. With `loss="mse"` it
-    is the squared error between raw logits, summed over classes: the
-    "activation matching" of Srinivas & Fleuret (2018), whose first
-    proposition links it to Jacobian matching.
+    The arguments, their order and defaults are those of
+    `keras.distillation.LogitsDistillation`, and so is the meaning of
+    every Keras loss: a Keras loss (a name such as `"kl_divergence"` or
+    `"mean_squared_error"`, a function, or a `keras.losses.Loss`) is
+    applied to both networks' logits divided by `temperature`, then
+    averaged; a `keras.losses.KLDivergence()` instance receives the
+    softmax of those logits and is scaled by `T^2`. Keras' default,
+    `loss="kl_divergence"` (a name), therefore compares logits divided by
+    `T` as if they were probabilities: no softmax, no `T^2`.
 
-    Both are averaged over the batch by the `Distiller`. For outputs with
-    spatial axes, `(batch, H, W, classes)` (segmentation), the loss is
-    computed at every position (pixel) and averaged over positions.
+    Two losses of the library's own, with names Keras does not use:
+
+    - `loss="kd"`: Hinton et al.'s knowledge distillation,
+      `T^2 * KL(softmax(t / T) || softmax(s / T))` summed over classes
+      (the same value as Keras' `KLDivergence()` instance).
+    - `loss="squared_logits"`: `||t - s||^2` summed over classes, on raw
+      logits (`temperature` unused): the "activation matching" of
+      Srinivas & Fleuret (2018), whose first proposition links it to
+      Jacobian matching.
+
+    Every loss is computed per example and averaged over the batch by the
+    `Distiller` (weighted by `sample_weight` when given). For outputs with
+    spatial axes, `(batch, H, W, classes)` (segmentation), it is computed
+    at every position and averaged over positions.
 
     Args:
-        loss: `"kl"` (default) or `"mse"`; Keras' names
-            `"kl_divergence"` and `"mean_squared_error"` mean the same
-            (with the softmax and `T^2`, unlike Keras' string form).
-        temperature: softening temperature for `"kl"`; ignored by `"mse"`.
+        temperature: softening temperature `T > 0`, default 3.0 (as in
+            Keras); unused by `"squared_logits"`.
+        loss: a Keras loss (default `"kl_divergence"`, with Keras'
+            meaning), `"kd"` or `"squared_logits"`. Nested structures
+            (several outputs) are not supported.
         name: metric name prefix, default `"logits_distillation"`.
 
     Example:
 
     ```python
-    distiller = keras_jacobian.Distiller(
-        teacher, student, [keras_jacobian.LogitsDistillation(temperature=4)]
-    )
+    kd = keras_jacobian.LogitsDistillation(temperature=4.0, loss="kd")
+    distiller = keras_jacobian.Distiller(teacher, student, [kd])
     ```
     """
 
     reads_logits = True
 
-    def __init__(self, loss="kl", temperature=4.0, name=None):
+    def __init__(self, temperature=3.0, loss="kl_divergence", name=None):
         super().__init__(name=name)
-        loss = LOSS_ALIASES.get(loss, loss)
-        if loss not in LOSSES:
-            raise ValueError(
-                f"`loss` must be one of {LOSSES} (or the Keras names "
-                f"{tuple(LOSS_ALIASES)}). Received: loss={loss!r}"
-            )
-        self.loss = loss
         self.temperature = validation.check_number(
             temperature, "temperature", strict=True
         )
+        if isinstance(loss, str) and loss == "kl":
+            warnings.warn(
+                "LogitsDistillation's loss='kl' is now loss='kd' (Hinton's "
+                "KD, with the softmax and T^2); the old name will be "
+                "removed in 0.3.0.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            loss = KD
+        self.loss = loss
+        self.loss_fn = None
+        if loss not in OWN_LOSSES:
+            self.loss_fn = keras_losses.loss_function(
+                loss, "LogitsDistillation", OWN_LOSSES
+            )
 
     def build(self, teacher_shapes, student_shapes):
         t, s = teacher_shapes[OUTPUT], student_shapes[OUTPUT]
@@ -117,14 +147,48 @@ class LogitsDistillation(DistillationTerm):
         return {"logits": ctx.outputs[OUTPUT]}
 
     def per_example_loss(self, targets, ctx):
-        student = ctx.outputs[OUTPUT]
-        if self.loss == "kl":
-            values = kd_loss(targets["logits"], student, self.temperature)
+        return self.values(targets["logits"], ctx.outputs[OUTPUT])
+
+    def values(self, teacher_logits, student_logits):
+        """The loss of each example, float32 `(batch,)`."""
+        if self.loss == KD:
+            values = kd_loss(teacher_logits, student_logits, self.temperature)
+        elif self.loss == SQUARED_LOGITS:
+            values = squared_logit_error(teacher_logits, student_logits)
         else:
-            values = squared_logit_error(targets["logits"], student)
+            t = tf.cast(teacher_logits, "float32") / self.temperature
+            s = tf.cast(student_logits, "float32") / self.temperature
+            kl = isinstance(self.loss_fn, keras.losses.KLDivergence)
+            if kl:
+                t = tf.nn.softmax(t, axis=-1)
+                s = tf.nn.softmax(s, axis=-1)
+            values = keras_losses.per_example(self.loss_fn, t, s)
+            if kl:
+                values = values * self.temperature**2
         return mean_over_positions(values)
+
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        """The loss of a batch, a scalar (as Keras' `compute_loss`)."""
+        return tf.reduce_mean(self.values(teacher_outputs, student_outputs))
 
     def get_config(self):
         config = super().get_config()
-        config.update({"loss": self.loss, "temperature": self.temperature})
+        config.update(
+            {
+                "temperature": self.temperature,
+                "loss": keras_losses.serialize(self.loss),
+            }
+        )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        loss = config.get("loss")
+        if isinstance(loss, str) and loss in _FORMER:
+            # Saved by 0.1.0, whose "kl" and "mse" were the library's own
+            # losses: a saved model keeps its meaning.
+            config["loss"] = _FORMER[loss]
+        else:
+            config["loss"] = keras_losses.deserialize(loss)
+        return cls(**config)

@@ -57,7 +57,11 @@ def distiller(cached):
         kj.Distiller(
             teacher,
             student,
-            [kj.LogitsDistillation(), kj.JacobianMatching()],
+            [
+                kj.LogitsDistillation(temperature=4.0, loss="kd"),
+                kj.JacobianMatching(),
+            ],
+            supervised_loss_weight=1.0,
         )
     )
     return model, student, cached

@@ -31,10 +31,11 @@ distiller = Distiller(
     teacher,
     student,
     [
-        LogitsDistillation("kl"),
+        LogitsDistillation(temperature=4.0, loss="kd"),
         JacobianMatching("random", num_projections=2),
         NoiseDistillation(0.1),
     ],
+    supervised_loss_weight=1.0,
 )
 distiller.compile(
     optimizer="adam",

@@ -36,7 +36,7 @@ def distiller_case(target):
             teacher,
             student,
             [
-                LogitsDistillation("kl", temperature=2.0),
+                LogitsDistillation(temperature=2.0, loss="kd"),
                 JacobianMatching(
                     target=target,
                     estimator="exact",
@@ -51,6 +51,7 @@ def distiller_case(target):
                 ),
             ],
             distillation_loss_weights=[1.0, 0.5, 0.5],
+            supervised_loss_weight=1.0,
         )
         return model, student
 
@@ -66,7 +67,11 @@ def batch_norm_case(sync):
         model = Distiller(
             teacher,
             student,
-            [LogitsDistillation("kl"), JacobianMatching("teacher_top1")],
+            [
+                LogitsDistillation(temperature=4.0, loss="kd"),
+                JacobianMatching("teacher_top1"),
+            ],
+            supervised_loss_weight=1.0,
         )
         return model, student
 

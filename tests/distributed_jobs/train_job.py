@@ -111,10 +111,11 @@ with strategy.scope():
         teacher,
         student,
         [
-            LogitsDistillation("kl", temperature=2.0),
+            LogitsDistillation(temperature=2.0, loss="kd"),
             JacobianMatching(target="random", num_projections=2),
         ],
         seed=7,
+        supervised_loss_weight=1.0,
     )
     distiller.compile(
         optimizer=keras.optimizers.Adam(0.01),

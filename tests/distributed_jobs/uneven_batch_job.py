@@ -60,7 +60,7 @@ def distiller():
         mlp("teacher", 7, 1),
         student,
         [
-            LogitsDistillation("kl", temperature=2.0),
+            LogitsDistillation(temperature=2.0, loss="kd"),
             JacobianMatching(target="label", normalize=False, name="label"),
             # Relative to the global batch's teacher norm: an all-reduce
             # that runs on every replica, the empty one included. (Random
@@ -73,6 +73,7 @@ def distiller():
             ),
         ],
         distillation_loss_weights=[1.0, 0.5, 0.1],
+        supervised_loss_weight=1.0,
     )
     return model, student
 

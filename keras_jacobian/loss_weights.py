@@ -1,0 +1,143 @@
+"""The `Distiller`'s loss weights: Keras' convex mix, or independent.
+
+Keras' `Distiller` mixes its losses as
+
+    student_loss_weight * student_loss
+    + (1 - student_loss_weight) * sum_i distillation_loss_weights[i] * term_i
+
+with `student_loss_weight` in `[0, 1]` (default 0.5); so does ours with
+the same arguments. `supervised_loss_weight` (a name Keras does not use)
+weights the student's loss independently of the terms:
+
+    supervised_loss_weight * student_loss
+    + sum_i distillation_loss_weights[i] * term_i
+
+The weights are `keras.Variable`s (callbacks change them between steps);
+the attributes below read back the numbers given while the variables
+hold them, so that `distiller.student_loss_weight == 0.7` as in Keras.
+"""
+
+import keras
+import numpy as np
+
+from keras_jacobian import validation
+
+DEFAULT_STUDENT_LOSS_WEIGHT = 0.5
+
+
+def convex(student_loss_weight, supervised_loss_weight):
+    """Whether the weights form Keras' convex mix; checks the pair."""
+    if student_loss_weight is not None and supervised_loss_weight is not None:
+        raise ValueError(
+            "Pass either `student_loss_weight` (Keras' convex mix: "
+            "w * student + (1 - w) * terms) or `supervised_loss_weight` "
+            "(an independent weight: s * student + terms), not both. "
+            f"Received: student_loss_weight={student_loss_weight!r}, "
+            f"supervised_loss_weight={supervised_loss_weight!r}"
+        )
+    return supervised_loss_weight is None
+
+
+def supervised_weight(student_loss_weight, supervised_loss_weight):
+    """The weight of the student's loss, checked."""
+    if supervised_loss_weight is not None:
+        return validation.check_number(
+            supervised_loss_weight, "supervised_loss_weight"
+        )
+    if student_loss_weight is None:
+        return DEFAULT_STUDENT_LOSS_WEIGHT
+    w = validation.check_number(student_loss_weight, "student_loss_weight")
+    if w > 1.0:
+        raise ValueError(
+            "`student_loss_weight` must be between 0.0 and 1.0, as in "
+            "keras.distillation (the terms get 1 - student_loss_weight). "
+            "For an independent weight of the student's loss, pass "
+            "`supervised_loss_weight` instead. Received: "
+            f"student_loss_weight={student_loss_weight!r}"
+        )
+    return w
+
+
+def terms_scale(distiller):
+    """The factor of the terms' sum: `1 - w` (Keras' mix), else 1."""
+    if distiller._convex:
+        return 1.0 - distiller.student_loss_weight_variable
+    return 1.0
+
+
+def _read(variable, given):
+    value = keras.ops.convert_to_numpy(variable)
+    if np.float32(given) == value:
+        return given
+    return float(value)
+
+
+def _student(distiller):
+    return _read(
+        distiller.student_loss_weight_variable, distiller._given_weights[0]
+    )
+
+
+def _get_student_loss_weight(distiller):
+    return _student(distiller) if distiller._convex else None
+
+
+def _set_student_loss_weight(distiller, value):
+    if not distiller._convex:
+        raise ValueError(
+            "This Distiller weights the student's loss independently "
+            "(`supervised_loss_weight`); set `supervised_loss_weight`. "
+            f"Received: student_loss_weight={value!r}"
+        )
+    value = supervised_weight(value, None)
+    distiller.student_loss_weight_variable.assign(value)
+    distiller._given_weights = (value, distiller._given_weights[1])
+
+
+def _get_supervised_loss_weight(distiller):
+    return None if distiller._convex else _student(distiller)
+
+
+def _set_supervised_loss_weight(distiller, value):
+    if distiller._convex:
+        raise ValueError(
+            "This Distiller mixes its losses as Keras does "
+            "(`student_loss_weight`); set `student_loss_weight`. "
+            f"Received: supervised_loss_weight={value!r}"
+        )
+    value = supervised_weight(None, value)
+    distiller.student_loss_weight_variable.assign(value)
+    distiller._given_weights = (value, distiller._given_weights[1])
+
+
+def _get_distillation_loss_weights(distiller):
+    given = distiller._given_weights[1]
+    return [_read(v, w) for v, w in zip(distiller.term_weights, given)]
+
+
+def _set_distillation_loss_weights(distiller, values):
+    values = validation.check_term_weights(
+        distiller.distillation_losses, values
+    )
+    for variable, value in zip(distiller.term_weights, values):
+        variable.assign(value)
+    distiller._given_weights = (distiller._given_weights[0], list(values))
+
+
+student_loss_weight = property(
+    _get_student_loss_weight,
+    _set_student_loss_weight,
+    doc="Keras' convex mix `w` in `[0, 1]`, or `None` when the student's "
+    "loss is weighted independently (`supervised_loss_weight`).",
+)
+supervised_loss_weight = property(
+    _get_supervised_loss_weight,
+    _set_supervised_loss_weight,
+    doc="The independent weight of the student's loss, or `None` in "
+    "Keras' convex mix (`student_loss_weight`).",
+)
+distillation_loss_weights = property(
+    _get_distillation_loss_weights,
+    _set_distillation_loss_weights,
+    doc="The terms' weights `d_i`, a list of floats.",
+)

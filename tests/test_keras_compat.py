@@ -1,0 +1,382 @@
+"""Keras' names keep Keras' meanings; the library's own behaviours have
+names of their own (`keras.distillation` in Keras 3.15 is the reference).
+
+Each expected value is computed in NumPy from the networks' outputs.
+"""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import keras_jacobian as kj
+from tests import tiny
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def kd(t, s, temperature):
+    p, q = softmax(t / temperature), softmax(s / temperature)
+    return temperature**2 * np.sum(p * (np.log(p) - np.log(q)), axis=-1)
+
+
+def sparse_ce(y, logits):
+    return -np.log(softmax(logits)[np.arange(len(y)), y])
+
+
+def data(n=8):
+    return tiny.images(n), np.arange(n) % 5
+
+
+def evaluate(distiller, x, y=None):
+    distiller.compile(loss=None if y is None else tiny.sparse_ce())
+    return distiller.evaluate(
+        x, y, batch_size=len(x), verbose=0, return_dict=True
+    )
+
+
+# The weights: Keras' convex mix, or an independent supervised weight.
+
+
+@pytest.mark.parametrize("w", [None, 0.25, 1.0])
+def test_student_loss_weight_is_keras_convex_mix(w):
+    teacher, student = tiny.conv_net(seed=0), tiny.conv_net(seed=10)
+    terms = [
+        kj.LogitsDistillation(temperature=2.0, loss="kd"),
+        kj.LogitsDistillation(loss="squared_logits"),
+    ]
+    kwargs = {} if w is None else {"student_loss_weight": w}
+    distiller = kj.Distiller(teacher, student, terms, [2.0, 0.5], **kwargs)
+    x, y = data()
+    logs = evaluate(distiller, x, y)
+    t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+    ce = np.mean(sparse_ce(y, s))
+    distillation = 2.0 * np.mean(kd(t, s, 2.0)) + 0.5 * np.mean(
+        np.sum((t - s) ** 2, axis=-1)
+    )
+    mix = 0.5 if w is None else w
+    if mix == 1.0:
+        # As in Keras, the terms are skipped (and log 0) at w = 1.
+        distillation = 0.0
+    np.testing.assert_allclose(logs["student_loss"], ce, rtol=1e-5)
+    np.testing.assert_allclose(
+        logs["distillation_loss"], distillation, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        logs["loss"], mix * ce + (1 - mix) * distillation, rtol=1e-5
+    )
+    assert distiller.student_loss_weight == mix
+    assert distiller.supervised_loss_weight is None
+
+
+def test_supervised_loss_weight_is_independent():
+    teacher, student = tiny.conv_net(seed=0), tiny.conv_net(seed=10)
+    distiller = kj.Distiller(
+        teacher,
+        student,
+        [kj.LogitsDistillation(loss="squared_logits")],
+        [0.5],
+        supervised_loss_weight=3.0,
+    )
+    x, y = data()
+    logs = evaluate(distiller, x, y)
+    t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+    expected = 3.0 * np.mean(sparse_ce(y, s)) + 0.5 * np.mean(
+        np.sum((t - s) ** 2, axis=-1)
+    )
+    np.testing.assert_allclose(logs["loss"], expected, rtol=1e-5)
+    assert distiller.student_loss_weight is None
+    assert distiller.supervised_loss_weight == 3.0
+
+
+def test_weight_arguments_are_checked():
+    net = tiny.conv_net
+    with pytest.raises(ValueError, match="between 0.0 and 1.0.*supervised"):
+        kj.Distiller(
+            net(), net(), kj.LogitsDistillation(), student_loss_weight=2.0
+        )
+    with pytest.raises(ValueError, match="not both"):
+        kj.Distiller(
+            net(),
+            net(),
+            kj.LogitsDistillation(),
+            student_loss_weight=0.5,
+            supervised_loss_weight=1.0,
+        )
+
+
+def test_weight_attributes_read_the_numbers_given_and_the_variables():
+    distiller = kj.Distiller(
+        tiny.conv_net(),
+        tiny.conv_net(seed=1),
+        [kj.LogitsDistillation(), kj.LogitsDistillation()],
+        [0.7, 0.3],
+        student_loss_weight=0.7,
+    )
+    # The numbers given, not their float32 roundings, as in Keras.
+    assert distiller.student_loss_weight == 0.7
+    assert distiller.distillation_loss_weights == [0.7, 0.3]
+    # A schedule (or any assignment) shows through.
+    distiller.term_weights[1].assign(0.25)
+    assert distiller.distillation_loss_weights == [0.7, 0.25]
+    distiller.student_loss_weight = 0.2
+    assert distiller.student_loss_weight == 0.2
+    np.testing.assert_allclose(
+        distiller.student_loss_weight_variable.numpy(), 0.2
+    )
+    with pytest.raises(ValueError, match="supervised_loss_weight"):
+        distiller.supervised_loss_weight = 1.0
+
+
+def test_config_of_0_1_keeps_its_independent_weight():
+    distiller = kj.Distiller(
+        tiny.conv_net(),
+        tiny.conv_net(seed=1),
+        [kj.LogitsDistillation()],
+        supervised_loss_weight=2.0,
+    )
+    config = distiller.get_config()
+    assert (
+        config["student_loss_weight"],
+        config["supervised_loss_weight"],
+    ) == (None, 2.0)
+    # 0.1.0 wrote `student_loss_weight` only, with the independent meaning.
+    del config["supervised_loss_weight"]
+    config["student_loss_weight"] = 2.0
+    restored = kj.Distiller.from_config(config)
+    assert restored.supervised_loss_weight == 2.0
+    assert restored.student_loss_weight is None
+
+
+# The terms: Keras' argument order, defaults and loss meanings.
+
+
+def test_terms_take_keras_argument_order_and_defaults():
+    logits = kj.LogitsDistillation(2.0)
+    assert (logits.temperature, logits.loss) == (2.0, "kl_divergence")
+    assert kj.LogitsDistillation().temperature == 3.0
+    feature = kj.FeatureDistillation("mae", "a", "b")
+    assert (
+        feature.loss,
+        feature.teacher_layer_name,
+        feature.student_layer_name,
+    ) == ("mae", "a", "b")
+
+
+def test_keras_default_logits_distillation_is_not_kd():
+    # Keras' default: KL between logits / T taken as probabilities.
+    t = np.array([[0.2, 0.5, 0.3]], "float32")
+    s = np.array([[0.1, 0.6, 0.3]], "float32")
+    term = kj.LogitsDistillation()
+    a, b = np.clip(t / 3.0, 1e-7, 1), np.clip(s / 3.0, 1e-7, 1)
+    expected = np.sum(a * np.log(a / b))
+    np.testing.assert_allclose(float(term.compute_loss(t, s)), expected, 1e-4)
+    assert not np.isclose(expected, kd(t, s, 3.0)[0], rtol=0.1)
+    np.testing.assert_allclose(
+        float(kj.LogitsDistillation(loss="kd").compute_loss(t, s)),
+        kd(t, s, 3.0)[0],
+        atol=1e-6,
+    )
+
+
+def test_former_loss_names():
+    with pytest.warns(DeprecationWarning, match="loss='kd'"):
+        term = kj.LogitsDistillation(loss="kl")
+    assert term.loss == "kd"
+    # "mse" is Keras' mean squared error when given...
+    assert kj.LogitsDistillation(loss="mse").loss == "mse"
+    # ...but in a configuration saved by 0.1.0 it was the squared logits.
+    old = kj.LogitsDistillation.from_config(
+        {"name": "logits_distillation", "loss": "mse", "temperature": 4.0}
+    )
+    assert old.loss == "squared_logits"
+    # New configurations never store a bare Keras name.
+    for loss in ("mse", "kl_divergence", keras.losses.KLDivergence()):
+        config = kj.LogitsDistillation(loss=loss).get_config()
+        assert not isinstance(config["loss"], str)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            restored = kj.LogitsDistillation.from_config(config)
+        assert type(restored.loss_fn) is type(
+            kj.LogitsDistillation(loss=loss).loss_fn
+        )
+
+
+def test_terms_validate_outputs_like_keras():
+    t = np.zeros((2, 3), "float32")
+    for term in (kj.LogitsDistillation(), kj.JacobianMatching()):
+        term.validate_outputs(t, t)
+        with pytest.raises(ValueError):
+            term.validate_outputs(t, {"output": t})
+
+
+# A DistillationLoss of one's own.
+
+
+@keras.saving.register_keras_serializable(package="keras_jacobian_tests")
+class MaxLogitGap(keras.distillation.DistillationLoss):
+    """The mean absolute difference of the largest logits."""
+
+    def __init__(self, teacher_layer_name=None, student_layer_name=None):
+        self.teacher_layer_name = teacher_layer_name
+        self.student_layer_name = student_layer_name
+        self.checked = []
+
+    def validate_model_compatibility(self, teacher, student):
+        self.checked.append((teacher.name, student.name))
+
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        gap = keras.ops.max(teacher_outputs, -1) - keras.ops.max(
+            student_outputs, -1
+        )
+        return keras.ops.mean(keras.ops.abs(gap))
+
+    def get_config(self):
+        return {
+            "teacher_layer_name": self.teacher_layer_name,
+            "student_layer_name": self.student_layer_name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def test_custom_keras_distillation_loss_is_a_term():
+    teacher = tiny.conv_net(seed=0, name="t")
+    student = tiny.conv_net(seed=10, name="s")
+    loss = MaxLogitGap()
+    distiller = kj.Distiller(teacher, student, [loss])
+    assert loss.checked == [("t", "s")]
+    x, y = data()
+    # Keras ignores sample weights; so does a loss of one value per batch.
+    weights = np.linspace(0.0, 2.0, len(x))
+    distiller.compile(loss=tiny.sparse_ce())
+    logs = distiller.evaluate(
+        x, y, sample_weight=weights, verbose=0, return_dict=True
+    )
+    t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+    expected = np.mean(np.abs(t.max(-1) - s.max(-1)))
+    np.testing.assert_allclose(logs["max_logit_gap_loss"], expected, 1e-5)
+    # A named layer is read from the same forward pass.
+    layered = kj.Distiller(teacher, student, [MaxLogitGap("conv2", "conv2")])
+    logs = evaluate(layered, x)
+    features = [
+        keras.Model(m.inputs, m.get_layer("conv2").output).predict(x, verbose=0)
+        for m in (teacher, student)
+    ]
+    expected = np.mean(np.abs(features[0].max(-1) - features[1].max(-1)))
+    np.testing.assert_allclose(logs["max_logit_gap_loss"], expected, 1e-5)
+    # It trains the student, and the distiller saves and loads.
+    distiller.fit(x, y, epochs=1, batch_size=4, verbose=0)
+    config = distiller.get_config()
+    restored = kj.Distiller.from_config(config)
+    assert isinstance(restored.distillation_losses[0].keras_loss, MaxLogitGap)
+
+
+# Unbuilt networks are built on the first batch, as in Keras.
+
+
+class Subclassed(keras.Model):
+    def __init__(self, seed, **kwargs):
+        super().__init__(**kwargs)
+        init = keras.initializers.GlorotUniform(seed)
+        self.hidden = keras.layers.Dense(
+            8, activation="tanh", kernel_initializer=init
+        )
+        self.out = keras.layers.Dense(5, kernel_initializer=init)
+
+    def call(self, x, training=False):
+        return self.out(self.hidden(x))
+
+
+def test_unbuilt_subclassed_networks_are_built_on_the_first_batch():
+    teacher, student = Subclassed(0), Subclassed(1)
+    distiller = kj.Distiller(
+        teacher,
+        student,
+        [kj.LogitsDistillation(loss="kd"), kj.JacobianMatching()],
+    )
+    assert not teacher.trainable and not distiller.built
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    y = np.arange(8) % 5
+    distiller.compile(optimizer="sgd", loss=tiny.sparse_ce())
+    distiller.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert distiller.built and teacher.built and student.built
+    assert distiller.student_input_shape == (6,)
+    logs = distiller.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+    np.testing.assert_allclose(
+        logs["logits_distillation_loss"], np.mean(kd(t, s, 3.0)), rtol=1e-5
+    )
+
+
+def test_unbuilt_sequential_with_named_layers_builds_on_call():
+    def sequential(prefix):
+        return keras.Sequential(
+            [
+                keras.layers.Dense(4, activation="tanh", name=f"{prefix}1"),
+                keras.layers.Dense(5, name=f"{prefix}2"),
+            ]
+        )
+
+    teacher, student = sequential("t"), sequential("s")
+    distiller = kj.Distiller(
+        teacher, student, kj.FeatureDistillation("mse", "t1", "s1")
+    )
+    x = np.ones((2, 3), "float32")
+    assert distiller(x).shape == (2, 5)
+    assert distiller.teacher_input_shape == (3,)
+    assert len(distiller._teacher_feature_extractor.outputs) == 2
+
+
+def test_construction_checks_run_after_the_build():
+    # A softmax output is refused for a term that reads logits: on the
+    # first batch of an unbuilt network, with the usual message.
+    class Softmax(Subclassed):
+        def call(self, x, training=False):
+            return keras.ops.softmax(super().call(x))
+
+    teacher = keras.Sequential([keras.layers.Dense(5, activation="softmax")])
+    distiller = kj.Distiller(
+        teacher, Softmax(1), kj.LogitsDistillation(loss="kd")
+    )
+    with pytest.raises(ValueError, match="softmax"):
+        distiller(np.ones((2, 3), "float32"))
+
+
+def test_unbuilt_networks_with_a_generator_are_refused_with_the_fix():
+    distiller = kj.Distiller(
+        Subclassed(0), Subclassed(1), kj.LogitsDistillation(loss="kd")
+    )
+    distiller.compile(optimizer="sgd")
+
+    def batches():
+        while True:
+            yield (np.ones((4, 6), "float32"),)
+
+    with pytest.raises(ValueError, match="call each once on a batch"):
+        distiller.fit(batches(), steps_per_epoch=1, epochs=1, verbose=0)
+
+
+def test_unbuilt_networks_build_on_a_dataset_under_mirrored_strategy():
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.arange(8) % 5))
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        teacher, student = Subclassed(0), Subclassed(1)
+        distiller = kj.Distiller(
+            teacher, student, kj.LogitsDistillation(loss="kd")
+        )
+        distiller.compile(optimizer="sgd", loss=tiny.sparse_ce())
+    distiller.fit(dataset.batch(4), epochs=1, verbose=0)
+    assert distiller.built
+    # Built inside the strategy's scope: mirrored variables.
+    assert isinstance(
+        student.trainable_variables[0].value, tf.distribute.DistributedValues
+    )
