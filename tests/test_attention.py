@@ -238,7 +238,9 @@ def test_attention_jacobian_row_matches_finite_differences():
 def test_term_trains_student_kernels(term, trained):
     teacher = tiny.named_conv_net("t", 5)
     student = tiny.named_conv_net("s", 3)
-    distiller = kj.Distiller(teacher, student, [term], supervised_loss_weight=0.0)
+    distiller = kj.Distiller(
+        teacher, student, [term], supervised_loss_weight=0.0
+    )
     distiller.compile(optimizer=keras.optimizers.SGD(1.0), run_eagerly=True)
     x = np.random.default_rng(7).normal(size=(4, 8, 8, 3)).astype("float32")
     before = {v.path: v.numpy().copy() for v in distiller.trainable_variables}
