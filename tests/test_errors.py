@@ -316,3 +316,32 @@ def test_keras_applications_softmax_names_classifier_activation():
         student,
         [kj.LogitsDistillation()],
     )
+
+
+def test_num_projections_with_the_exact_estimator_is_refused():
+    for kwargs in (
+        dict(target="all", estimator="exact"),
+        dict(target="teacher_top1"),
+        dict(target="label", estimator="exact"),
+    ):
+        with pytest.raises(ValueError, match="estimator='exact'.*draws"):
+            kj.JacobianMatching(num_projections=4, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "estimator, limit", [("vjp", 5), ("jvp", 64), ("forward_difference", 64)]
+)
+def test_more_projections_than_the_exact_value_needs_are_refused(
+    estimator, limit
+):
+    # tiny.conv_net: 8x8x1 inputs (64 values), 5 classes.
+    teacher = tiny.conv_net(seed=0, name="t")
+    student = tiny.conv_net(seed=1, name="s")
+    ok = kj.JacobianMatching("all", estimator=estimator, num_projections=limit)
+    kj.Distiller(teacher, student, [ok])
+    for count in (limit + 1, 10**9):
+        term = kj.JacobianMatching(
+            "all", estimator=estimator, num_projections=count
+        )
+        with pytest.raises(ValueError, match=f"at most {limit}"):
+            kj.Distiller(teacher, student, [term])
