@@ -451,7 +451,10 @@ class JacobianMatching(DistillationTerm):
             {
                 "target": self.target,
                 "k": self.k,
-                "num_projections": self.num_projections,
+                # The exact estimator draws no vectors.
+                "num_projections": (
+                    None if self.estimator == "exact" else self.num_projections
+                ),
                 "normalize": self.normalize,
                 "loss": self.loss,
                 "temperature": self.temperature,
