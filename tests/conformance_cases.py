@@ -196,7 +196,7 @@ def estimator_case(estimator, num_projections=1, normalize=False):
         name=f"jacobian_{estimator}{suffix}",
         unbiased=estimator != "exact",
         estimator=estimator,
-        num_projections=num_projections,
+        num_projections=None if estimator == "exact" else num_projections,
         replica_tolerance=tolerance.get(estimator, 1e-6),
     )
 

@@ -401,3 +401,64 @@ def test_keras_applications_softmax_names_classifier_activation():
         [kj.LogitsDistillation(temperature=4.0, loss="kd")],
         supervised_loss_weight=1.0,
     )
+
+
+def test_num_projections_with_the_exact_estimator_is_refused():
+    for kwargs in (
+        dict(target="all", estimator="exact"),
+        dict(target="teacher_top1"),
+        dict(target="label", estimator="exact"),
+    ):
+        with pytest.raises(ValueError, match="estimator='exact'.*draws"):
+            kj.JacobianMatching(num_projections=4, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "estimator, limit", [("vjp", 5), ("jvp", 64), ("forward_difference", 64)]
+)
+def test_more_projections_than_the_exact_value_needs_are_refused(
+    estimator, limit
+):
+    # tiny.conv_net: 8x8x1 inputs (64 values), 5 classes.
+    teacher = tiny.conv_net(seed=0, name="t")
+    student = tiny.conv_net(seed=1, name="s")
+    ok = kj.JacobianMatching("all", estimator=estimator, num_projections=limit)
+    kj.Distiller(teacher, student, [ok])
+    for count in (limit + 1, 10**9):
+        term = kj.JacobianMatching(
+            "all", estimator=estimator, num_projections=count
+        )
+        with pytest.raises(ValueError, match=f"at most {limit}"):
+            kj.Distiller(teacher, student, [term])
+
+
+def _whole_loss(estimator, x, normalize="teacher"):
+    teacher = tiny.conv_net(seed=0, name="t")
+    student = tiny.conv_net(seed=1, name="s")
+    term = kj.JacobianMatching(
+        "all", estimator=estimator, normalize=normalize, num_projections=2
+    )
+    distiller = kj.Distiller(teacher, student, [term], seed=0)
+    distiller.compile()
+    logs = distiller.evaluate(x, batch_size=len(x), verbose=0, return_dict=True)
+    return logs["jacobian_matching_loss"]
+
+
+@pytest.mark.parametrize("estimator", ["vjp", "jvp", "forward_difference"])
+def test_a_nan_input_gives_a_nan_relative_loss_not_zero(estimator):
+    x = tiny.images(4)
+    x[1, 2, 3, 0] = np.nan
+    assert np.isnan(_whole_loss(estimator, x))
+
+
+@pytest.mark.parametrize(
+    "estimator", ["forward_difference", "finite_difference"]
+)
+def test_difference_steps_of_huge_inputs_do_not_overflow(estimator):
+    # ||x||^2 of inputs near 1e19 overflows float32; tanh saturates there,
+    # so every Jacobian is zero.
+    x = tiny.images(4) * 1e19
+    for normalize in (False, "teacher"):
+        got = _whole_loss(estimator, x, normalize)
+        assert np.isfinite(got), got
+        assert got == pytest.approx(_whole_loss("jvp", x, normalize), abs=1e-6)

@@ -94,14 +94,17 @@ def finite_difference_step(
     """
     batch = tf.shape(inputs)[0]
     wide = wide_dtype(inputs.dtype)
-    flat = tf.reshape(tf.cast(inputs, wide), [batch, -1])
-    norms = tf.stop_gradient(tf.norm(flat, axis=-1))
+    flat = tf.stop_gradient(tf.reshape(tf.cast(inputs, wide), [batch, -1]))
+    norms = _scaled_norms(flat)
     if step_size is not None:
         steps = tf.fill([batch], tf.constant(step_size, wide))
         return check_resolvable_steps(steps, norms, precision)
     size = input_size(inputs)
     root = size**0.5 if isinstance(size, int) else tf.sqrt(tf.cast(size, wide))
-    batch_rms = tf.sqrt(tf.reduce_mean(tf.square(norms)))
+    # Squares of inputs near 1e19 overflow float32: scaled by the peak.
+    peak = tf.reduce_max(norms)
+    unit = tf.where(peak > 0, peak, tf.ones_like(peak))
+    batch_rms = unit * tf.sqrt(tf.reduce_mean(tf.square(norms / unit)))
     floor = tf.where(
         batch_rms > 0,
         BATCH_FLOOR * batch_rms,
@@ -236,3 +239,10 @@ def shifts(inputs, directions, steps):
 def broadcastable(values, rank):
     """Reshapes `(n,)` to `(n, 1, ..., 1)` of the given rank."""
     return tf.reshape(values, [-1] + [1] * (rank - 1))
+
+
+def _scaled_norms(flat):
+    """`||x||` per row of `flat`, without overflow of the squares."""
+    peak = tf.reduce_max(tf.abs(flat), axis=-1, keepdims=True)
+    unit = tf.where(peak > 0, peak, tf.ones_like(peak))
+    return unit[:, 0] * tf.norm(flat / unit, axis=-1)

@@ -1,6 +1,7 @@
 """Input-Jacobian matching between teacher and student."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_jacobian import jacobians
@@ -298,10 +299,35 @@ class JacobianMatching(DistillationTerm):
             self._check_dense_outputs(t, s)
         if self.estimator in jacobians.INPUT_ESTIMATORS:
             check_same_inputs(teacher_shapes["input"], student_shapes["input"])
+        self._check_projection_count(teacher_shapes["input"], t)
         if self.target == "top_k" and self.k > t[-1]:
             raise ValueError(
                 f"`k` cannot exceed the number of classes ({t[-1]}). "
                 f"Received: k={self.k}"
+            )
+
+    def _check_projection_count(self, input_shape, output_shape):
+        """Refuses more random vectors than the exact computation needs:
+        `R = D` orthonormal input directions, or `K` output rows, give
+        the exact value (and a huge `R` would only exhaust memory)."""
+        if self.estimator == "exact":
+            return
+        if self.estimator in jacobians.INPUT_ESTIMATORS:
+            dims = input_shape[1:]
+            why = "orthonormal input directions give the exact value"
+        else:
+            dims = output_shape[1:]
+            why = "rows of estimator='exact' give the exact value"
+        if None in dims:
+            return
+        size = int(np.prod(dims))
+        if self.num_projections > size:
+            raise ValueError(
+                f"estimator={self.estimator!r} draws {self.num_projections} "
+                "random vectors per example, but "
+                f"{size} {why}. Received: "
+                f"num_projections={self.num_projections}. Use at most "
+                f"{size}, or estimator='exact' (one row per output value)."
             )
 
     def _check_dense_outputs(self, t, s):
@@ -425,7 +451,10 @@ class JacobianMatching(DistillationTerm):
             {
                 "target": self.target,
                 "k": self.k,
-                "num_projections": self.num_projections,
+                # The exact estimator draws no vectors.
+                "num_projections": (
+                    None if self.estimator == "exact" else self.num_projections
+                ),
                 "normalize": self.normalize,
                 "loss": self.loss,
                 "temperature": self.temperature,

@@ -85,6 +85,16 @@ def resolve_options(
             if num_projections is None:
                 num_projections = RECOMMENDED["num_projections"]
     estimator = check_estimator_options(target, estimator, loss, step_size)
+    if num_projections is not None and estimator == "exact":
+        raise ValueError(
+            "`num_projections` is the number of random vectors of the "
+            "estimators 'vjp', 'jvp' and the differences; "
+            "estimator='exact' computes every selected row and draws "
+            f"none. Received: num_projections={num_projections} with "
+            f"target={target!r}, estimator='exact'. Remove "
+            "`num_projections`, or estimate the whole Jacobian with "
+            "target='all', estimator='vjp' (or 'jvp')."
+        )
     normalize = check_normalize(target, estimator, normalize, loss)
     return {
         "target": target,

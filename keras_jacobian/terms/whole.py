@@ -85,9 +85,7 @@ def relative(squared_error, teacher_squared_norms, sample_weight=None):
     """
     scale = global_mean(teacher_squared_norms, sample_weight)
     scale = tf.cast(tf.stop_gradient(scale), squared_error.dtype)
-    safe = tf.maximum(scale, jacobians.NORM_EPSILON)
-    return tf.where(
-        scale > jacobians.NORM_EPSILON,
-        squared_error / safe,
-        tf.zeros_like(squared_error),
-    )
+    small = scale <= jacobians.NORM_EPSILON
+    safe = tf.where(small, tf.ones_like(scale), scale)
+    # A NaN scale stays NaN (it is no zero Jacobian): `small` is false.
+    return tf.where(small, tf.zeros_like(squared_error), squared_error / safe)
