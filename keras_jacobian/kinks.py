@@ -38,8 +38,31 @@ KINK_OPS = frozenset(
         "Maximum",
         "Minimum",
         "ClipByValue",
+        # Reductions and selections by value (global max pooling, top-k,
+        # sorting, gathering by argmax) and comparisons of the values
+        # (`where(x > 0, ...)`, `x * (x > 0)`, thresholds): the
+        # derivative jumps where the comparison flips.
+        "Max",
+        "Min",
+        "ArgMax",
+        "ArgMin",
+        "TopKV2",
+        "Greater",
+        "GreaterEqual",
+        "Less",
+        "LessEqual",
+        "Sign",
+        "Floor",
+        "Ceil",
+        "Round",
+        "Rint",
+        "FloorMod",
+        "FloorDiv",
     }
 )
+# Their outputs do not depend on the input's values (a dropout mask
+# drawn in the input's shape is not a kink of the network).
+_SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank"})
 # Names a user recognises, for messages.
 _PLAIN = {
     "Relu": "ReLU",
@@ -52,6 +75,22 @@ _PLAIN = {
     "Maximum": "maximum",
     "Minimum": "minimum",
     "ClipByValue": "clip",
+    "Max": "max over values (e.g. global max pooling)",
+    "Min": "min over values",
+    "ArgMax": "argmax",
+    "ArgMin": "argmin",
+    "TopKV2": "top-k or sorting",
+    "Greater": "comparison of values",
+    "GreaterEqual": "comparison of values",
+    "Less": "comparison of values",
+    "LessEqual": "comparison of values",
+    "Sign": "sign",
+    "Floor": "rounding",
+    "Ceil": "rounding",
+    "Round": "rounding",
+    "Rint": "rounding",
+    "FloorMod": "modulo",
+    "FloorDiv": "integer division",
 }
 
 
@@ -76,7 +115,10 @@ def graph_ops(model, input_shape, dtype, training):
     def forward(x):
         return model(x, training=training)
 
-    graph = forward.get_concrete_function(spec).graph.as_graph_def()
+    function = forward.get_concrete_function(spec)
+    # The batch's placeholder (captured variables and seeds come after).
+    start = function.inputs[0].op.name
+    graph = function.graph.as_graph_def()
     consumers = {}
     for node in graph.node:
         for name in node.input:
@@ -84,7 +126,7 @@ def graph_ops(model, input_shape, dtype, training):
             consumers.setdefault(source, []).append(node)
     # Only what depends on the input: a maximum of a variance and an
     # epsilon (in normalization layers) is no kink of the network.
-    todo = [node for node in graph.node if node.op == "Placeholder"]
+    todo = [node for node in graph.node if node.name == start]
     seen = {node.name for node in todo}
     ops = set()
     functions = {f.signature.name: f for f in graph.library.function}
@@ -94,6 +136,8 @@ def graph_ops(model, input_shape, dtype, training):
         for attr in node.attr.values():
             if attr.func.name in functions:
                 ops.update(_function_ops(functions, attr.func.name))
+        if node.op in _SHAPE_OPS:
+            continue
         for consumer in consumers.get(node.name, ()):
             if consumer.name not in seen:
                 seen.add(consumer.name)
