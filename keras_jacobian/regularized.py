@@ -140,7 +140,6 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
             validation.check_step_size(
                 step_size, self.precision, input_shape, "model"
             )
-            kinks.check_smooth(model, input_shape, dtype, "model", estimator)
         # Every estimator needs an output differentiable in the input;
         # only reverse-mode rows are differentiated again.
         if check_differentiable:
@@ -150,6 +149,8 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
                 "model",
                 second_order=estimator not in jacobians.INPUT_ESTIMATORS,
             )
+        if estimator in jacobians.DIFFERENCE_ESTIMATORS:
+            kinks.check_smooth(model, input_shape, dtype, "model", estimator)
         self.model = model
         self.target = target
         self.num_projections = num_projections
