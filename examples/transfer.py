@@ -171,6 +171,7 @@ LABELS = {
     "lwf_jac": "LwF + Jacobians",
     "lwf_at": "LwF + attention",
     "lwf_at_jac": "LwF + attention + Jacobians",
+    "selected": "chosen on validation",
 }
 DEFAULT_LEARNING_RATE = 1e-3
 DEFAULT_LR_SCHEDULE = "constant"
@@ -200,6 +201,17 @@ flags.DEFINE_list(
 flags.DEFINE_float("attention_weight", 1.0, "Attention transfer weight.")
 flags.DEFINE_float(
     "attention_jacobian_weight", 1.0, "Attention-Jacobian matching weight."
+)
+flags.DEFINE_bool(
+    "select_on_validation",
+    True,
+    "Choose the transfer method per run: each of --methods (and no "
+    "transfer, always) is trained on the target training images but a "
+    "held-out --validation_fraction of each class, the one of highest "
+    "validation accuracy (ties: the earlier, no transfer first) is "
+    "retrained on all of them and tested against no transfer. "
+    "--noselect_on_validation tests every method of --methods with its "
+    "fixed weights instead.",
 )
 
 
@@ -406,9 +418,59 @@ def term_weights(method, has_attention):
     return [values[n] if n in chosen else 0.0 for n in names]
 
 
+def selection_grid(methods):
+    """The candidates of the validation choice: no transfer, then methods."""
+    return ["none"] + [m for m in methods if m != "none"]
+
+
+def choose(validation_accuracies):
+    """The candidate of highest validation accuracy.
+
+    Ties go to the earlier candidate, so to no transfer when it is first:
+    a transfer method is chosen only when it beats no transfer on the
+    validation images.
+
+    Args:
+        validation_accuracies: dict from candidate name to validation
+            accuracy, in grid order.
+
+    Returns:
+        The chosen name.
+    """
+    best = max(validation_accuracies.values())
+    return next(n for n, a in validation_accuracies.items() if a == best)
+
+
+def validation_split(images, labels, seed):
+    """(kept images, kept labels, held-out images, held-out labels)."""
+    fraction = FLAGS.validation_fraction
+    if not 0 < fraction < 1:
+        raise app.UsageError(
+            "Expected --validation_fraction in (0, 1), e.g. 0.2. Received: "
+            f"{fraction}. Or pass --noselect_on_validation."
+        )
+    kept, held = data_lib.stratified_split(labels, fraction, seed)
+    classes = np.unique(labels)
+    if not (
+        np.array_equal(np.unique(labels[kept]), classes)
+        and np.array_equal(np.unique(labels[held]), classes)
+    ):
+        counts = np.bincount(labels).tolist()
+        raise app.UsageError(
+            "Expected --validation_fraction to leave at least one training "
+            "and one validation image in every class. Received: "
+            f"--validation_fraction={fraction} of {counts} images per "
+            "class. Pass more --samples_per_class, another fraction, or "
+            "--noselect_on_validation."
+        )
+    return images[kept], labels[kept], images[held], labels[held]
+
+
 def run(output_dir):
     methods, spcs, seeds, arch, pairs = check_flags()
-    if not pairs and any("at" in METHOD_TERMS[m] for m in methods):
+    select = FLAGS.select_on_validation
+    grid = selection_grid(methods) if select else methods
+    if not pairs and any("at" in METHOD_TERMS[m] for m in grid):
         raise app.UsageError(
             f"Methods {methods} use attention maps: pass --attention_pairs="
             "teacher_layer:student_layer for this teacher."
@@ -463,71 +525,149 @@ def run(output_dir):
             teacher, data, sizes[1], channels
         ).get_weights()
     records = []
-    progress = experiment.Progress(len(spcs) * len(seeds) * len(methods))
+    selections = []
+    runs_per_seed = len(grid) + 2 if select else len(methods)
+    progress = experiment.Progress(len(spcs) * len(seeds) * runs_per_seed)
+
+    def fit_and_score(name, images, labels, seed, eval_ds, run_name):
+        """Trains `name` from the seed's init; accuracy on `eval_ds`."""
+        train = pipeline(
+            to_rgb(images, channels),
+            labels,
+            preprocess,
+            mean,
+            std,
+            True,
+            seed,
+            sizes,
+        ).repeat()
+        distiller.student.set_weights(inits[seed])
+        experiment.reset_optimizer(distiller.optimizer)
+        for variable, value in zip(
+            distiller.term_weights, term_weights(name, bool(pairs))
+        ):
+            variable.assign(value)
+        distiller.student_loss_weight_variable.assign(FLAGS.student_loss_weight)
+        keras.utils.set_random_seed(seed)
+        experiment.train(
+            distiller,
+            train,
+            epochs=FLAGS.student_epochs,
+            steps_per_epoch=experiment.steps_per_epoch(
+                len(labels), FLAGS.batch_size, FLAGS.min_steps_per_epoch
+            ),
+            run_name=run_name,
+            learning_rate=common_flags.value(
+                "learning_rate", DEFAULT_LEARNING_RATE
+            ),
+            schedule=common_flags.value("lr_schedule", DEFAULT_LR_SCHEDULE),
+            tensorboard_dir=FLAGS.tensorboard_dir,
+            backup_dir=FLAGS.backup_dir,
+            verbose=FLAGS.verbose,
+        )
+        if FLAGS.recompute_batch_norm:
+            models.recompute_batch_norm_statistics(
+                distiller.student,
+                train.map(_student_view),
+                steps=math.ceil(len(labels) / FLAGS.batch_size),
+            )
+        return experiment.accuracy(task, eval_ds.map(_student_view))
+
+    def select_method(images, labels, seed, spc):
+        """Chooses among `grid` on a validation split of the training set.
+
+        Sees the target training images only: the test set is not an
+        argument.
+        """
+        kept_x, kept_y, val_x, val_y = validation_split(images, labels, seed)
+        val_ds = pipeline(
+            to_rgb(val_x, channels),
+            val_y,
+            preprocess,
+            mean,
+            std,
+            False,
+            0,
+            sizes,
+        )
+        accuracies = {}
+        for name in grid:
+            t0 = time.time()
+            accuracies[name] = fit_and_score(
+                name,
+                kept_x,
+                kept_y,
+                seed,
+                val_ds,
+                f"val_{name}_spc{experiment.spc_label(spc)}_s{seed}",
+            )
+            progress.run_done(
+                f"{LABELS[name]}, {experiment.spc_label(spc)}/class, seed "
+                f"{seed}: validation accuracy {accuracies[name]:.2f}% "
+                f"({time.time() - t0:.1f} s)"
+            )
+        return choose(accuracies), accuracies, len(val_y)
+
     for spc in spcs:
         for seed in seeds:
             images, labels = subsets[spc, seed]
-            train = pipeline(
-                to_rgb(images, channels),
-                labels,
-                preprocess,
-                mean,
-                std,
-                True,
-                seed,
-                sizes,
-            ).repeat()
-            steps = experiment.steps_per_epoch(
-                len(labels), FLAGS.batch_size, FLAGS.min_steps_per_epoch
-            )
-            for name in methods:
-                t0 = time.time()
-                distiller.student.set_weights(inits[seed])
-                experiment.reset_optimizer(distiller.optimizer)
-                weights = term_weights(name, bool(pairs))
-                for variable, value in zip(distiller.term_weights, weights):
-                    variable.assign(value)
-                distiller.student_loss_weight_variable.assign(
-                    FLAGS.student_loss_weight
+            if select:
+                chosen, val_acc, n_val = select_method(
+                    images, labels, seed, spc
                 )
-                run_name = f"{name}_spc{experiment.spc_label(spc)}_s{seed}"
-                keras.utils.set_random_seed(seed)
-                experiment.train(
-                    distiller,
-                    train,
-                    epochs=FLAGS.student_epochs,
-                    steps_per_epoch=steps,
-                    run_name=run_name,
-                    learning_rate=common_flags.value(
-                        "learning_rate", DEFAULT_LEARNING_RATE
-                    ),
-                    schedule=common_flags.value(
-                        "lr_schedule", DEFAULT_LR_SCHEDULE
-                    ),
-                    tensorboard_dir=FLAGS.tensorboard_dir,
-                    backup_dir=FLAGS.backup_dir,
-                    verbose=FLAGS.verbose,
-                )
-                if FLAGS.recompute_batch_norm:
-                    models.recompute_batch_norm_statistics(
-                        distiller.student,
-                        train.map(_student_view),
-                        steps=math.ceil(len(labels) / FLAGS.batch_size),
-                    )
-                acc = experiment.accuracy(task, test_ds.map(_student_view))
-                seconds = time.time() - t0
-                records.append(
+                weights = dict.fromkeys(TERMS, 0.0)
+                weights.update(zip(TERMS, term_weights(chosen, bool(pairs))))
+                selections.append(
                     {
-                        "method": name,
                         "samples_per_class": experiment.spc_label(spc),
                         "seed": seed,
-                        "accuracy": acc,
-                        "seconds": seconds,
+                        "chosen": chosen,
+                        "weights": weights,
+                        "validation_accuracy": val_acc,
+                        "validation_images": n_val,
                     }
                 )
+                print(
+                    f"Seed {seed}, {experiment.spc_label(spc)}/class: chose "
+                    f"{LABELS[chosen]} (weights {weights}) on "
+                    f"{n_val} validation images",
+                    flush=True,
+                )
+                to_run = [("none", "none"), ("selected", chosen)]
+            else:
+                to_run = [(name, name) for name in methods]
+            scores = {}
+            for row, name in to_run:
+                t0 = time.time()
+                reused = name in scores
+                if reused:
+                    acc = scores[name]
+                else:
+                    acc = scores[name] = fit_and_score(
+                        name,
+                        images,
+                        labels,
+                        seed,
+                        test_ds,
+                        f"{row}_spc{experiment.spc_label(spc)}_s{seed}",
+                    )
+                seconds = time.time() - t0
+                record = {
+                    "method": row,
+                    "samples_per_class": experiment.spc_label(spc),
+                    "seed": seed,
+                    "accuracy": acc,
+                    "seconds": seconds,
+                }
+                if row == "selected":
+                    record["chosen"] = name
+                    record["reused"] = reused
+                records.append(record)
                 progress.run_done(
-                    f"{LABELS[name]}, {experiment.spc_label(spc)}/class, "
-                    f"seed {seed}: test accuracy {acc:.2f}% ({seconds:.1f} s)"
+                    f"{LABELS[row]}"
+                    + (f" ({LABELS[name]})" if row != name else "")
+                    + f", {experiment.spc_label(spc)}/class, seed {seed}: "
+                    f"test accuracy {acc:.2f}% ({seconds:.1f} s)"
                 )
     elapsed = time.time() - start
     header = (
@@ -538,6 +678,8 @@ def run(output_dir):
         f"{'on' if common_flags.value('augment', DEFAULT_AUGMENT) else 'off'}"
         f"; {elapsed:.0f} s."
     )
+    if select:
+        header += "\n\n" + selection_table(selections, grid)
     summary = experiment.report(
         output_dir,
         "transfer",
@@ -549,15 +691,40 @@ def run(output_dir):
         extra={
             "seconds": elapsed,
             "teacher_preprocessing": method,
+            "selections": selections,
             "flags": experiment.flag_values(
                 common_flags, sys.modules[__name__]
             ),
         },
         title=f"Transfer to {data.name}",
         labels=LABELS,
-        comparisons=COMPARISONS,
+        comparisons=(("selected", "none"),) if select else COMPARISONS,
     )
+    summary["selections"] = selections
     return summary
+
+
+def selection_table(selections, grid):
+    """Markdown: per run, the validation accuracies and the choice."""
+    lines = [
+        "Transfer method chosen per run on the validation images "
+        f"(--validation_fraction={FLAGS.validation_fraction} of each "
+        "class of the training images; validation accuracy %, ties to "
+        "the earlier column):",
+        "",
+        "| samples/class | seed | "
+        + " | ".join(LABELS[n] for n in grid)
+        + " | chosen |",
+        "|---" * (len(grid) + 3) + "|",
+    ]
+    for item in selections:
+        cells = [f"{item['validation_accuracy'][n]:.1f}" for n in grid]
+        lines.append(
+            f"| {item['samples_per_class']} | {item['seed']} | "
+            + " | ".join(cells)
+            + f" | {LABELS[item['chosen']]} |"
+        )
+    return "\n".join(lines)
 
 
 @tf.autograph.experimental.do_not_convert
