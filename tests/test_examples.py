@@ -319,6 +319,7 @@ def test_transfer_on_image_folder(tmp_path):
         student_image_size=8,
         methods=["none", "lwf_at_jac"],
         samples_per_class=["2"],
+        select_on_validation=False,
         output_dir=str(out),
         **TINY,
     ):
@@ -615,6 +616,7 @@ def test_transfer_with_a_pretrained_teacher(tmp_path):
     out = tmp_path / "out"
     with flagsaver.flagsaver(
         methods=["lwf", "lwf_jac", "lwf_at_jac"],
+        select_on_validation=False,
         output_dir=str(out),
         **dict(TINY, seeds=["0", "1"]),
     ):
@@ -641,6 +643,88 @@ def test_transfer_with_a_pretrained_teacher(tmp_path):
     (item,) = payload["differences"]
     assert (item["method"], item["baseline"]) == ("lwf_jac", "lwf")
     assert item["columns"]["5"]["n"] == 2
+
+
+def test_transfer_selection_grid_starts_with_no_transfer():
+    assert transfer.selection_grid(["lwf", "lwf_jac"]) == [
+        "none",
+        "lwf",
+        "lwf_jac",
+    ]
+    assert transfer.selection_grid(list(transfer.METHODS)) == list(
+        transfer.METHODS
+    )
+    with flagsaver.flagsaver(jacobian_weight=3.0, activation_weight=2.0):
+        assert transfer.term_weights("none", True) == [0.0] * 4
+        assert transfer.term_weights("lwf_jac", False) == [2.0, 3.0]
+
+
+def test_transfer_choice_follows_validation_not_test():
+    # Test accuracies that would pick LwF + Jacobians; validation picks LwF.
+    validation = {"none": 60.0, "lwf": 80.0, "lwf_jac": 70.0}
+    test = {"none": 70.0, "lwf": 60.0, "lwf_jac": 90.0}
+    assert max(test, key=test.get) == "lwf_jac"
+    assert transfer.choose(validation) == "lwf"
+    assert transfer.choose({"none": 80.0, "lwf": 80.0}) == "none"
+    assert transfer.choose({"none": 40.0, "lwf": 60.0, "at": 60.0}) == "lwf"
+
+
+def test_transfer_validation_split_errors():
+    labels = np.repeat(np.arange(3), 2)
+    with flagsaver.flagsaver(validation_fraction=0.2):
+        with pytest.raises(app.UsageError, match="one validation image"):
+            transfer.validation_split(np.zeros((6, 2)), labels, 0)
+    with flagsaver.flagsaver(validation_fraction=0.0):
+        with pytest.raises(app.UsageError, match="validation_fraction"):
+            transfer.validation_split(np.zeros((6, 2)), labels, 0)
+    with flagsaver.flagsaver(validation_fraction=0.5):
+        kept_x, kept_y, val_x, val_y = transfer.validation_split(
+            np.arange(6)[:, None], labels, 0
+        )
+    assert sorted(val_y) == [0, 1, 2] and sorted(kept_y) == [0, 1, 2]
+    assert not set(kept_x.ravel()) & set(val_x.ravel())
+
+
+@pytest.mark.slow
+def test_transfer_chooses_on_validation_without_the_test_set(
+    tmp_path, monkeypatch
+):
+    """Shifting the test labels changes test accuracies, never the choice."""
+    out = tmp_path / "out"
+    payloads = []
+    split = transfer.split_tasks
+    for shift in (0, 1):
+
+        def shifted(data, shift=shift):
+            source, target = split(data)
+            labels = (target.test_labels + shift) % target.num_classes
+            return source, dataclasses.replace(target, test_labels=labels)
+
+        monkeypatch.setattr(transfer, "split_tasks", shifted)
+        with flagsaver.flagsaver(methods=["lwf"], output_dir=str(out), **TINY):
+            transfer.main(["transfer.py"])
+        payloads.append(json.loads((out / "transfer.json").read_text()))
+    first, second = payloads
+    (selection,) = first["selections"]
+    assert list(selection["validation_accuracy"]) == ["none", "lwf"]
+    assert selection["chosen"] == transfer.choose(
+        selection["validation_accuracy"]
+    )
+    assert selection["validation_images"] == 5
+    expected = {"lwf": 1.0, "jac": 0.0, "at": 0.0, "at_jac": 0.0}
+    if selection["chosen"] == "none":
+        expected["lwf"] = 0.0
+    assert selection["weights"] == expected
+    assert second["selections"] == first["selections"]
+    tests = [[r["accuracy"] for r in p["runs"]] for p in payloads]
+    assert tests[0] != tests[1]
+    assert [r["method"] for r in first["runs"]] == ["none", "selected"]
+    assert first["runs"][1]["chosen"] == selection["chosen"]
+    (item,) = first["differences"]
+    assert (item["method"], item["baseline"]) == ("selected", "none")
+    table = (out / "transfer.md").read_text()
+    assert "| no transfer | LwF | chosen |" in table
+    assert "chosen on validation − no transfer" in table
 
 
 def test_transfer_names_a_saved_teacher_by_its_file(tmp_path):
