@@ -526,6 +526,10 @@ def run(output_dir):
         for spc in spcs
         for seed in seeds
     }
+    if select:
+        # Fails before the teacher is trained when a split is impossible.
+        for (spc, seed), (images, labels) in subsets.items():
+            validation_split(images, labels, seed)
     pretrained_path = None
     with strategy.scope():
         if FLAGS.teacher_weights == "pretrain":

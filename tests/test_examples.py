@@ -346,6 +346,10 @@ def test_transfer_bad_flags(tmp_path):
     ):
         with pytest.raises(app.UsageError, match="attention_pairs"):
             transfer.main(["transfer.py"])
+    with flagsaver.flagsaver(samples_per_class=["1"], output_dir=str(tmp_path)):
+        with pytest.raises(app.UsageError, match="one validation image"):
+            transfer.main(["transfer.py"])
+    assert not list(tmp_path.glob("teacher_*"))
 
 
 # Two-sided 95% critical values of Student's t, from a printed table.
