@@ -306,7 +306,9 @@ def test_parse_method_and_weights():
 
 @pytest.mark.slow
 def test_transfer_on_image_folder(tmp_path):
-    root = _write_folder(tmp_path / "images", classes=3, per_split=(3, 2))
+    # The default run: the method is chosen on a validation split (one
+    # image of the five per class), with a teacher at another resolution.
+    root = _write_folder(tmp_path / "images", classes=3, per_split=(5, 2))
     out = tmp_path / "out"
     with flagsaver.flagsaver(
         dataset=f"folder:{root}",
@@ -317,19 +319,21 @@ def test_transfer_on_image_folder(tmp_path):
         teacher_classes=7,
         teacher_image_size=32,
         student_image_size=8,
-        methods=["none", "lwf_at_jac"],
-        samples_per_class=["2"],
-        select_on_validation=False,
+        methods=["lwf_at_jac"],
+        samples_per_class=["5"],
         output_dir=str(out),
         **TINY,
     ):
         transfer.main(["transfer.py"])
-    _check_outputs(
+    payload = _check_outputs(
         out,
         "transfer",
-        {"none": "no transfer", "lwf_at_jac": "LwF + attention + Jacobians"},
-        ["2"],
+        {"none": "no transfer", "selected": "chosen on validation"},
+        ["5"],
     )
+    (selection,) = payload["selections"]
+    assert list(selection["validation_accuracy"]) == ["none", "lwf_at_jac"]
+    assert selection["validation_images"] == 3
 
 
 def test_transfer_bad_flags(tmp_path):
@@ -617,6 +621,9 @@ def test_transfer_splits_source_and_target_classes():
 
 @pytest.mark.slow
 def test_transfer_with_a_pretrained_teacher(tmp_path):
+    # `--noselect_on_validation` (documented): every method with its fixed
+    # weights. The default run of this teacher, which chooses among them
+    # on validation data, is test_transfer_chooses_on_validation_*.
     out = tmp_path / "out"
     with flagsaver.flagsaver(
         methods=["lwf", "lwf_jac", "lwf_at_jac"],
@@ -705,20 +712,31 @@ def test_transfer_chooses_on_validation_without_the_test_set(
             return source, dataclasses.replace(target, test_labels=labels)
 
         monkeypatch.setattr(transfer, "split_tasks", shifted)
-        with flagsaver.flagsaver(methods=["lwf"], output_dir=str(out), **TINY):
+        # The pretrained teacher's default run, with attention and
+        # Jacobians among the candidates.
+        with flagsaver.flagsaver(
+            methods=["lwf", "lwf_at_jac"], output_dir=str(out), **TINY
+        ):
             transfer.main(["transfer.py"])
         payloads.append(json.loads((out / "transfer.json").read_text()))
     first, second = payloads
     (selection,) = first["selections"]
-    assert list(selection["validation_accuracy"]) == ["none", "lwf"]
+    assert list(selection["validation_accuracy"]) == [
+        "none",
+        "lwf",
+        "lwf_at_jac",
+    ]
     assert selection["chosen"] == transfer.choose(
         selection["validation_accuracy"]
     )
     assert selection["validation_images"] == 5
-    expected = {"lwf": 1.0, "jac": 0.0, "at": 0.0, "at_jac": 0.0}
-    if selection["chosen"] == "none":
-        expected["lwf"] = 0.0
-    assert selection["weights"] == expected
+    # The flags' default weights, 1 each, for the chosen method's terms.
+    expected = {
+        "none": {"lwf": 0.0, "jac": 0.0, "at": 0.0, "at_jac": 0.0},
+        "lwf": {"lwf": 1.0, "jac": 0.0, "at": 0.0, "at_jac": 0.0},
+        "lwf_at_jac": {"lwf": 1.0, "jac": 0.0, "at": 1.0, "at_jac": 1.0},
+    }
+    assert selection["weights"] == expected[selection["chosen"]]
     assert second["selections"] == first["selections"]
     tests = [[r["accuracy"] for r in p["runs"]] for p in payloads]
     assert tests[0] != tests[1]
@@ -727,7 +745,9 @@ def test_transfer_chooses_on_validation_without_the_test_set(
     (item,) = first["differences"]
     assert (item["method"], item["baseline"]) == ("selected", "none")
     table = (out / "transfer.md").read_text()
-    assert "| no transfer | LwF | chosen |" in table
+    assert "| no transfer | LwF | LwF + attention + Jacobians | chosen |" in (
+        table
+    )
     assert "chosen on validation − no transfer" in table
 
 
