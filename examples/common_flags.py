@@ -23,35 +23,10 @@ import warnings
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def _import_tensorflow_quietly():
-    """Imports TensorFlow with the standard error (fd 2) muted meanwhile.
+# The library imports TensorFlow with the standard error muted
+# (`keras_jacobian/_quiet.py`); the level above keeps it quiet afterwards.
+import keras_jacobian  # noqa: E402, F401
 
-    TensorFlow 2.21 prints its start-up lines from C++ before
-    `absl::InitializeLog()`, where `TF_CPP_MIN_LOG_LEVEL` does not apply
-    yet; the file descriptor itself has to be muted. Errors still
-    propagate as Python exceptions.
-    """
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
-        import tensorflow  # noqa: F401
-
-        return
-    try:
-        saved = os.dup(2)
-    except OSError:  # No standard error to mute.
-        import tensorflow  # noqa: F401
-
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-_import_tensorflow_quietly()
 # `fit` warns about `shuffle=True` on every call with a `tf.data.Dataset`;
 # the scripts' pipelines shuffle themselves.
 warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed")

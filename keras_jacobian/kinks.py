@@ -6,10 +6,10 @@ respect to the weights: `(g(x + eps v) - g(x)) / eps`, with `g` the
 gradient of the output with respect to the weights. Where the network's
 derivative jumps (a ReLU switching, a max-pooling window changing its
 winner), `g` jumps by a finite amount between the two passes, and the
-quotient is of order `1 / eps`. With thousands of units, some unit
-switches between the two passes of almost every batch: on a VGG-4 with
-ReLU and max pooling, the weight gradient of `"forward_difference"` has
-cosine -0.008 with that of forward mode, and 86 times its norm of error
+quotient is of order `1 / eps` for every unit that switches between the
+two passes. On a VGG-4 with ReLU and max pooling, the weight gradient of
+`"forward_difference"` has cosine -0.008 with that of forward mode, and
+86 times its norm of error
 (`benchmarks/estimator_gradients.py`), though the loss agrees to 2e-4.
 
 The derivative of the difference is the derivative of `J v` only when the

@@ -82,16 +82,34 @@ def _get_student_loss_weight(distiller):
     return _student(distiller) if distiller._convex else None
 
 
-def _set_student_loss_weight(distiller, value):
-    if not distiller._convex:
-        raise ValueError(
-            "This Distiller weights the student's loss independently "
-            "(`supervised_loss_weight`); set `supervised_loss_weight`. "
-            f"Received: student_loss_weight={value!r}"
+def _set_student_weight(distiller, value, convex):
+    """Sets the student's weight under one of the two weightings."""
+    if distiller._convex != convex:
+        given, kept = (
+            ("student_loss_weight", "supervised_loss_weight")
+            if convex
+            else ("supervised_loss_weight", "student_loss_weight")
         )
-    value = supervised_weight(value, None)
+        how = (
+            "mixes its losses as Keras does"
+            if distiller._convex
+            else "weights the student's loss independently"
+        )
+        raise ValueError(
+            f"This Distiller {how} (`{kept}`); set `{kept}`. Received: "
+            f"{given}={value!r}"
+        )
+    value = (
+        supervised_weight(value, None)
+        if convex
+        else supervised_weight(None, value)
+    )
     distiller.student_loss_weight_variable.assign(value)
     distiller._given_weights = (value, distiller._given_weights[1])
+
+
+def _set_student_loss_weight(distiller, value):
+    _set_student_weight(distiller, value, convex=True)
 
 
 def _get_supervised_loss_weight(distiller):
@@ -99,15 +117,7 @@ def _get_supervised_loss_weight(distiller):
 
 
 def _set_supervised_loss_weight(distiller, value):
-    if distiller._convex:
-        raise ValueError(
-            "This Distiller mixes its losses as Keras does "
-            "(`student_loss_weight`); set `student_loss_weight`. "
-            f"Received: supervised_loss_weight={value!r}"
-        )
-    value = supervised_weight(None, value)
-    distiller.student_loss_weight_variable.assign(value)
-    distiller._given_weights = (value, distiller._given_weights[1])
+    _set_student_weight(distiller, value, convex=False)
 
 
 def _get_distillation_loss_weights(distiller):
