@@ -17,6 +17,14 @@ shape of the step's batch: each pass then sees the step's draws, and each
 `J v` is the derivative of the network at those draws (the one the tape
 of `estimator="exact"` differentiates).
 
+Draws with a fixed integer seed (`keras.random.dropout(x, 0.5, seed=3)`,
+`tf.random.stateless_normal(tf.shape(x), seed=[1, 2])`) advance no state
+but still depend on the batch's shape and on each example's row: a pass
+on `R` tiled copies of the batch would see other draws than the step's
+pass. A network whose output on tiled copies differs from its output on
+the batch is found at construction too (`replayed_states`), and every
+extra pass then runs on a batch of the step's shape and row layout.
+
 Randomness that cannot be replayed this way (stateful TensorFlow ops such
 as `tf.random.uniform`, NumPy or Python random numbers in eager `call`s)
 is found by behaviour at construction (`replayed_states`), and the
@@ -35,6 +43,9 @@ from keras_jacobian import _compat
 # (threaded reductions); random draws change it far more than this.
 REPLAY_RTOL = 1e-5
 PROBE_BATCH = 8
+# Copies of the probe batch in the layout check: the second copy's rows
+# sit at other positions of a batch of another size.
+PROBE_COPIES = 2
 
 
 def _global_state():
@@ -81,15 +92,41 @@ def _outputs(model, x, training):
     ]
 
 
+def _gap(first, second):
+    """The largest difference of two lists of outputs."""
+    return max(
+        float(np.max(np.abs(a - b), initial=0.0)) for a, b in zip(first, second)
+    )
+
+
+def _copies(outputs, reference):
+    """Tiled outputs `(copies * batch, ...)` as `copies` lists like
+    `reference`; outputs without the batch axis are left out."""
+    kept = [
+        (a, b)
+        for a, b in zip(outputs, reference)
+        if a.ndim and b.ndim and a.shape[0] == PROBE_COPIES * b.shape[0]
+    ]
+    return [b for _, b in kept], [
+        [np.reshape(a, (PROBE_COPIES,) + b.shape)[c] for a, b in kept]
+        for c in range(PROBE_COPIES)
+    ]
+
+
 def replayed_states(model, input_shape, dtype, role, training, estimator):
     """The random state a network advances in a pass, checked replayable.
 
     Runs `model` twice, eagerly, on the same batch of random inputs: the
     first pass shows which integer variables (seed-generator states) it
     advances; they are reset and the second pass must give the same
-    output. Every variable of the model, and the global seed state, is
-    restored afterwards, so the check has no side effect (BatchNorm
-    statistics and seed states are as before).
+    output. A third pass, from the same states, on `PROBE_COPIES` tiled
+    copies of the batch shows whether the output of an example depends
+    on the batch's size or on the example's row (draws with a fixed
+    integer seed, or any other dependence): then the estimators run every
+    extra pass on a batch of the step's shape. Every variable of the
+    model, and the global seed state, is restored afterwards, so the
+    check has no side effect (BatchNorm statistics and seed states are
+    as before).
 
     Args:
         model: the Keras model (or endpoint model) the estimator runs.
@@ -103,7 +140,8 @@ def replayed_states(model, input_shape, dtype, role, training, estimator):
 
     Returns:
         A `RandomState` holding the state variables to reset before each
-        extra pass (none for a network without random draws).
+        extra pass (none for a network without random draws), and whether
+        each extra pass must see a batch of the step's shape.
 
     Raises:
         ValueError: for a difference estimator, when two passes with the
@@ -133,13 +171,16 @@ def replayed_states(model, input_shape, dtype, role, training, estimator):
         for s, value in zip(states, start):
             s.assign(value)
         second = _outputs(model, x, training)
+        for s, value in zip(states, start):
+            s.assign(value)
+        tiled = _outputs(model, tf.concat([x] * PROBE_COPIES, 0), training)
     finally:
         for v, value in zip(variables, saved):
             v.assign(value)
-    gap = max(
-        float(np.max(np.abs(a - b), initial=0.0)) for a, b in zip(first, second)
-    )
+    gap = _gap(first, second)
     scale = max(float(np.max(np.abs(a), initial=0.0)) for a in first)
+    reference, copies = _copies(tiled, first)
+    layout_gap = max((_gap(reference, c) for c in copies), default=0.0)
     if gap > REPLAY_RTOL * max(scale, 1.0) and (
         estimator in jacobians.DIFFERENCE_ESTIMATORS
     ):
@@ -158,7 +199,9 @@ def replayed_states(model, input_shape, dtype, role, training, estimator):
             "the values with `keras.random.*(..., seed=self.seed_generator)`"
             " and a `keras.random.SeedGenerator` owned by the layer."
         )
-    return RandomState(used)
+    return RandomState(
+        used, per_batch=layout_gap > REPLAY_RTOL * max(scale, 1.0)
+    )
 
 
 class RandomState:
@@ -169,10 +212,15 @@ class RandomState:
 
     Args:
         states: the state variables (`replayed_states`).
+        per_batch: whether an example's output depends on the batch's
+            size or on its row (e.g. draws with a fixed integer seed), so
+            that every extra pass must run on a batch of the step's shape
+            and row layout, even with no state to reset.
     """
 
-    def __init__(self, states=()):
+    def __init__(self, states=(), per_batch=False):
         self.states = list(states)
+        self.per_batch = bool(per_batch)
 
     def __len__(self):
         return len(self.states)
@@ -183,9 +231,10 @@ class RandomState:
         Call it before the step's pass: every later call of the returned
         function resets the states to their values at that point, so
         that the next pass of a batch of the same shape draws the same
-        values. Returns None when there is nothing to replay.
+        values. Returns None when there is nothing to replay and one
+        pass on tiled copies of the batch sees the step's draws.
         """
-        if not self.states:
+        if not self.states and not self.per_batch:
             return None
         values = [tf.identity(s.value) for s in self.states]
 

@@ -16,6 +16,7 @@ from keras.src.random import seed_generator
 
 import keras_jacobian as kj
 from keras_jacobian import jacobians
+from keras_jacobian import randomness
 from tests import tiny
 
 SHAPE = (6, 6, 1)
@@ -357,6 +358,138 @@ def test_construction_check_has_no_side_effect():
     after = [v.numpy() for v in teacher.weights + student.weights + states]
     for a, b in zip(after, before):
         np.testing.assert_array_equal(a, b)
+
+
+class FixedSeedNoise(keras.layers.Layer):
+    """Random values that advance no seed state but depend on the batch.
+
+    Draws with a fixed integer seed depend on the shape of the batch and
+    on each example's row; so do the two hand-made kinds: a table of
+    noise indexed by row, and noise seeded by the batch size.
+    """
+
+    def __init__(self, kind, always=False, **kwargs):
+        super().__init__(**kwargs)
+        self.kind = kind
+        self.always = always
+
+    def call(self, x, training=None):
+        if not (training or self.always):
+            return x
+        if self.kind == "keras_dropout":
+            return keras.random.dropout(x, 0.5, seed=3)
+        shape = tf.shape(x)
+        if self.kind == "keras_normal":
+            noise = keras.random.normal(shape, seed=7)
+        elif self.kind == "stateless_normal":
+            noise = tf.random.stateless_normal(shape, seed=[1, 2])
+        elif self.kind == "row_table":
+            table = tf.random.stateless_normal([64, x.shape[-1]], seed=[5, 6])
+            noise = table[: shape[0]]
+        elif self.kind == "batch_seeded":
+            noise = tf.random.stateless_normal(
+                [x.shape[-1]], seed=tf.stack([shape[0], 0])
+            )
+        else:
+            raise ValueError(self.kind)
+        return x * (1.0 + 0.5 * noise)
+
+
+def fixed_seed_model(kind, seed=0, always=False):
+    inputs = keras.Input(SHAPE)
+    h = keras.layers.Flatten()(inputs)
+    h = FixedSeedNoise(kind, always=always)(h)
+    return keras.Model(inputs, _head(h, seed=seed), name=kind)
+
+
+@pytest.mark.parametrize(
+    "kind, mode",
+    [
+        ("keras_dropout", "eager"),
+        ("keras_normal", "eager"),
+        ("stateless_normal", "eager"),
+        ("row_table", "eager"),
+        ("batch_seeded", "eager"),
+        ("keras_dropout", "function"),
+        ("stateless_normal", "function"),
+    ],
+)
+def test_fixed_seed_draws_match_tape_jacobians(directions, kind, mode):
+    # No seed state to replay, yet a pass on tiled copies of the batch
+    # draws other values: each pass must see the step's batch layout.
+    model = fixed_seed_model(kind)
+    x = tf.constant(tiny.images(4, SHAPE))
+    size = float(np.prod(SHAPE))
+    estimators = ESTIMATORS if mode == "eager" else DIFFERENCE_ESTIMATORS
+    for estimator in estimators:
+        robust = kj.JacobianRegularizedModel(
+            model, target="all", estimator=estimator, num_projections=2
+        )
+
+        def step(robust=robust):
+            got = robust.jacobian_penalty(x, training=True)[0]
+            jv = _projected(model, x, True, directions[-1])
+            return got, size * tf.reduce_mean(tf.reduce_sum(jv**2, -1), 0)
+
+        if mode == "function":
+            step = tf.function(step)
+        got, expected = step()
+        # Unfixed, the differences were 1e3 to 1e7 times too large.
+        np.testing.assert_allclose(got, expected, rtol=RTOL[estimator])
+
+
+def test_fixed_seed_draws_in_distiller_and_fit(directions):
+    # Student in training mode; the teacher draws in inference mode too.
+    student = fixed_seed_model("keras_dropout", seed=5)
+    teacher = fixed_seed_model("stateless_normal", seed=10, always=True)
+    x = tf.constant(tiny.images(4, SHAPE))
+    size = float(np.prod(SHAPE))
+    for estimator in ESTIMATORS:
+        distiller = _distiller(teacher, student, estimator)
+        got = distiller._step_losses(x, None, None, True)[1][1][1]
+        t = _projected(teacher, x, False, directions[-1])
+        s = _projected(student, x, True, directions[-1])
+        expected = size * tf.reduce_mean(tf.reduce_sum((t - s) ** 2, -1))
+        np.testing.assert_allclose(got, expected, rtol=RTOL[estimator])
+    # The step traced by `fit`, with the directions of an eager call.
+    robust = kj.JacobianRegularizedModel(
+        student, target="all", estimator="forward_difference"
+    )
+    start = robust.seed_generator.state.numpy()
+    penalty = robust.jacobian_penalty(x, training=True)[0]
+    jv = _projected(student, x, True, directions[-1])
+    expected = size * tf.reduce_sum(jv**2, -1)[0]
+    # One-sided differences: error O(eps) relative to the largest value.
+    tolerance = RTOL["forward_difference"] * float(tf.reduce_max(expected))
+    np.testing.assert_allclose(penalty, expected, atol=tolerance)
+    robust.seed_generator.state.assign(start)
+    robust.compile(optimizer=keras.optimizers.SGD(0.01), loss=tiny.sparse_ce())
+    logs = robust.fit(
+        x, np.arange(4) % CLASSES, batch_size=4, verbose=0, shuffle=False
+    )
+    # Graph and eager round-off differ, amplified by 1 / eps.
+    np.testing.assert_allclose(
+        logs.history["jacobian_penalty"][0],
+        float(tf.reduce_mean(expected)),
+        rtol=2e-3,
+    )
+
+
+def test_batch_independent_networks_keep_one_tiled_pass():
+    # The layout check finds no dependence where there is none (BatchNorm
+    # statistics of tiled copies are the batch's): one pass of R copies.
+    for model in (
+        tiny.conv_net(SHAPE, CLASSES, batch_norm=True),
+        fixed_seed_model("keras_dropout"),
+    ):
+        state = randomness.replayed_states(
+            model, SHAPE, "float32", "model", False, "forward_difference"
+        )
+        assert state.record() is None
+    state = randomness.replayed_states(
+        model, SHAPE, "float32", "model", True, "forward_difference"
+    )
+    assert state.per_batch and not state.states
 
 
 def test_mobilenet_v3_student_trains_with_input_directions():

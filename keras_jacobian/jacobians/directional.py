@@ -72,14 +72,16 @@ def directional_derivatives(
             default step); defaults to the input's dtype.
         outputs: `forward(inputs)`, reused by `"forward_difference"`
             (computed when None).
-        replay: None for a network without random draws; else a function
-            that resets the network's random state to the one it had
-            before the pass that gave `outputs`
-            (`randomness.RandomState.record`).
+        replay: None when one pass on tiled copies of the batch sees the
+            draws of the pass that gave `outputs` (a network without
+            random draws); else a function that resets the network's
+            random state to the one it had before that pass
+            (`randomness.RandomState.record`), possibly doing nothing
+            (draws with a fixed integer seed).
             Every pass then starts from that state and runs on a batch of
-            the shape of `inputs` (one pass per direction and sign), so
-            that it draws the same values: each `J v` is the derivative
-            of the network at the draws of that pass.
+            the shape and row layout of `inputs` (one pass per direction
+            and sign), so that it draws the same values: each `J v` is
+            the derivative of the network at the draws of that pass.
 
     Returns:
         A float32 tensor `(R, batch, K)`.
