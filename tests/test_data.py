@@ -213,8 +213,18 @@ def test_tfds_absent_dataset_clear_error(tmp_path, monkeypatch):
 
 
 def test_unknown_name_error():
-    with pytest.raises(ValueError, match="not in the catalog"):
+    with pytest.raises(ValueError, match="not in the catalog") as info:
         data.load_dataset("no_such_dataset_anywhere")
+    assert "Did you mean" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name, suggestion", [("digitz", "digits"), ("cifar1000", "cifar100")]
+)
+def test_misspelt_name_suggests_the_closest(name, suggestion):
+    with pytest.raises(ValueError, match="not in the catalog") as info:
+        data.load_dataset(name)
+    assert f"Did you mean {suggestion!r}?" in str(info.value)
 
 
 # ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Each source reads one data set into memory as float32 images in `[0, 1]`.
 how to provide it (nothing is downloaded unless asked).
 """
 
+import difflib
 import os
 from typing import Optional
 
@@ -226,6 +227,16 @@ class _TfdsSource(_Source):
         return np.concatenate(chunks).astype(np.float32)
 
 
+def _did_you_mean(name):
+    """' Did you mean ...?' for the closest data set name, or ''."""
+    import tensorflow_datasets as tfds
+
+    base = name.split(":")[0].split("/")[0]
+    names = ["digits"] + list(tfds.list_builders())
+    close = difflib.get_close_matches(base, names, n=1, cutoff=0.75)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
 def _tfds_source(name, data_dir, image_size, download):
     import tensorflow_datasets as tfds
 
@@ -235,8 +246,8 @@ def _tfds_source(name, data_dir, image_size, download):
         raise ValueError(
             "Expected 'digits', 'folder:<root>' or a TensorFlow Datasets "
             f"catalog name (e.g. 'cifar100', 'mnist'). Received "
-            f"name={name!r}, which is not in the catalog. See "
-            "`tfds.list_builders()` for the catalog names."
+            f"name={name!r}, which is not in the catalog.{_did_you_mean(name)}"
+            " See `tfds.list_builders()` for the catalog names."
         ) from error
     if download and not builder.is_prepared():
         try:
