@@ -14,6 +14,7 @@ a user sees the scripts' progress lines and nothing else. Set
 
 import difflib
 import logging as std_logging
+import math
 import os
 import re
 import sys
@@ -109,7 +110,34 @@ flags.DEFINE_integer("student_width", 16, "Channels of the student's block 1.")
 
 # Distillation losses.
 flags.DEFINE_float(
-    "student_loss_weight", 1.0, "Weight of the cross-entropy on labels."
+    "supervised_loss_weight",
+    1.0,
+    "Weight of the cross-entropy on labels, independent of the other "
+    "weights (Distiller(supervised_loss_weight=...)).",
+)
+flags.register_validator(
+    "supervised_loss_weight",
+    lambda value: math.isfinite(value) and value >= 0,
+    message="expected a finite number >= 0, e.g. 1.0.",
+)
+# The scripts' old name of --supervised_loss_weight, refused at parsing:
+# in keras.distillation `student_loss_weight` is a convex mix, so a value
+# that kept its old meaning here would be read wrongly by a Keras user.
+flags.DEFINE_string(
+    "student_loss_weight",
+    None,
+    "Renamed --supervised_loss_weight; refused.",
+)
+flags.register_validator(
+    "student_loss_weight",
+    lambda value: value is None,
+    message=(
+        "this flag was renamed --supervised_loss_weight (the weight of the "
+        "cross-entropy on labels, independent of the other weights); in "
+        "keras.distillation, student_loss_weight is a convex mix "
+        "w * CE + (1 - w) * terms, which these scripts do not use. Pass "
+        "the same value as --supervised_loss_weight."
+    ),
 )
 flags.DEFINE_float(
     "activation_weight", 1.0, "Weight of the activation (logit) matching."
@@ -198,6 +226,8 @@ flags.DEFINE_string(
 flags.DEFINE_integer("verbose", 0, "Keras fit verbosity (0, 1 or 2).")
 
 FLAGS = flags.FLAGS
+# Flags that only refuse an old name; results do not record them.
+REMOVED_FLAGS = ("student_loss_weight",)
 
 
 def value(name, default):

@@ -16,9 +16,10 @@ subset and initialises the student), with each method of `--methods`:
               `--whole_jacobian_weight`; not in the default run)
 
 (any combination of `act`, `jac`, `whole` and `ce` joined by `_` is
-accepted, e.g. `jac_ce`). The loss of a method is `student_loss_weight * CE +
-activation_weight * KD + jacobian_weight * JacobianMatching`, the terms a
-method leaves out having weight 0.
+accepted, e.g. `jac_ce`). The loss of a method is `supervised_loss_weight *
+CE + activation_weight * KD + jacobian_weight * JacobianMatching` (each
+weight independent of the others), the terms a method leaves out having
+weight 0.
 
 Writes `results.md`, `results.json` (accuracy: mean over seeds with its 95%
 interval, the paper's comparisons as paired differences, every run) and
@@ -264,10 +265,10 @@ def canonical_method(parts):
 
 
 def method_weights(parts):
-    """(student_loss_weight, activation_weight, jacobian_weight,
+    """(supervised_loss_weight, activation_weight, jacobian_weight,
     whole_jacobian_weight) of a method."""
     return (
-        FLAGS.student_loss_weight if "ce" in parts else 0.0,
+        FLAGS.supervised_loss_weight if "ce" in parts else 0.0,
         FLAGS.activation_weight if "act" in parts else 0.0,
         FLAGS.jacobian_weight if "jac" in parts else 0.0,
         FLAGS.whole_jacobian_weight if "whole" in parts else 0.0,
@@ -291,7 +292,7 @@ def check_flags():
             f"{teacher_arch!r}."
         )
     for name in (
-        "student_loss_weight",
+        "supervised_loss_weight",
         "activation_weight",
         "jacobian_weight",
         "whole_jacobian_weight",
@@ -585,7 +586,7 @@ def run(output_dir):
                 ce_w, act_w, jac_w, whole_w = weights
                 distiller.student.set_weights(inits[seed])
                 experiment.reset_optimizer(distiller.optimizer)
-                distiller.student_loss_weight_variable.assign(ce_w)
+                distiller.supervised_loss_weight = ce_w
                 distiller.term_weights[0].assign(act_w)
                 distiller.term_weights[1].assign(jac_w)
                 distiller.term_weights[2].assign(whole_w)

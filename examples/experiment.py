@@ -38,8 +38,10 @@ def flag_values(*modules):
 
     values = {}
     for module in modules:
+        removed = getattr(module, "REMOVED_FLAGS", ())
         for flag in flags.FLAGS.get_flags_for_module(module):
-            values[flag.name] = flag.value
+            if flag.name not in removed:
+                values[flag.name] = flag.value
     return values
 
 

@@ -615,7 +615,7 @@ def run(output_dir):
             distiller.term_weights, term_weights(name, bool(pairs))
         ):
             variable.assign(value)
-        distiller.student_loss_weight_variable.assign(FLAGS.student_loss_weight)
+        distiller.supervised_loss_weight = FLAGS.supervised_loss_weight
         keras.utils.set_random_seed(seed)
         experiment.train(
             distiller,

@@ -35,7 +35,7 @@ schedule, a student with BatchNormalization; the defaults are now those of
 examples/distill.py):
 
   Best of 8 trials: val_accuracy 0.8619
-  {"student_loss_weight": 0.5, "use_activation": false,
+  {"supervised_loss_weight": 0.5, "use_activation": false,
    "use_jacobian": true, "jacobian_weight": 1.2876,
    "jacobian_target": "random"}
   Reproduce with:
@@ -90,7 +90,11 @@ def distill_command(values, spc):
         parts.append("act")
     if values.get("use_jacobian"):
         parts.append("jac")
-    ce_weight = values.get("student_loss_weight", 1.0)
+    # Searches saved before the rename name the same (independent) weight
+    # `student_loss_weight`.
+    ce_weight = values.get(
+        "supervised_loss_weight", values.get("student_loss_weight", 1.0)
+    )
     if ce_weight > 0:
         parts.append("ce")
     if not parts:
@@ -101,7 +105,7 @@ def distill_command(values, spc):
         "dataset": FLAGS.dataset,
     }
     if ce_weight > 0:
-        args["student_loss_weight"] = f"{ce_weight:g}"
+        args["supervised_loss_weight"] = f"{ce_weight:g}"
     if values.get("use_activation"):
         args["activation_weight"] = f"{values['activation_weight']:.4g}"
         args["temperature"] = f"{values['temperature']:g}"

@@ -14,14 +14,36 @@ TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE = "val_accuracy"
 
 
+def _check_kwargs(kwargs):
+    """Refuses unknown arguments, naming the renamed one."""
+    if "student_loss_weights" in kwargs:
+        raise TypeError(
+            "`DistillerHyperModel` takes `supervised_loss_weights`: choices "
+            "of the cross-entropy's weight, independent of the terms' "
+            "weights (`Distiller(supervised_loss_weight=...)`). Keras' "
+            "`student_loss_weight` is a convex mix `w * CE + (1 - w) * "
+            "terms`, which the search does not use. Rename the argument. "
+            f"Received: student_loss_weights={kwargs['student_loss_weights']!r}"
+        )
+    if kwargs:
+        raise TypeError(
+            "`DistillerHyperModel` got unexpected keyword arguments. "
+            f"Received: {sorted(kwargs)}"
+        )
+
+
 class DistillerHyperModel(kt.HyperModel):
     """A keras-tuner `HyperModel` that builds one `Distiller` per trial.
 
-    Searches the loss of Srinivas & Fleuret (2018), `student_loss_weight *
-    CE + activation_weight * KD + jacobian_weight * JacobianMatching`, over:
+    Searches the loss of Srinivas & Fleuret (2018),
+    `supervised_loss_weight * CE + activation_weight * KD +
+    jacobian_weight * JacobianMatching`, over:
 
-    - `student_loss_weight`: weight of the cross-entropy on labels, in
-      `student_loss_weights` (0 trains from the teacher alone);
+    - `supervised_loss_weight`: weight of the cross-entropy on labels,
+      independent of the terms' weights (`Distiller(
+      supervised_loss_weight=...)`, not Keras' convex mix
+      `student_loss_weight`), in `supervised_loss_weights` (0 trains from
+      the teacher alone);
     - `use_activation`, then (when true) `activation_weight` (log scale in
       `weight_range`) and `temperature` (in `temperatures`);
     - `use_jacobian`, then (when true) `jacobian_weight` (log scale in
@@ -51,7 +73,8 @@ class DistillerHyperModel(kt.HyperModel):
         activation_loss: `LogitsDistillation`'s `loss`: `"kd"` (Hinton's
             KD, the default), `"squared_logits"` (logit matching) or a
             Keras loss (with its Keras meaning).
-        student_loss_weights: choices of the cross-entropy weight.
+        supervised_loss_weights: choices of the cross-entropy weight,
+            numbers `>= 0`.
         weight_range: `(low, high)`, the log-scale range of the activation
             and Jacobian weights.
         temperatures: choices of the KD temperature.
@@ -88,7 +111,7 @@ class DistillerHyperModel(kt.HyperModel):
         *,
         learning_rate=1e-3,
         activation_loss="kd",
-        student_loss_weights=(0.0, 0.5, 1.0),
+        supervised_loss_weights=(0.0, 0.5, 1.0),
         weight_range=(1e-2, 1e2),
         temperatures=(1.0, 2.0, 4.0, 8.0),
         jacobian_targets=("teacher_top1", "label", "random"),
@@ -96,7 +119,9 @@ class DistillerHyperModel(kt.HyperModel):
         dtype_policy=None,
         seed=None,
         name=None,
+        **kwargs,
     ):
+        _check_kwargs(kwargs)
         super().__init__(name=name, tunable=True)
         if not isinstance(teacher, keras.Model):
             raise ValueError(
@@ -117,10 +142,10 @@ class DistillerHyperModel(kt.HyperModel):
                 f"(log-scale sampling). Received: {weight_range!r}. Terms "
                 "are switched off by their own boolean hyper-parameter."
             )
-        if not student_loss_weights or min(student_loss_weights) < 0:
+        if not supervised_loss_weights or min(supervised_loss_weights) < 0:
             raise ValueError(
-                "Expected non-negative `student_loss_weights`. Received: "
-                f"{student_loss_weights!r}."
+                "Expected non-negative `supervised_loss_weights`. Received: "
+                f"supervised_loss_weights={supervised_loss_weights!r}."
             )
         if not temperatures or min(temperatures) <= 0:
             raise ValueError(
@@ -138,7 +163,9 @@ class DistillerHyperModel(kt.HyperModel):
         self.student_builder = student_builder
         self.learning_rate = float(learning_rate)
         self.activation_loss = activation_loss
-        self.student_loss_weights = [float(w) for w in student_loss_weights]
+        self.supervised_loss_weights = [
+            float(w) for w in supervised_loss_weights
+        ]
         self.weight_range = (low, high)
         self.temperatures = [float(t) for t in temperatures]
         self.jacobian_targets = list(jacobian_targets)
@@ -159,10 +186,10 @@ class DistillerHyperModel(kt.HyperModel):
         if self.dtype_policy is not None:
             keras.config.set_dtype_policy(self.dtype_policy)
         low, high = self.weight_range
-        student_loss_weight = hp.Choice(
-            "student_loss_weight",
-            self.student_loss_weights,
-            default=max(self.student_loss_weights),
+        supervised_loss_weight = hp.Choice(
+            "supervised_loss_weight",
+            self.supervised_loss_weights,
+            default=max(self.supervised_loss_weights),
         )
         one = 1.0 if low <= 1.0 <= high else None
         terms, weights = [], []
@@ -203,7 +230,7 @@ class DistillerHyperModel(kt.HyperModel):
             student,
             terms,
             distillation_loss_weights=weights,
-            supervised_loss_weight=float(student_loss_weight),
+            supervised_loss_weight=float(supervised_loss_weight),
             seed=self.seed,
         )
         distiller.compile(

@@ -4,6 +4,7 @@ Each test starts a script in a subprocess (TensorFlow's import dominates:
 a few seconds each).
 """
 
+import json
 import os
 import pathlib
 import subprocess
@@ -74,6 +75,50 @@ def test_bad_flag_value_prints_the_error_alone(args, message, tmp_path):
     assert message in lines[0]
     assert lines[1] == "Run distill.py --help for the main flags."
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ("distill", "transfer", "tune"))
+def test_old_student_loss_weight_flag_names_the_new_one(script, tmp_path):
+    result = _run(
+        script, "--student_loss_weight=0.5", f"--output_dir={tmp_path}"
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith(
+        f"{script}.py: error: flag --student_loss_weight=0.5: this flag was "
+        "renamed --supervised_loss_weight"
+    )
+    assert "convex mix" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_supervised_loss_weight_flag_runs(tmp_path):
+    result = _run(
+        "distill",
+        "--supervised_loss_weight=0.5",
+        "--methods=ce",
+        "--samples_per_class=1",
+        "--seeds=0",
+        "--teacher_epochs=1",
+        "--student_epochs=1",
+        "--teacher_width=2",
+        "--student_width=2",
+        "--min_steps_per_epoch=1",
+        f"--output_dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    recorded = json.loads((tmp_path / "results.json").read_text())["flags"]
+    assert recorded["supervised_loss_weight"] == 0.5
+    assert "student_loss_weight" not in recorded
+    bad = _run("distill", "--supervised_loss_weight=-1")
+    assert bad.returncode == 1
+    assert "--supervised_loss_weight=-1.0: expected a finite number >= 0" in (
+        bad.stderr
+    )
 
 
 def test_list_flag_suggests_the_closest_value():

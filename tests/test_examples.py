@@ -298,10 +298,43 @@ def test_parse_method_and_weights():
     assert distill.parse_method("act_jac_ce") == {"act", "jac", "ce"}
     assert distill.canonical_method({"ce", "act"}) == "act_ce"
     with flagsaver.flagsaver(
-        student_loss_weight=0.5, activation_weight=2.0, jacobian_weight=3.0
+        supervised_loss_weight=0.5, activation_weight=2.0, jacobian_weight=3.0
     ):
         assert distill.method_weights({"ce"}) == (0.5, 0.0, 0.0, 0.0)
         assert distill.method_weights({"act", "jac"}) == (0.0, 2.0, 3.0, 0.0)
+
+
+@pytest.mark.slow
+def test_distill_weights_the_cross_entropy_independently(tmp_path, monkeypatch):
+    # --supervised_loss_weight=2 (above Keras' convex range): the loss of
+    # "ce" is 2 * cross-entropy, the cross-entropy computed with NumPy.
+    fit = distill.fit
+    seen = []
+
+    def checked_fit(model, images, labels, *args, teacher=False, **kwargs):
+        if not teacher:
+            x, y = images[:8], labels[:8]
+            loss = model.evaluate(x, y, return_dict=True, verbose=0)["loss"]
+            logits = model.student.predict(x, verbose=0).astype("float64")
+            logits -= logits.max(axis=-1, keepdims=True)
+            log_p = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+            ce = -log_p[np.arange(len(y)), y].mean()
+            seen.append(
+                (model.supervised_loss_weight, model.student_loss_weight)
+            )
+            np.testing.assert_allclose(loss, 2.0 * ce, rtol=1e-5)
+        return fit(model, images, labels, *args, teacher=teacher, **kwargs)
+
+    monkeypatch.setattr(distill, "fit", checked_fit)
+    with flagsaver.flagsaver(
+        supervised_loss_weight=2.0,
+        methods=["ce"],
+        samples_per_class=["1"],
+        output_dir=str(tmp_path),
+        **dict(TINY, min_steps_per_epoch=1),
+    ):
+        distill.main(["distill.py"])
+    assert seen == [(2.0, None)]
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ search that trains nothing).
 import json
 import os
 import pathlib
+import shlex
 import sys
 
 import keras
@@ -43,7 +44,7 @@ def _fixed(**values):
 def test_build_follows_the_hyperparameters():
     hypermodel = _hypermodel(temperatures=(2.0, 3.0))
     hp = _fixed(
-        student_loss_weight=0.5,
+        supervised_loss_weight=0.5,
         use_activation=True,
         activation_weight=0.3,
         temperature=3.0,
@@ -59,13 +60,15 @@ def test_build_follows_the_hyperparameters():
     assert distiller.distillation_losses[1].target == "label"
     weights = [float(w.numpy()) for w in distiller.term_weights]
     np.testing.assert_allclose(weights, [0.3, 7.0])
-    assert float(distiller.student_loss_weight_variable.numpy()) == 0.5
+    # The independent weight, not Keras' convex mix.
+    assert distiller.supervised_loss_weight == 0.5
+    assert distiller.student_loss_weight is None
 
 
 def test_terms_switched_off_are_left_out():
     hypermodel = _hypermodel()
     hp = _fixed(
-        student_loss_weight=1.0, use_activation=False, use_jacobian=True
+        supervised_loss_weight=1.0, use_activation=False, use_jacobian=True
     )
     distiller = hypermodel.build(hp)
     assert [type(t) for t in distiller.distillation_losses] == [
@@ -77,7 +80,7 @@ def test_terms_switched_off_are_left_out():
     assert hp.values["jacobian_target"] == "teacher_top1"
 
     off = _fixed(
-        student_loss_weight=1.0, use_activation=False, use_jacobian=False
+        supervised_loss_weight=1.0, use_activation=False, use_jacobian=False
     )
     distiller = hypermodel.build(off)
     assert [float(w.numpy()) for w in distiller.term_weights] == [0.0]
@@ -94,6 +97,54 @@ def test_terms_switched_off_are_left_out():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _hypermodel(**kwargs)
+
+
+def test_supervised_loss_weights_are_searched():
+    hypermodel = _hypermodel(supervised_loss_weights=(0.0, 2.0))
+    hp = kt.HyperParameters()
+    distiller = hypermodel.build(hp)
+    assert hp.values["supervised_loss_weight"] == 2.0
+    assert "student_loss_weight" not in hp.values
+    # Above 1: the independent weight, not Keras' mix in [0, 1].
+    assert distiller.supervised_loss_weight == 2.0
+    assert distiller.student_loss_weight is None
+
+
+def test_old_student_loss_weights_argument_names_the_new_one():
+    with pytest.raises(TypeError) as info:
+        _hypermodel(student_loss_weights=(0.0, 1.0))
+    message = str(info.value)
+    assert "supervised_loss_weights" in message
+    assert "convex mix" in message
+    assert "Received: student_loss_weights=(0.0, 1.0)" in message
+    with pytest.raises(TypeError, match=r"Received: \['weights'\]"):
+        _hypermodel(weights=(1.0,))
+    with pytest.raises(ValueError, match="supervised_loss_weights=\\(-1.0,\\)"):
+        _hypermodel(supervised_loss_weights=(-1.0,))
+
+
+def test_distill_command_sets_the_supervised_loss_weight():
+    values = {
+        "supervised_loss_weight": 0.5,
+        "use_activation": False,
+        "use_jacobian": True,
+        "jacobian_weight": 1.2876,
+        "jacobian_target": "random",
+    }
+    old = dict(values)
+    old["student_loss_weight"] = old.pop("supervised_loss_weight")
+    with flagsaver.flagsaver():
+        command = tune.distill_command(values, 5)
+        # Results of a search saved before the rename mean the same.
+        assert tune.distill_command(old, 5) == command
+    assert "--student_loss_weight" not in command
+    assert "--methods=jac_ce" in command
+    # The command runs as the user runs it: its flags parse.
+    args = shlex.split(command)[2:]
+    with flagsaver.flagsaver():
+        tune.FLAGS(["distill.py", *args])
+        assert tune.FLAGS.supervised_loss_weight == 0.5
+        assert tune.FLAGS.jacobian_weight == pytest.approx(1.288)
 
 
 def test_build_tuner_kinds(tmp_path):
