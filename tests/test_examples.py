@@ -326,15 +326,23 @@ def test_distill_weights_the_cross_entropy_independently(tmp_path, monkeypatch):
         return fit(model, images, labels, *args, teacher=teacher, **kwargs)
 
     monkeypatch.setattr(distill, "fit", checked_fit)
-    with flagsaver.flagsaver(
-        supervised_loss_weight=2.0,
-        methods=["ce"],
-        samples_per_class=["1"],
-        output_dir=str(tmp_path),
-        **dict(TINY, min_steps_per_epoch=1),
-    ):
-        distill.main(["distill.py"])
+    argv = [
+        "distill.py",
+        "--supervised_loss_weight=2",
+        "--methods=ce",
+        "--samples_per_class=1",
+        f"--output_dir={tmp_path}",
+    ]
+    argv += [
+        f"--{k}={','.join(v) if isinstance(v, list) else v}"
+        for k, v in dict(TINY, min_steps_per_epoch=1).items()
+    ]
+    with flagsaver.flagsaver():
+        distill.main(distill.FLAGS(argv))
     assert seen == [(2.0, None)]
+    recorded = json.loads((tmp_path / "results.json").read_text())["flags"]
+    assert recorded["supervised_loss_weight"] == 2.0
+    assert "student_loss_weight" not in recorded
 
 
 @pytest.mark.slow
