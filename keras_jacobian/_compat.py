@@ -113,8 +113,8 @@ def compiled_loss(model):
     Uses `Trainer._compile_loss` (a callable `(y, y_pred, sample_weight)`
     that also tracks the per-output losses). The public
     `Model.compute_loss` adds the regularisation losses to it, but the
-    library weights the compiled loss alone (`student_loss_weight`) and
-    skips it at weight 0.
+    library weights the compiled loss alone (`student_loss_weight` or
+    `supervised_loss_weight`) and skips it at weight 0.
 
     Checked on Keras 3.15.1.
     """

@@ -173,7 +173,7 @@ def test_scheduler_turns_a_term_on_and_logs_its_weight():
 
 @pytest.mark.parametrize(
     "term,key",
-    [(0, "logits_distillation_weight"), ("student", "student_loss_weight")],
+    [(0, "logits_distillation_weight"), ("student", "supervised_loss_weight")],
 )
 def test_scheduler_by_index_and_student(term, key):
     distiller = make_distiller()
@@ -188,6 +188,59 @@ def test_scheduler_by_index_and_student(term, key):
     if term == "student":
         assert history["student_loss"][0] == 0.0
         assert history["student_loss"][1] > 0
+
+
+def test_student_schedule_under_keras_convex_mix():
+    # Built with Keras' `student_loss_weight`: the schedule sets w, and
+    # the terms get 1 - w (checked by hand on the logged parts).
+    x, y = data()
+    distiller = kj.Distiller(
+        tiny.named_conv_net("t", 4, second_stride=2),
+        tiny.named_conv_net("s", 3, second_stride=2),
+        [kj.LogitsDistillation(temperature=4.0, loss="kd")],
+        student_loss_weight=0.5,
+    )
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    scheduler = callbacks.LossWeightScheduler("student", lambda e: 0.25 * e)
+    history = distiller.fit(
+        x, y, epochs=3, batch_size=8, verbose=0, callbacks=[scheduler]
+    ).history
+    assert history["student_loss_weight"] == [0.0, 0.25, 0.5]
+    assert "supervised_loss_weight" not in history
+    assert distiller.student_loss_weight == 0.5
+    for w, student, terms, loss in zip(
+        history["student_loss_weight"],
+        history["student_loss"],
+        history["distillation_loss"],
+        history["loss"],
+    ):
+        assert student > 0 or w == 0
+        np.testing.assert_allclose(
+            loss, w * student + (1 - w) * terms, rtol=1e-5
+        )
+
+    # Above 1 the terms would get a negative weight: refused.
+    too_big = callbacks.LossWeightScheduler("student", lambda e: 1.5)
+    with pytest.raises(ValueError) as info:
+        distiller.fit(x, y, epochs=1, verbose=0, callbacks=[too_big])
+    message = str(info.value)
+    assert "student_loss_weight=1.5" in message
+    assert "epoch 0" in message
+    assert "supervised_loss_weight" in message
+    assert distiller.student_loss_weight == 0.5
+
+    # With an independent weight, 1.5 is a weight like any other.
+    independent = make_distiller()
+    scheduler = callbacks.LossWeightScheduler("student", lambda e: 1.5)
+    history = independent.fit(
+        x, y, epochs=1, batch_size=8, verbose=0, callbacks=[scheduler]
+    ).history
+    assert history["supervised_loss_weight"] == [1.5]
+    assert "student_loss_weight" not in history
+    assert independent.supervised_loss_weight == 1.5
 
 
 def test_scheduler_errors():

@@ -79,12 +79,16 @@ class LossWeightScheduler(keras.callbacks.Callback):
     """Sets the weight of one loss term of a `Distiller` at each epoch.
 
     Before each epoch, assigns `schedule(epoch)` to the term's weight
-    variable (`distiller.term_weights[i]`, or
-    `distiller.student_loss_weight_variable` for `term="student"`). The
+    variable (`distiller.term_weights[i]`), or for `term="student"` to
+    the weight of the compiled loss, whichever the `Distiller` was built
+    with: under Keras' convex mix (`student_loss_weight=w`) the schedule
+    sets `w`, so the terms get `1 - w` at the same time, and values above
+    1 are refused; with `supervised_loss_weight=s` it sets `s` alone. The
     weights are `keras.Variable`s read by the compiled step, so nothing is
     retraced; a weight of 0 skips the term at run time. The weight in use
-    is added to the epoch's logs as `"<term name>_weight"` (or
-    `"student_loss_weight"`), so it appears in `History` and TensorBoard.
+    is added to the epoch's logs as `"<term name>_weight"` (for
+    `"student"`: `"student_loss_weight"` or `"supervised_loss_weight"`, as
+    the argument), so it appears in `History` and TensorBoard.
 
     Args:
         term: the term's name, its index in `distillation_losses`, or
@@ -135,7 +139,9 @@ class LossWeightScheduler(keras.callbacks.Callback):
                 f"Received: {type(model).__name__}"
             )
         if self.term == "student":
-            return model.student_loss_weight_variable, "student_loss_weight"
+            if model.student_loss_weight is not None:
+                return None, "student_loss_weight"
+            return None, "supervised_loss_weight"
         names = [t.name for t in terms]
         if isinstance(self.term, int):
             if not 0 <= self.term < len(terms):
@@ -162,12 +168,26 @@ class LossWeightScheduler(keras.callbacks.Callback):
                 "The schedule must return a finite number >= 0"
             ),
         )
-        self.variable.assign(weight)
+        if self.variable is not None:
+            self.variable.assign(weight)
+        else:
+            if self.log_key == "student_loss_weight" and weight > 1.0:
+                raise ValueError(
+                    "This Distiller mixes its losses as Keras does "
+                    "(`student_loss_weight=w`: w * student + (1 - w) * "
+                    "terms), so the schedule of 'student' must stay in "
+                    "[0, 1]. For an independent weight, build the "
+                    "Distiller with `supervised_loss_weight`. Received: "
+                    f"student_loss_weight={weight!r}, the schedule's value "
+                    f"at epoch {epoch} (0-based)"
+                )
+            setattr(self.model, self.log_key, weight)
         if self.verbose:
             print(f"\nEpoch {epoch + 1}: {self.log_key} = {weight:.4g}")
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs[self.log_key] = float(
-                keras.ops.convert_to_numpy(self.variable)
-            )
+            variable = self.variable
+            if variable is None:
+                variable = self.model.student_loss_weight_variable
+            logs[self.log_key] = float(keras.ops.convert_to_numpy(variable))
