@@ -483,9 +483,13 @@ class Distiller(
             keras.saving.deserialize_keras_object(t)
             for t in config["distillation_losses"]
         ]
-        if "supervised_loss_weight" not in config:
+        if (
+            "supervised_loss_weight" not in config
+            and "check_differentiable" in config
+        ):
             # Saved by 0.1.0, whose `student_loss_weight` was independent
-            # of the terms' weights.
+            # of the terms' weights. A configuration of Keras' `Distiller`
+            # (no `check_differentiable`) keeps Keras' convex mix.
             config["supervised_loss_weight"] = config.pop(
                 "student_loss_weight", 1.0
             )

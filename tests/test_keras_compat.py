@@ -152,6 +152,35 @@ def test_config_of_0_1_keeps_its_independent_weight():
     assert restored.student_loss_weight is None
 
 
+def test_config_of_keras_distiller_keeps_the_convex_mix():
+    keras_distiller = keras.distillation.Distiller(
+        tiny.conv_net(),
+        tiny.conv_net(seed=1),
+        [
+            keras.distillation.LogitsDistillation(
+                temperature=2.0, loss=keras.losses.KLDivergence()
+            )
+        ],
+        student_loss_weight=0.7,
+    )
+    restored = kj.Distiller.from_config(keras_distiller.get_config())
+    assert restored.student_loss_weight == 0.7
+    assert restored.supervised_loss_weight is None
+    # The same loss as Keras' own Distiller computes.
+    x, y = tiny.images(8), np.arange(8) % 5
+    logs = []
+    for distiller in (keras_distiller, restored):
+        distiller.compile(
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        logs.append(distiller.evaluate(x, y, return_dict=True, verbose=0))
+    expected = (
+        0.7 * logs[0]["student_loss"] + 0.3 * logs[0]["distillation_loss"]
+    )
+    np.testing.assert_allclose(logs[0]["loss"], expected, rtol=1e-6)
+    np.testing.assert_allclose(logs[1]["loss"], logs[0]["loss"], rtol=1e-5)
+
+
 # The terms: Keras' argument order, defaults and loss meanings.
 
 
