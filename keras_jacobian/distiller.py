@@ -57,7 +57,9 @@ class Distiller(
     device with the same global batch.
 
     Weights are `keras.Variable`s (`distiller.term_weights`,
-    `distiller.student_loss_weight_variable`): callbacks may change them
+    `distiller.student_loss_weight_variable`, which holds `w` or `s`; set
+    them through `student_loss_weight`, `supervised_loss_weight` and
+    `distillation_loss_weights`): callbacks may change them
     between steps without retracing. A term whose weight is 0 is skipped
     at run time (`tf.cond`), so it costs nothing; so is the compiled loss
     while its weight is 0 (and every term at `student_loss_weight=1`).
