@@ -5,6 +5,7 @@ import inspect
 import keras
 import keras_tuner as kt
 import numpy as np
+import tensorflow as tf
 
 from keras_jacobian.distiller import Distiller
 from keras_jacobian.terms.jacobian import JacobianMatching
@@ -182,6 +183,17 @@ class DistillerHyperModel(kt.HyperModel):
             return self.student_builder(hp)
         return self.student_builder()
 
+    def fit(self, hp, model, *args, **kwargs):
+        """Trains `model`; the search's `val_accuracy` needs validation data.
+
+        Raises `keras_tuner.errors.FatalValueError` (which stops the
+        search instead of failing the trial quietly) when
+        `validation_data` is missing or empty (and no `validation_split`).
+        """
+        if not kwargs.get("validation_split"):
+            _check_validation_data(kwargs.get("validation_data"))
+        return model.fit(*args, **kwargs)
+
     def build(self, hp):
         if self.dtype_policy is not None:
             keras.config.set_dtype_policy(self.dtype_policy)
@@ -249,6 +261,37 @@ class DistillerHyperModel(kt.HyperModel):
         if None not in shape:
             distiller(np.zeros([1] + shape, "float32"))
         return distiller
+
+
+def _num_examples(data):
+    """Examples in `validation_data`, or None when it cannot be counted."""
+    if isinstance(data, tf.data.Dataset):
+        count = int(data.cardinality())
+        return None if count < 0 else count
+    if isinstance(data, (tuple, list)) and data:
+        data = data[0]
+    while isinstance(data, dict) and data:
+        data = next(iter(data.values()))
+    shape = getattr(data, "shape", None)
+    if shape is not None and len(shape):
+        return shape[0]
+    return None
+
+
+def _check_validation_data(data):
+    fix = (
+        "Pass `validation_data=(x_val, y_val)` (or a dataset) with at least "
+        "one example, or `validation_split`, to `tuner.search(...)`: the "
+        f"search maximises `{OBJECTIVE}`."
+    )
+    if data is None:
+        raise kt.errors.FatalValueError(
+            f"Expected `validation_data`. Received none. {fix}"
+        )
+    if _num_examples(data) == 0:
+        raise kt.errors.FatalValueError(
+            f"Expected non-empty `validation_data`. Received 0 examples. {fix}"
+        )
 
 
 def build_tuner(
@@ -325,6 +368,17 @@ def best_values(tuner):
             "`tuner.search(...)` first."
         )
     best = trials[0]
+    if best.score is None:
+        raise ValueError(
+            "Expected a trial that finished with a score. Received a tuner "
+            f"whose best trial ({best.trial_id}) has none: it failed"
+            + (
+                f" ({best.message.strip().splitlines()[-1]})"
+                if best.message
+                else ""
+            )
+            + ". Fix the error the search printed and run it again."
+        )
     hp = best.hyperparameters
     values = {
         name: value for name, value in hp.values.items() if hp.is_active(name)

@@ -224,3 +224,37 @@ def test_student_of_unknown_spatial_size_tunes():
     y = np.arange(4) % 3
     history = distiller.fit(x, y, batch_size=2, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+
+
+@pytest.mark.parametrize(
+    "validation, match",
+    [
+        (None, "Expected `validation_data`"),
+        ("empty", "Received 0 examples"),
+    ],
+)
+def test_search_without_validation_examples_stops(tmp_path, validation, match):
+    x = tiny.images(n=4)
+    y = np.arange(4) % 3
+    kwargs = {}
+    if validation == "empty":
+        kwargs["validation_data"] = (x[4:], y[4:])
+    tuner = tuning.build_tuner(
+        "random", _hypermodel(), str(tmp_path), max_trials=1, seed=0
+    )
+    with pytest.raises(kt.errors.FatalValueError, match=match):
+        tuner.search(x, y, epochs=1, batch_size=2, verbose=0, **kwargs)
+
+
+def test_best_values_of_a_failed_search_is_an_error(tmp_path):
+    x = tiny.images(n=4)
+    y = np.arange(4) % 3
+    tuner = tuning.build_tuner(
+        "random", _hypermodel(), str(tmp_path), max_trials=1, seed=0
+    )
+    # Labels outside [0, 3): the trial fails inside keras-tuner.
+    tuner.search(
+        x, y + 5, validation_data=(x, y), epochs=1, batch_size=2, verbose=0
+    )
+    with pytest.raises(ValueError, match="finished with a score"):
+        tuning.best_values(tuner)
