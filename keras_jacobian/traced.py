@@ -151,7 +151,13 @@ def final_softmax(model, input_shape, dtype):
     if exp is None or total is None or exp.op != "Exp" or total.op != "Sum":
         return None
     summed = producer(total.input[0])
-    return node.name if summed is not None and summed.name == exp.name else None
+    # `exp` may be computed twice, once for the numerator and once for
+    # the sum: of the same values.
+    if summed is None or summed.op != "Exp":
+        return None
+    if summed.name != exp.name and summed.input[0] != exp.input[0]:
+        return None
+    return node.name
 
 
 def computed_dtypes(model, input_shape, dtype, training):
