@@ -7,8 +7,10 @@ rounds every value to float16 inside a float32 model. The graph of a
 traced pass does say it, custom layers and nested models included.
 """
 
+import keras
 import tensorflow as tf
 
+from keras_jacobian import _compat
 from keras_jacobian import jacobians
 from keras_jacobian import probes
 from keras_jacobian import validation
@@ -128,36 +130,46 @@ def final_softmax(model, input_shape, dtype):
     def producer(name):
         return _producer(nodes, functions, name)
 
-    node = producer(output)
-    if node is None:
-        return None
-    if node.op == "Softmax":
-        return node.name
-    inputs = [i for i in node.input if not i.startswith("^")]
-    if node.op in _DIVISIONS:
-        numerator, denominator = inputs[:2]
-    elif node.op == "Mul" and len(inputs) == 2:
-        for numerator, other in (inputs, inputs[::-1]):
-            inverse = producer(other)
-            if inverse is not None and inverse.op in ("Reciprocal", "Inv"):
-                denominator = inverse.input[0]
-                break
+    def softmax(name):
+        node = producer(name)
+        if node is None:
+            return None
+        inputs = [i for i in node.input if not i.startswith("^")]
+        if node.op == "Softmax":
+            return node.name
+        # Softmaxes stacked or concatenated (`TimeDistributed`).
+        if node.op in ("Pack", "ConcatV2"):
+            values = inputs[:-1] if node.op == "ConcatV2" else inputs
+            found = [softmax(value) for value in values]
+            return found[0] if found and all(found) else None
+        if node.op in _DIVISIONS:
+            numerator, denominator = inputs[:2]
+        elif node.op == "Mul" and len(inputs) == 2:
+            for numerator, other in (inputs, inputs[::-1]):
+                inverse = producer(other)
+                if inverse is not None and inverse.op in ("Reciprocal", "Inv"):
+                    denominator = inverse.input[0]
+                    break
+            else:
+                return None
         else:
             return None
-    else:
-        return None
-    exp = producer(numerator)
-    total = producer(denominator)
-    if exp is None or total is None or exp.op != "Exp" or total.op != "Sum":
-        return None
-    summed = producer(total.input[0])
-    # `exp` may be computed twice, once for the numerator and once for
-    # the sum: of the same values.
-    if summed is None or summed.op != "Exp":
-        return None
-    if summed.name != exp.name and summed.input[0] != exp.input[0]:
-        return None
-    return node.name
+        exp = producer(numerator)
+        total = producer(denominator)
+        if exp is None or total is None:
+            return None
+        if exp.op != "Exp" or total.op != "Sum":
+            return None
+        summed = producer(total.input[0])
+        # `exp` may be computed twice, once for the numerator and once for
+        # the sum: of the same values.
+        if summed is None or summed.op != "Exp":
+            return None
+        if summed.name != exp.name and summed.input[0] != exp.input[0]:
+            return None
+        return node.name
+
+    return softmax(output)
 
 
 def computed_dtypes(model, input_shape, dtype, training):
@@ -226,12 +238,83 @@ def _function_dtypes(functions, name, seen=None):
     return found
 
 
+# Keras layers and ops that pass their input's values on: a softmax in a
+# `Lambda` before them is still the output's softmax.
+_PASS_THROUGH_LAYERS = frozenset(
+    {
+        "Reshape",
+        "Flatten",
+        "Permute",
+        "Identity",
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "Transpose",
+        "Squeeze",
+        "ExpandDims",
+        "Cast",
+    }
+)
+
+
+def may_hide_softmax(tensor):
+    """Whether the operations that compute `tensor` may hide a final
+    softmax.
+
+    False when the last operation that changes values is a Keras layer
+    with no activation or one of `keras.activations` (a `Dense` of
+    logits): softmax layers and activations are found by
+    `validation.check_logits_output`. True for a `Lambda`, a custom
+    layer, a wrapper, another activation (`tf.nn.softmax`,
+    `keras.ops.softmax`), Keras ops on symbolic tensors (`exp(z) /
+    sum(exp(z))`), a subclassed model or anything unknown: their graph
+    must be read.
+    """
+    produced = _compat.producing_operation(tensor)
+    if produced is None:
+        return True
+    operation, index = produced
+    if isinstance(operation, keras.Model):
+        try:
+            outputs = operation.outputs
+        except (AttributeError, ValueError):
+            return True
+        return not outputs or may_hide_softmax(outputs[index])
+    if not _module(operation).startswith("keras."):
+        return True
+    activation = getattr(operation, "activation", None)
+    name = type(operation).__name__
+    if name in _PASS_THROUGH_LAYERS or (
+        name == "Activation" and activation is keras.activations.linear
+    ):
+        calls = _compat.call_inputs(operation)
+        if len(calls) != 1 or len(calls[0]) != 1:
+            return True
+        return may_hide_softmax(calls[0][0])
+    if not isinstance(operation, keras.layers.Layer) or isinstance(
+        operation, (keras.layers.Lambda, keras.layers.Wrapper)
+    ):
+        return True
+    keras_activations = _module(keras.activations.linear)
+    return activation is not None and _module(activation) != keras_activations
+
+
+def _module(thing):
+    return getattr(thing, "__module__", None) or ""
+
+
 def check_logits(model, input_shape, dtype, role):
     """Raises when `model`'s traced output is a softmax.
 
     Finds what `validation.check_logits_output` cannot see from layers:
     a softmax computed inside a `Lambda`, a custom layer or a subclassed
-    model.
+    model. A network whose last operation that changes values is a Keras
+    layer (`may_hide_softmax`) is not traced: that costs a second or
+    more for large networks.
 
     Args:
         model: a Keras model with one input and one output tensor.
@@ -239,6 +322,12 @@ def check_logits(model, input_shape, dtype, role):
         dtype: its input dtype.
         role: `"teacher"`, `"student"` or `"model"`, for messages.
     """
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        outputs = None
+    if outputs and not may_hide_softmax(outputs[0]):
+        return
     found = final_softmax(model, input_shape, dtype)
     if found is not None:
         raise ValueError(

@@ -498,6 +498,17 @@ def hidden_softmax_student(kind):
     h = keras.layers.Flatten()(inputs)
     if kind == "custom layer":
         return keras.Model(inputs, CustomSoftmax()(h))
+    if kind == "Dense(activation=tf.nn.softmax)":
+        return keras.Model(
+            inputs, keras.layers.Dense(5, activation=tf.nn.softmax)(h)
+        )
+    if kind == "keras.ops exp / sum(exp)":
+        return keras.Model(inputs, _exp_over_sum(keras.layers.Dense(5)(h)))
+    if kind == "TimeDistributed":
+        steps = keras.layers.Dense(5)(keras.layers.Reshape((1, 64))(h))
+        softmax = keras.layers.Lambda(keras.ops.softmax)
+        per_step = keras.layers.TimeDistributed(softmax)(steps)
+        return keras.Model(inputs, keras.layers.Reshape((5,))(per_step))
     logits = keras.layers.Dense(5)(h)
     last = {
         "Lambda(keras.ops.softmax)": keras.layers.Lambda(keras.ops.softmax),
@@ -514,6 +525,9 @@ def hidden_softmax_student(kind):
         "Lambda(tf.nn.softmax)",
         "custom layer",
         "exp / sum(exp)",
+        "Dense(activation=tf.nn.softmax)",
+        "keras.ops exp / sum(exp)",
+        "TimeDistributed",
     ],
 )
 def test_softmax_in_lambda_or_custom_layer_is_refused(kind):
@@ -557,3 +571,23 @@ def test_softmax_before_the_last_operation_is_accepted():
             supervised_loss_weight=1.0,
         )
         kj.JacobianRegularizedModel(student)
+
+
+def test_outputs_of_keras_layers_are_not_traced(monkeypatch):
+    # Tracing costs seconds for large networks; the layers say enough.
+    from keras_jacobian import traced
+
+    def refuse(*args):
+        raise AssertionError("traced")
+
+    monkeypatch.setattr(traced, "final_softmax", refuse)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(5, 8)(inputs)
+    reshaped = keras.layers.Activation("linear")(keras.layers.Flatten()(h))
+    for student in (tiny.conv_net(), keras.Model(inputs, reshaped)):
+        kj.Distiller(
+            tiny.conv_net(),
+            student,
+            [kj.LogitsDistillation(temperature=4.0, loss="kd")],
+            supervised_loss_weight=1.0,
+        )
