@@ -55,7 +55,8 @@ def trace(model, input_shape, dtype, training):
     shape = probes.probe_shape(model, tuple(input_shape), "model")
     spec = tf.TensorSpec((None,) + tuple(shape), dtype)
 
-    @tf.function(autograph=False)
+    # With AutoGraph, as `fit` traces it (Python control flow on tensors).
+    @tf.function
     def forward(x):
         return model(x, training=training)
 

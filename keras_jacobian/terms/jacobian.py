@@ -371,10 +371,10 @@ class JacobianMatching(DistillationTerm):
         if (
             self.estimator in jacobians.DIFFERENCE_ESTIMATORS
             and self.step_size is not None
-            and teacher.inputs
-            and student.inputs
         ):
             for role, model in (("teacher", teacher), ("student", student)):
+                if not model.inputs:
+                    continue
                 shape = model.inputs[0].shape[1:]
                 precision = traced.network_precision(
                     model,
