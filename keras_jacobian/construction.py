@@ -299,30 +299,6 @@ def construct(distiller):
         )
     distiller.teacher_precision = jacobians.network_precision(teacher)
     distiller.student_precision = jacobians.network_precision(student)
-    differences = [
-        t.estimator
-        for t in terms
-        if getattr(t, "estimator", None) in jacobians.DIFFERENCE_ESTIMATORS
-    ]
-    if differences:
-        # The step follows the dtypes the passes compute in, casts inside
-        # `Lambda` and custom layers included.
-        distiller.teacher_precision = traced.network_precision(
-            endpoints_output(distiller.teacher_endpoints),
-            teacher_shape,
-            teacher_dtype,
-            False,
-            "teacher",
-            differences[0],
-        )
-        distiller.student_precision = traced.network_precision(
-            endpoints_output(distiller.student_endpoints),
-            student_shape,
-            student_dtype,
-            True,
-            "student",
-            differences[0],
-        )
 
     teacher_shapes = _shapes(distiller.teacher_endpoints, teacher_shape)
     student_shapes = _shapes(distiller.student_endpoints, student_shape)
@@ -382,6 +358,26 @@ def construct(distiller):
             distiller.student_endpoints,
             student_shape,
             student_dtype,
+            "student",
+            estimator,
+        )
+        # After the kinks check, which refuses most large networks
+        # without this second trace. The step follows the dtypes the
+        # passes compute in, casts inside `Lambda` and custom layers
+        # included.
+        distiller.teacher_precision = traced.network_precision(
+            endpoints_output(distiller.teacher_endpoints),
+            teacher_shape,
+            teacher_dtype,
+            False,
+            "teacher",
+            estimator,
+        )
+        distiller.student_precision = traced.network_precision(
+            endpoints_output(distiller.student_endpoints),
+            student_shape,
+            student_dtype,
+            True,
             "student",
             estimator,
         )
