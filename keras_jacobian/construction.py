@@ -15,6 +15,7 @@ from keras_jacobian import kinks
 from keras_jacobian import label_range
 from keras_jacobian import probes
 from keras_jacobian import randomness
+from keras_jacobian import traced
 from keras_jacobian import validation
 from keras_jacobian.terms.base import OUTPUT
 
@@ -283,6 +284,19 @@ def construct(distiller):
         validation.check_logits_output(
             distiller.student_endpoints.output[OUTPUT], "student"
         )
+        # A softmax inside a `Lambda` or custom layer, which layers hide.
+        traced.check_logits(
+            endpoints_output(distiller.teacher_endpoints),
+            teacher_shape,
+            teacher_dtype,
+            "teacher",
+        )
+        traced.check_logits(
+            endpoints_output(distiller.student_endpoints),
+            student_shape,
+            student_dtype,
+            "student",
+        )
     distiller.teacher_precision = jacobians.network_precision(teacher)
     distiller.student_precision = jacobians.network_precision(student)
 
@@ -344,6 +358,26 @@ def construct(distiller):
             distiller.student_endpoints,
             student_shape,
             student_dtype,
+            "student",
+            estimator,
+        )
+        # After the kinks check, which refuses most large networks
+        # without this second trace. The step follows the dtypes the
+        # passes compute in, casts inside `Lambda` and custom layers
+        # included.
+        distiller.teacher_precision = traced.network_precision(
+            endpoints_output(distiller.teacher_endpoints),
+            teacher_shape,
+            teacher_dtype,
+            False,
+            "teacher",
+            estimator,
+        )
+        distiller.student_precision = traced.network_precision(
+            endpoints_output(distiller.student_endpoints),
+            student_shape,
+            student_dtype,
+            True,
             "student",
             estimator,
         )

@@ -8,6 +8,7 @@ from keras_jacobian import kinks
 from keras_jacobian import probes
 from keras_jacobian import randomness
 from keras_jacobian import steps
+from keras_jacobian import traced
 from keras_jacobian import validation
 from keras_jacobian.saving import SavingMixin
 from keras_jacobian.steps import LossStepsMixin
@@ -130,6 +131,7 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
             outputs = None
         if outputs:
             validation.check_logits_output(outputs[0], "model")
+        traced.check_logits(model, input_shape, dtype, "model")
         self.precision = jacobians.network_precision(model)
         self._random_state = randomness.RandomState()
         if estimator in jacobians.INPUT_ESTIMATORS:
@@ -137,6 +139,9 @@ class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
                 model, input_shape, dtype, "model", True, estimator
             )
         if estimator in jacobians.DIFFERENCE_ESTIMATORS:
+            self.precision = traced.network_precision(
+                model, input_shape, dtype, True, "model", estimator
+            )
             validation.check_step_size(
                 step_size, self.precision, input_shape, "model"
             )

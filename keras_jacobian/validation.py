@@ -125,14 +125,23 @@ def check_logits_output(tensor, role):
         else ""
     )
     raise ValueError(
-        f"The {role} model's output ends in a softmax (layer "
-        f"{layer.name!r}, {type(layer).__name__}), but logits are "
-        "expected: the terms apply their own softmax (with a "
+        softmax_message(
+            role, f"layer {layer.name!r}, {type(layer).__name__}", hint
+        )
+    )
+
+
+def softmax_message(role, found, hint=""):
+    """The message refusing a softmax output; `found` names where it is."""
+    return (
+        f"The {role} model's output ends in a softmax ({found}), but "
+        "logits are expected: the terms apply their own softmax (with a "
         "temperature) and differentiate the logits. Remove the final "
         "activation (e.g. `Dense(classes)` instead of "
-        "`Dense(classes, activation='softmax')`, no `Softmax` layer) and "
-        "apply `keras.ops.softmax` outside the model where probabilities "
-        f"are needed.{hint}"
+        "`Dense(classes, activation='softmax')`, no `Softmax` layer or "
+        "softmax in a `Lambda` or custom layer) and apply "
+        "`keras.ops.softmax` outside the model where probabilities are "
+        f"needed.{hint}"
     )
 
 

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_jacobian as kj
 from tests import tiny
@@ -465,3 +466,128 @@ def test_difference_steps_of_huge_inputs_do_not_overflow(estimator):
         got = _whole_loss(estimator, x, normalize)
         assert np.isfinite(got), got
         assert got == pytest.approx(_whole_loss("jvp", x, normalize), abs=1e-6)
+
+
+class CustomSoftmax(keras.layers.Layer):
+    """Logits, then a softmax the layer's class does not show."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(5)
+
+    def call(self, x):
+        return keras.activations.softmax(self.dense(x))
+
+
+class Attention(keras.layers.Layer):
+    """Self-attention over the rows of its input: a softmax inside."""
+
+    def call(self, x):
+        scores = keras.ops.matmul(x, keras.ops.transpose(x, (0, 2, 1)))
+        return keras.ops.matmul(keras.ops.softmax(scores), x)
+
+
+def _exp_over_sum(z):
+    return keras.ops.exp(z) / keras.ops.sum(
+        keras.ops.exp(z), axis=-1, keepdims=True
+    )
+
+
+def hidden_softmax_student(kind):
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Flatten()(inputs)
+    if kind == "custom layer":
+        return keras.Model(inputs, CustomSoftmax()(h))
+    if kind == "Dense(activation=tf.nn.softmax)":
+        return keras.Model(
+            inputs, keras.layers.Dense(5, activation=tf.nn.softmax)(h)
+        )
+    if kind == "keras.ops exp / sum(exp)":
+        return keras.Model(inputs, _exp_over_sum(keras.layers.Dense(5)(h)))
+    if kind == "TimeDistributed":
+        steps = keras.layers.Dense(5)(keras.layers.Reshape((1, 64))(h))
+        softmax = keras.layers.Lambda(keras.ops.softmax)
+        per_step = keras.layers.TimeDistributed(softmax)(steps)
+        return keras.Model(inputs, keras.layers.Reshape((5,))(per_step))
+    logits = keras.layers.Dense(5)(h)
+    last = {
+        "Lambda(keras.ops.softmax)": keras.layers.Lambda(keras.ops.softmax),
+        "Lambda(tf.nn.softmax)": keras.layers.Lambda(tf.nn.softmax),
+        "exp / sum(exp)": keras.layers.Lambda(_exp_over_sum),
+    }[kind]
+    return keras.Model(inputs, last(logits))
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "Lambda(keras.ops.softmax)",
+        "Lambda(tf.nn.softmax)",
+        "custom layer",
+        "exp / sum(exp)",
+        "Dense(activation=tf.nn.softmax)",
+        "keras.ops exp / sum(exp)",
+        "TimeDistributed",
+    ],
+)
+def test_softmax_in_lambda_or_custom_layer_is_refused(kind):
+    term = kj.LogitsDistillation(temperature=4.0, loss="kd")
+    with pytest.raises(ValueError, match="logits are expected") as info:
+        kj.Distiller(
+            tiny.conv_net(),
+            hidden_softmax_student(kind),
+            [term],
+            supervised_loss_weight=1.0,
+        )
+    assert "student model's output ends in a softmax (operation" in str(
+        info.value
+    )
+    with pytest.raises(ValueError, match="teacher.*softmax"):
+        kj.Distiller(
+            hidden_softmax_student(kind),
+            tiny.conv_net(),
+            [term],
+            supervised_loss_weight=1.0,
+        )
+    with pytest.raises(ValueError, match="logits are expected"):
+        kj.JacobianRegularizedModel(hidden_softmax_student(kind))
+
+
+def test_softmax_before_the_last_operation_is_accepted():
+    inputs = keras.Input((8, 8, 1))
+    rows = keras.layers.Reshape((8, 8))(inputs)
+    h = keras.layers.Flatten()(Attention()(rows))
+    attention = keras.Model(inputs, keras.layers.Dense(5)(h))
+    h = keras.layers.Flatten()(inputs)
+    probabilities = keras.layers.Lambda(keras.ops.softmax)(
+        keras.layers.Dense(6)(h)
+    )
+    dense_after = keras.Model(inputs, keras.layers.Dense(5)(probabilities))
+    for student in (attention, dense_after, tiny.conv_net()):
+        kj.Distiller(
+            tiny.conv_net(),
+            student,
+            [kj.LogitsDistillation(temperature=4.0, loss="kd")],
+            supervised_loss_weight=1.0,
+        )
+        kj.JacobianRegularizedModel(student)
+
+
+def test_outputs_of_keras_layers_are_not_traced(monkeypatch):
+    # Tracing costs seconds for large networks; the layers say enough.
+    from keras_jacobian import traced
+
+    def refuse(*args):
+        raise AssertionError("traced")
+
+    monkeypatch.setattr(traced, "final_softmax", refuse)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(5, 8)(inputs)
+    reshaped = keras.layers.Activation("linear")(keras.layers.Flatten()(h))
+    for student in (tiny.conv_net(), keras.Model(inputs, reshaped)):
+        kj.Distiller(
+            tiny.conv_net(),
+            student,
+            [kj.LogitsDistillation(temperature=4.0, loss="kd")],
+            supervised_loss_weight=1.0,
+        )

@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_jacobian import jacobians
+from keras_jacobian import traced
 from keras_jacobian import validation
 from keras_jacobian.terms import projections
 from keras_jacobian.terms import whole
@@ -367,13 +368,24 @@ class JacobianMatching(DistillationTerm):
 
     def check_models(self, teacher, student):
         # The teacher always runs in inference mode; the student trains.
-        if self.estimator in jacobians.DIFFERENCE_ESTIMATORS:
+        if (
+            self.estimator in jacobians.DIFFERENCE_ESTIMATORS
+            and self.step_size is not None
+        ):
             for role, model in (("teacher", teacher), ("student", student)):
-                validation.check_step_size(
-                    self.step_size,
-                    jacobians.network_precision(model),
-                    model.inputs[0].shape[1:] if model.inputs else None,
+                if not model.inputs:
+                    continue
+                shape = model.inputs[0].shape[1:]
+                precision = traced.network_precision(
+                    model,
+                    shape,
+                    model.inputs[0].dtype,
+                    role == "student",
                     role,
+                    self.estimator,
+                )
+                validation.check_step_size(
+                    self.step_size, precision, shape, role
                 )
 
     def teacher_targets(self, ctx):
