@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks import variants
@@ -74,3 +75,77 @@ def test_no_retracing_between_steps_and_memory(tmp_path):
     assert memory["memory_ratio"] == 1.0
     assert summary["variants"]["jacobian_top1"]["retraces"] == 0
     assert summary["variants"]["activation"]["retraces"] == 0
+
+
+# Dead ReLU features are constant within classes: NearestCentroid warns.
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_transfer_mechanism_probe_matches_scikit_learn(tmp_path):
+    """One run per kind; the probes recomputed with scikit-learn."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import NearestCentroid
+    from sklearn.preprocessing import StandardScaler
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    output = tmp_path / "runs.jsonl"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "transfer_mechanism.py"),
+            "--experiments=base",
+            "--seeds=0",
+            "--samples_per_class=3",
+            "--steps=5",
+            "--teacher_epochs=1",
+            "--threads=1",
+            f"--cache_dir={tmp_path / 'cache'}",
+            f"--features_dir={tmp_path / 'features'}",
+            f"--output={output}",
+        ],
+        check=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+        capture_output=True,
+    )
+    runs = [json.loads(line) for line in output.read_text().splitlines()]
+    kinds = {r["kind"]: r for r in runs}
+    assert set(kinds) == {"teacher_features", "init_features", "none", "lwf"}
+    for name in ("none", "lwf"):
+        assert 0.0 <= kinds[name]["task"] <= 100.0
+    saved = sorted((tmp_path / "features").glob("*.npz"))
+    assert len(saved) == 2 * len(runs)  # few-image and every-image probes
+    for path in saved:
+        # float64: scikit-learn solves float32 inputs in float32.
+        f = {k: v.astype("float64") for k, v in np.load(path).items()}
+        scaler = StandardScaler().fit(f["train"])
+        train = scaler.transform(f["train"])
+        test = scaler.transform(f["test"])
+        reference = LogisticRegression(
+            C=float(f["c"]), tol=1e-10, max_iter=100000
+        ).fit(train, f["train_labels"].astype(int))
+        expected = 100.0 * np.mean(reference.predict(test) == f["test_labels"])
+        assert float(f["accuracy"]) == pytest.approx(expected, abs=1e-9)
+        logits = f["logits"] - f["logits"].max(1, keepdims=True)
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        np.testing.assert_allclose(
+            probs, reference.predict_proba(test), atol=1e-4
+        )
+    for r in runs:
+        f = dict(np.load(saved_path(tmp_path, r)))
+        scaler = StandardScaler().fit(f["train"])
+        ncm = NearestCentroid().fit(
+            scaler.transform(f["train"]), f["train_labels"]
+        )
+        expected = 100.0 * np.mean(
+            ncm.predict(scaler.transform(f["test"])) == f["test_labels"]
+        )
+        assert r["ncm"] == pytest.approx(expected, abs=1e-9)
+        assert r["probe"] == pytest.approx(float(f["accuracy"]), abs=1e-9)
+
+
+def saved_path(tmp_path, record):
+    keys = ("kind", "teacher", "spc", "seed", "init", "init_seed")
+    keys += ("weight", "temperature")
+    name = "_".join(f"{k}{record[k]}" for k in sorted(keys) if k in record)
+    return tmp_path / "features" / f"{name}_few.npz"
