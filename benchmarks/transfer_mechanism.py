@@ -873,10 +873,10 @@ def main(argv):
     import warnings
 
     import keras_jacobian  # noqa: F401  (first: quiet TensorFlow start-up)
-    import tensorflow as tf
 
     # Models called on a tensor rather than a dict of their one input.
     warnings.filterwarnings("ignore", message=r"The structure of `inputs`")
+    import tensorflow as tf
 
     if FLAGS.threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
