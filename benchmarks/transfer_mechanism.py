@@ -434,61 +434,55 @@ def run_specs():
             f"Expected --experiments among {list(EXPERIMENTS)}. Received: "
             f"{unknown}."
         )
-    lwf_configs = [(1.0, 4.0, BASE_TEACHER)]
-    if "weight" in chosen:
-        lwf_configs += [(float(w), 4.0, BASE_TEACHER) for w in FLAGS.weights]
-    if "temperature" in chosen:
-        lwf_configs += [
-            (1.0, float(t), BASE_TEACHER) for t in FLAGS.temperatures
-        ]
-    if "teacher" in chosen:
-        lwf_configs += [(1.0, 4.0, t) for t in FLAGS.teachers]
-    inits = [("seed", 0)]
-    if "init" in chosen:
-        inits += [("seed", int(o)) for o in FLAGS.init_seeds]
-        if FLAGS.finetune:
-            inits.append(("finetune", 0))
+    base = [("base", BASE_TEACHER, 1.0, 4.0)]
+    phases = {
+        "base": base,
+        "weight": [
+            ("weight", BASE_TEACHER, float(w), 4.0) for w in FLAGS.weights
+        ],
+        "temperature": [
+            ("temperature", BASE_TEACHER, 1.0, float(t))
+            for t in FLAGS.temperatures
+        ],
+        "teacher": [("teacher", t, 1.0, 4.0) for t in FLAGS.teachers],
+        "init": [("init", BASE_TEACHER, 1.0, 4.0, o) for o in FLAGS.init_seeds]
+        + ([("init", BASE_TEACHER, 1.0, 4.0, "finetune")] * FLAGS.finetune),
+    }
+    # Order: images per class, then experiment, then seed, so that a
+    # partial study already holds every seed of the first experiments.
     specs = []
     for spc in spcs:
-        for seed in seeds:
-            specs.append(
-                dict(
-                    kind="teacher_features",
-                    teacher=BASE_TEACHER,
-                    spc=spc,
-                    seed=seed,
-                )
-            )
-            if "teacher" in chosen:
-                specs += [
-                    dict(kind="teacher_features", teacher=t, spc=spc, seed=seed)
-                    for t in FLAGS.teachers
-                ]
-            for init, offset in inits:
-                common = dict(
-                    spc=spc, seed=seed, init=init, init_seed=seed + offset
-                )
-                specs.append(dict(kind="init_features", **common))
-                specs.append(dict(kind="none", **common))
-                configs = (
-                    lwf_configs
-                    if (init, offset) == ("seed", 0)
-                    else [(1.0, 4.0, BASE_TEACHER)]
-                )
-                for weight, temperature, teacher in configs:
-                    specs.append(
-                        dict(
-                            kind="lwf",
-                            weight=weight,
-                            temperature=temperature,
-                            teacher=teacher,
-                            **common,
-                        )
-                    )
+        for phase in ["base"] + [e for e in EXPERIMENTS if e in chosen]:
+            for seed in seeds:
+                for config in phases[phase]:
+                    specs += _phase_specs(config, spc, seed)
     unique = {}
     for spec in specs:
         unique.setdefault(spec_key(spec), spec)
     return list(unique.values())
+
+
+def _phase_specs(config, spc, seed):
+    """The runs of one configuration: LwF, its no transfer and probes."""
+    teacher, weight, temperature = config[1:4]
+    init, offset = "seed", 0
+    if len(config) > 4:
+        init, offset = (
+            ("finetune", 0) if config[4] == "finetune" else ("seed", config[4])
+        )
+    common = dict(spc=spc, seed=seed, init=init, init_seed=seed + int(offset))
+    return [
+        dict(kind="teacher_features", teacher=teacher, spc=spc, seed=seed),
+        dict(kind="init_features", **common),
+        dict(kind="none", **common),
+        dict(
+            kind="lwf",
+            weight=weight,
+            temperature=temperature,
+            teacher=teacher,
+            **common,
+        ),
+    ]
 
 
 def run_one(setup, spec):
