@@ -621,7 +621,8 @@ def _cell(values):
     mean, half = interval(values)
     if math.isnan(half):
         return f"{mean:+.2f}"
-    return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+    text = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+    return f"**{text}**" if abs(mean) > half else text
 
 
 def _mean(values):
@@ -681,7 +682,7 @@ def label_of(r, label):
 def summarize(path):
     runs = _load(path)
     out = []
-    for spc in sorted({r["spc"] for r in runs}):
+    for spc in sorted({r["spc"] for r in runs}, reverse=True):
         here = [r for r in runs if r["spc"] == spc]
         base = [
             r
@@ -751,7 +752,7 @@ def summarize(path):
             )
         out.append(
             "\nLwF − no transfer, paired by seed (points, mean [95% "
-            "interval]); fidelity: mimic head top-1 = teacher top-1 (%); "
+            "interval], bold when it excludes zero); fidelity: mimic head top-1 = teacher top-1 (%); "
             "train: task head on its training images (%).\n"
         )
         for label, select in (
