@@ -752,7 +752,8 @@ def summarize(path):
             )
         out.append(
             "\nLwF − no transfer, paired by seed (points, mean [95% "
-            "interval], bold when it excludes zero); fidelity: mimic head top-1 = teacher top-1 (%); "
+            "interval], bold when it excludes zero); fidelity: mimic head "
+            "top-1 = teacher top-1 (%); "
             "train: task head on its training images (%).\n"
         )
         for label, select in (
