@@ -642,9 +642,10 @@ def lwf_table(runs, select, label):
     """Rows of LwF configs: means and paired differences with none."""
     metrics = ("task", "probe", "probe_all", "ncm")
     lines = [
-        f"| {label} | n | LwF task | Δ task | LwF probe | Δ probe | "
+        f"| {label} | n | none task | LwF task | Δ task | LwF probe | "
+        "Δ probe | "
         "Δ probe (all imgs) | Δ NCM | fidelity | train |",
-        "|---" * 10 + "|",
+        "|---" * 11 + "|",
     ]
     groups = {}
     for r in runs:
@@ -655,7 +656,8 @@ def lwf_table(runs, select, label):
         pairs = [(r, n) for r, n in pairs if n is not None]
         diffs = {m: [r[m] - n[m] for r, n in pairs] for m in metrics}
         lines.append(
-            f"| {name} | {len(pairs)} | {_mean([r['task'] for r, _ in pairs])}"
+            f"| {name} | {len(pairs)} | {_mean([n['task'] for _, n in pairs])}"
+            f" | {_mean([r['task'] for r, _ in pairs])}"
             f" | {_cell(diffs['task'])} "
             f"| {_mean([r['probe'] for r, _ in pairs])} "
             f"| {_cell(diffs['probe'])} | {_cell(diffs['probe_all'])} "
@@ -847,6 +849,46 @@ def init_spread(runs):
             lines.append(
                 f"| init-seed spread, {kind} | {np.mean(values):.2f} |"
             )
+    per_seed = []
+    for seed in seeds:
+        diffs = [
+            r["task"] - _none_of(runs, r)["task"]
+            for r in runs
+            if r["kind"] == "lwf"
+            and r["seed"] == seed
+            and r["init"] == "seed"
+            and r["weight"] == 1.0
+            and r["temperature"] == 4.0
+            and r["teacher"] == BASE_TEACHER
+            and _none_of(runs, r) is not None
+        ]
+        if len(diffs) > 1:
+            per_seed.append(np.mean(diffs))
+    if len(per_seed) > 1:
+        lines.append(
+            "| LwF − no transfer, mean over init seeds, interval over "
+            f"data seeds | {_cell(per_seed)} |"
+        )
+    tuned = {
+        r["seed"]: r
+        for r in runs
+        if r["kind"] == "none" and r["init"] == "finetune"
+    }
+    scratch = {
+        r["seed"]: r
+        for r in runs
+        if r["kind"] == "none"
+        and r["init"] == "seed"
+        and r["init_seed"] == r["seed"]
+    }
+    both = sorted(set(tuned) & set(scratch))
+    if len(both) > 1:
+        source = tuned[both[0]].get("finetune_source_accuracy", float("nan"))
+        lines.append(
+            "| no transfer, trunk trained on digits 0-4 (source test "
+            f"accuracy {source:.2f}%) − random trunk | "
+            f"{_cell([tuned[s]['task'] - scratch[s]['task'] for s in both])} |"
+        )
     if effect:
         lines.append(
             f"| abs(LwF − no transfer), per (data, init) seed | "
