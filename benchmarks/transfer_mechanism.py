@@ -226,14 +226,8 @@ class Setup:
         from keras_jacobian.experiments import models
         from keras_jacobian.experiments.data import pipelines
 
-        classes_text, _, epochs = spec.partition("@")
-        classes = tuple(int(c) for c in classes_text)
-        epochs = int(epochs or FLAGS.teacher_epochs)
-        if set(classes) & set(TARGET_CLASSES):
-            raise app.UsageError(
-                "Expected teacher classes among the source digits 0-4. "
-                f"Received: {spec!r}."
-            )
+        classes, epochs = parse_teacher(spec)
+        classes_text = "".join(map(str, classes))
         source = self._subset(self.full, classes)
         path = os.path.join(
             FLAGS.cache_dir, f"teacher_digits_{classes_text}_{epochs}ep.keras"
@@ -423,10 +417,49 @@ def spec_key(spec):
     return json.dumps(spec, sort_keys=True)
 
 
+def _numbers(values, flag, kind, minimum):
+    """The values of a list flag as numbers >= `minimum`, or a UsageError."""
+    try:
+        numbers = [kind(v) for v in values]
+    except ValueError:
+        numbers = None
+    if not numbers or min(numbers) < minimum:
+        raise app.UsageError(
+            f"Expected --{flag} as a comma-separated list of "
+            f"{kind.__name__}s >= {minimum:g}. Received: "
+            f"--{flag}={','.join(values)}."
+        )
+    return numbers
+
+
+def parse_teacher(spec):
+    """`(classes, epochs)` of a teacher `CLASSES[@EPOCHS]`, e.g. `01@1`."""
+    classes_text, _, epochs = spec.partition("@")
+    if (
+        not classes_text.isdigit()
+        or set(map(int, classes_text)) & set(TARGET_CLASSES)
+        or len(set(classes_text)) != len(classes_text)
+        or (epochs and (not epochs.isdigit() or int(epochs) < 1))
+    ):
+        raise app.UsageError(
+            "Expected --teachers items CLASSES[@EPOCHS]: distinct source "
+            "digits among 0-4 (the target task is 5-9), optionally @ a "
+            f"number of epochs >= 1, e.g. 01234 or 01@1. Received: {spec!r}."
+        )
+    return tuple(int(c) for c in classes_text), int(
+        epochs or FLAGS.teacher_epochs
+    )
+
+
 def run_specs():
     """Every run of `--experiments`, without duplicates."""
-    spcs = [int(s) for s in FLAGS.samples_per_class]
-    seeds = [int(s) for s in FLAGS.seeds]
+    spcs = _numbers(FLAGS.samples_per_class, "samples_per_class", int, 1)
+    seeds = _numbers(FLAGS.seeds, "seeds", int, 0)
+    _numbers(FLAGS.weights, "weights", float, 0)
+    _numbers(FLAGS.temperatures, "temperatures", float, 1e-6)
+    _numbers(FLAGS.init_seeds, "init_seeds", int, 0)
+    for spec in FLAGS.teachers:
+        parse_teacher(spec)
     chosen = FLAGS.experiments
     unknown = sorted(set(chosen) - set(EXPERIMENTS))
     if unknown:
@@ -906,6 +939,15 @@ def init_spread(runs):
     return lines + [""]
 
 
+def run_settings():
+    """Settings every run of one --output file must share."""
+    return {
+        "steps": FLAGS.steps,
+        "teacher_epochs": FLAGS.teacher_epochs,
+        "probe_c": FLAGS.probe_c,
+    }
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -917,6 +959,17 @@ def main(argv):
             "Expected --output=FILE.jsonl (or --summarize=FILE). Received "
             "neither."
         )
+    specs = run_specs()
+    out = pathlib.Path(FLAGS.output)
+    settings = run_settings()
+    for record in _load(out):
+        found = {k: record.get(k) for k in settings}
+        if found != settings:
+            raise app.UsageError(
+                f"Expected the runs of {out} to share these settings: "
+                f"{settings}. Received a run with {found}. Pass another "
+                "--output for other settings."
+            )
     import warnings
 
     import keras_jacobian  # noqa: F401  (first: quiet TensorFlow start-up)
@@ -928,8 +981,6 @@ def main(argv):
     if FLAGS.threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
-    specs = run_specs()
-    out = pathlib.Path(FLAGS.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {
         spec_key({k: v for k, v in r.items() if k in spec_fields(r)})
@@ -941,6 +992,7 @@ def main(argv):
     start = time.time()
     for i, spec in enumerate(todo, 1):
         record = run_one(setup, spec)
+        record.update(settings)
         with out.open("a") as f:
             f.write(json.dumps(record) + "\n")
         print(
