@@ -149,3 +149,33 @@ def saved_path(tmp_path, record):
     keys += ("weight", "temperature")
     name = "_".join(f"{k}{record[k]}" for k in sorted(keys) if k in record)
     return tmp_path / "features" / f"{name}_few.npz"
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--teachers=56", "Received: '56'"),
+        ("--samples_per_class=all", "Received: --samples_per_class=all"),
+        ("--weights=-1", "Received: --weights=-1"),
+    ],
+)
+def test_transfer_mechanism_bad_flags_fail_before_training(
+    tmp_path, flag, message
+):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "transfer_mechanism.py"),
+            flag,
+            f"--cache_dir={tmp_path}",
+            f"--output={tmp_path / 'runs.jsonl'}",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not any(tmp_path.iterdir())
