@@ -561,6 +561,25 @@ def run_one(setup, spec):
         record["probe_all"] = acc
         record["ncm"] = ncm_accuracy(f_train, y, f_test, y_test, k)
 
+    def source_probe(feature_fn):
+        """How well the features tell the teacher's top-1 source class."""
+        teacher = setup.teacher(spec.get("teacher", BASE_TEACHER))
+        labels = [predict(teacher, a).argmax(1) for a in (x_all, x_test)]
+        present = np.unique(labels[0])
+        index = {c: i for i, c in enumerate(present)}
+        train_labels = np.array([index[c] for c in labels[0]])
+        # A source class the teacher never picks on the training images
+        # cannot be predicted: its test images count as errors.
+        test_labels = np.array([index.get(c, -1) for c in labels[1]])
+        record["source_probe"] = probe_accuracy(
+            feature_fn(x_all),
+            train_labels,
+            feature_fn(x_test),
+            test_labels,
+            len(present),
+            c,
+        )[0]
+
     if spec["kind"] == "teacher_features":
         teacher = setup.teacher(spec["teacher"])
         features = keras.Model(
@@ -587,6 +606,7 @@ def run_one(setup, spec):
     view = setup.student_view
     if spec["kind"] == "init_features":
         probes(lambda a: setup.features(features, view(a)))
+        source_probe(lambda a: setup.features(features, view(a)))
         return record
 
     for variable in distiller.optimizer.variables:
@@ -624,7 +644,10 @@ def run_one(setup, spec):
         teacher, x_test
     ).argmax(1)
     record["fidelity"] = 100.0 * float(np.mean(agree))
+    agree = predict(mimic, view(x)).argmax(1) == predict(teacher, x).argmax(1)
+    record["fidelity_train"] = 100.0 * float(np.mean(agree))
     probes(lambda a: setup.features(features, view(a)))
+    source_probe(lambda a: setup.features(features, view(a)))
     record["seconds"] = time.time() - start
     return record
 
@@ -812,6 +835,8 @@ def summarize(path):
                 label == "weight" and selected
             ):
                 out += lwf_table(base, select, label) + [""]
+        if any("source_probe" in r for r in base if r["kind"] == "lwf"):
+            out += source_table(base) + [""]
         init_runs = [
             r
             for r in here
@@ -832,6 +857,62 @@ def summarize(path):
             ) + [""]
             out += init_spread(here)
     return "\n".join(out)
+
+
+def source_table(runs):
+    """Do the features tell the teacher's source classes better?"""
+    lines = [
+        "Source probe: a softmax probe trained on every target training "
+        "image to predict the teacher's top-1 source class, tested on the "
+        "target test images (%); LwF − no transfer paired by seed; "
+        "fidelity on the student's own training images (%).\n",
+        "| features | n | source probe | Δ source probe | fidelity (train) |",
+        "|---|---|---|---|---|",
+    ]
+    nones = [r for r in runs if r["kind"] == "none" and "source_probe" in r]
+    inits = [
+        r for r in runs if r["kind"] == "init_features" and "source_probe" in r
+    ]
+    for name, rows in (("untrained student", inits), ("no transfer", nones)):
+        if rows:
+            lines.append(
+                f"| {name} | {len(rows)} | "
+                f"{_mean([r['source_probe'] for r in rows])} | - | "
+                + (
+                    _mean([r["fidelity_train"] for r in rows])
+                    if "fidelity_train" in rows[0]
+                    else "-"
+                )
+                + " |"
+            )
+    weights = sorted(
+        {
+            r["weight"]
+            for r in runs
+            if r["kind"] == "lwf"
+            and "source_probe" in r
+            and r["temperature"] == 4.0
+            and r["teacher"] == BASE_TEACHER
+        }
+    )
+    for weight in weights:
+        pairs = [
+            (r, _none_of(runs, r))
+            for r in runs
+            if r["kind"] == "lwf"
+            and "source_probe" in r
+            and r["weight"] == weight
+            and r["temperature"] == 4.0
+            and r["teacher"] == BASE_TEACHER
+        ]
+        pairs = [(r, n) for r, n in pairs if n is not None]
+        lines.append(
+            f"| LwF weight {weight:g} | {len(pairs)} | "
+            f"{_mean([r['source_probe'] for r, _ in pairs])} | "
+            + _cell([r["source_probe"] - n["source_probe"] for r, n in pairs])
+            + f" | {_mean([r['fidelity_train'] for r, _ in pairs])} |"
+        )
+    return lines
 
 
 def init_spread(runs):
