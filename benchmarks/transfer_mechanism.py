@@ -21,7 +21,11 @@ Each run records, on the target test images:
 - `probe_all`: the same probe trained on the features of every target
   training image (how much target information the features hold);
 - `ncm`: nearest class mean of the standardised training features;
-- `fidelity`: agreement of the mimic head's top-1 with the teacher's;
+- `fidelity`: agreement of the mimic head's top-1 with the teacher's
+  (`fidelity_train`: on the student's training images);
+- `source_probe`: a probe trained on the features of every target
+  training image to predict the teacher's top-1 source class (does the
+  student's representation move toward the source task?);
 - `train`: the task head's accuracy on its training images.
 
 Rows `teacher_features` and `init_features` probe the teacher's
