@@ -28,12 +28,20 @@ import pathlib
 import sys
 import time
 
-import numpy as np
-from absl import app
-from absl import flags
+if __name__ == "__main__":
+    sys.path.insert(
+        0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    )
+
+import numpy as np  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
 
 STEPS = 400
 BATCH = 10
+# Hidden widths of the tabular sets' MLPs.
+TABULAR_TEACHER = (64, 64)
+TABULAR_STUDENT = (16, 16)
 
 
 def _configs():
@@ -52,7 +60,7 @@ def _configs():
         "vjp": "vjp",
     }
     for prefix, estimator in short.items():
-        for r in (1, 2, 4, 8, 16):
+        for r in (1, 2, 4, 8, 10, 16):
             for suffix, normalize in (("rel", "teacher"), ("raw", False)):
                 configs[f"{prefix}{r}_{suffix}"] = dict(
                     target="all",
@@ -69,7 +77,12 @@ flags.DEFINE_list("configs", ["act", "top1", "exact_rel"], "Configurations.")
 flags.DEFINE_list("samples_per_class", ["1", "5"], "Images per class.")
 flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds.")
 flags.DEFINE_list("batch_norm", ["false"], "Student BatchNorm: false,true.")
-flags.DEFINE_string("dataset", "digits", "load_dataset name.")
+flags.DEFINE_string(
+    "dataset",
+    "digits",
+    "'digits' (VGG networks) or a scikit-learn tabular set, 'wine' or "
+    "'breast_cancer' (MLPs, benchmarks/tabular.py).",
+)
 flags.DEFINE_string("output", "/tmp/whole/runs.jsonl", "JSON lines file.")
 flags.DEFINE_string("summarize", None, "Print the summary of this file.")
 flags.DEFINE_string("plot", None, "With --summarize: write the Pareto plot.")
@@ -85,6 +98,38 @@ flags.DEFINE_bool(
 FLAGS = flags.FLAGS
 
 
+def _load_data(name):
+    if name == "digits":
+        from keras_jacobian.experiments.data import datasets
+
+        return datasets.load_dataset(name, validation_fraction=0.2)
+    from benchmarks import tabular
+
+    return tabular.load_tabular(name, validation_fraction=0.2)
+
+
+def _tabular(data):
+    return data.name != "digits"
+
+
+def _student(data, batch_norm):
+    from keras_jacobian.experiments import models
+
+    if _tabular(data):
+        from benchmarks import tabular
+
+        return tabular.mlp(
+            data.input_shape,
+            data.num_classes,
+            TABULAR_STUDENT,
+            batch_norm=batch_norm,
+            name="student",
+        )
+    return models.vgg4(
+        data.input_shape, data.num_classes, width=16, batch_norm=batch_norm
+    )
+
+
 def _teacher(data, path):
     import keras
 
@@ -93,13 +138,21 @@ def _teacher(data, path):
     if path.exists():
         return keras.saving.load_model(path)
     keras.utils.set_random_seed(1234)
-    teacher = models.vgg9(data.input_shape, data.num_classes, width=32)
-    teacher.compile(
-        keras.optimizers.Adam(3e-3),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    teacher.fit(data.pipeline("train", 64), epochs=20, verbose=0)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if _tabular(data):
+        from benchmarks import tabular
+
+        teacher = tabular.mlp(
+            data.input_shape, data.num_classes, TABULAR_TEACHER, name="teacher"
+        )
+        teacher.compile(keras.optimizers.Adam(3e-3), loss)
+        x, y = data.split("train")
+        x = ((x - data.mean) / data.std).astype("float32")
+        teacher.fit(x, y, batch_size=32, epochs=100, verbose=0)
+    else:
+        teacher = models.vgg9(data.input_shape, data.num_classes, width=32)
+        teacher.compile(keras.optimizers.Adam(3e-3), loss)
+        teacher.fit(data.pipeline("train", 64), epochs=20, verbose=0)
     teacher.save(path)
     return teacher
 
@@ -124,9 +177,7 @@ def _run(data, teacher, config, k, seed, batch_norm):
     idx = sampling.stratified_subsample(y, k, seed)
     norm = lambda a: (a - data.mean) / data.std  # noqa: E731
     xs, ys = norm(x[idx]).astype("float32"), y[idx]
-    student = models.vgg4(
-        data.input_shape, data.num_classes, width=16, batch_norm=batch_norm
-    )
+    student = _student(data, batch_norm)
     terms = [kj.LogitsDistillation(temperature=4.0, loss="kd")]
     weights = [1.0]
     if CONFIGS[name] is not None:
@@ -291,15 +342,13 @@ def main(argv):
         return
     import tensorflow as tf
 
-    from keras_jacobian.experiments.data import datasets
-
     if FLAGS.threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
     out = pathlib.Path(FLAGS.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {_key(r) for r in _load(out)}
-    data = datasets.load_dataset(FLAGS.dataset, validation_fraction=0.2)
+    data = _load_data(FLAGS.dataset)
     teacher = _teacher(data, out.parent / f"teacher_{FLAGS.dataset}.keras")
     xv, yv = data.split("val")
     print(
@@ -321,7 +370,11 @@ def main(argv):
                         continue
                     result = _run(data, teacher, config, k, seed, batch_norm)
                     result.update(
-                        config=config, k=k, seed=seed, batch_norm=batch_norm
+                        config=config,
+                        k=k,
+                        seed=seed,
+                        batch_norm=batch_norm,
+                        dataset=FLAGS.dataset,
                     )
                     with out.open("a") as f:
                         f.write(json.dumps(result) + "\n")

@@ -179,3 +179,76 @@ def test_transfer_mechanism_bad_flags_fail_before_training(
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["wine", "breast_cancer"])
+def test_whole_jacobian_study_tabular_splits(name):
+    from sklearn import datasets
+
+    from benchmarks import tabular
+
+    data = tabular.load_tabular(name, validation_fraction=0.2)
+    bunch = getattr(datasets, f"load_{name}")()
+    n = len(bunch.target)
+    train, val, test = (data.split(s) for s in ("train", "val", "test"))
+    parts = [data.train_indices, data.val_indices, data.test_indices]
+    joined = np.sort(np.concatenate(parts))
+    np.testing.assert_array_equal(joined, np.arange(n))
+    for (x, y), idx in zip((train, val, test), parts):
+        np.testing.assert_array_equal(x, bunch.data[idx].astype("float32"))
+        np.testing.assert_array_equal(y, bunch.target[idx])
+    # Per class: a third to test, then a fifth of the rest to validation.
+    for c, count in enumerate(np.bincount(bunch.target)):
+        n_test = round(count / 3)
+        n_val = round(0.2 * (count - n_test))
+        assert np.sum(test[1] == c) == n_test
+        assert np.sum(val[1] == c) == n_val
+        assert np.sum(train[1] == c) == count - n_test - n_val
+    assert data.num_classes == len(bunch.target_names)
+    assert data.input_shape == (bunch.data.shape[1],)
+    # Training statistics only: the training pool comes out standardised,
+    # the held-out splits only roughly.
+    standard = (train[0] - data.mean) / data.std
+    np.testing.assert_allclose(standard.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(standard.std(0), 1.0, atol=1e-4)
+    expected = bunch.data[data.train_indices].std(0)
+    np.testing.assert_allclose(data.std, expected, rtol=1e-4)
+    assert not np.allclose(
+        ((test[0] - data.mean) / data.std).mean(0), 0.0, atol=1e-4
+    )
+
+
+def test_whole_jacobian_study_runs_on_a_tabular_set(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = tmp_path / "runs.jsonl"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "whole_jacobian_study.py"),
+            "--dataset=wine",
+            "--configs=act,vjp2_rel",
+            "--samples_per_class=1",
+            "--seeds=0",
+            "--batch_norm=true",
+            "--steps=12",
+            "--threads=1",
+            f"--output={out}",
+        ],
+        check=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+        capture_output=True,
+    )
+    from benchmarks import tabular
+
+    data = tabular.load_tabular("wine", validation_fraction=0.2)
+    runs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["config"] for r in runs] == ["act", "vjp2_rel"]
+    for r in runs:
+        assert r["dataset"] == "wine" and r["batch_norm"] and r["k"] == 1
+        for split in ("val", "test"):
+            # Accuracies on the split's examples: whole counts of them.
+            correct = r[split] / 100 * len(data.split(split)[1])
+            assert abs(correct - round(correct)) < 1e-6, (split, r)
+    assert (tmp_path / "teacher_wine.keras").exists()
