@@ -218,6 +218,7 @@ def test_whole_jacobian_study_tabular_splits(name):
     )
 
 
+@pytest.mark.slow
 def test_whole_jacobian_study_runs_on_a_tabular_set(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = tmp_path / "runs.jsonl"
