@@ -13,6 +13,7 @@ scikit-learn's bundled tabular sets (offline; `benchmarks/tabular.py`):
 features standardised with the training pool's statistics, a ReLU MLP
 teacher (2x64) trained on the training pool, ReLU MLP students (2x16,
 with or without BatchNormalization before each ReLU).
+
 Each run appends one JSON line to `--output`; finished runs are skipped
 when the command is run again, so a killed study resumes.
 
@@ -87,8 +88,8 @@ flags.DEFINE_list("batch_norm", ["false"], "Student BatchNorm: false,true.")
 flags.DEFINE_string(
     "dataset",
     "digits",
-    "'digits' (VGG networks) or a scikit-learn tabular set, 'wine' or "
-    "'breast_cancer' (MLPs, benchmarks/tabular.py).",
+    "A load_dataset name (VGG networks) or a scikit-learn tabular set, "
+    "'wine' or 'breast_cancer' (MLPs, benchmarks/tabular.py).",
 )
 flags.DEFINE_string("output", "/tmp/whole/runs.jsonl", "JSON lines file.")
 flags.DEFINE_string("summarize", None, "Print the summary of this file.")
@@ -109,17 +110,19 @@ FLAGS = flags.FLAGS
 
 
 def _load_data(name):
-    if name == "digits":
-        from keras_jacobian.experiments.data import datasets
-
-        return datasets.load_dataset(name, validation_fraction=0.2)
     from benchmarks import tabular
 
-    return tabular.load_tabular(name, validation_fraction=0.2)
+    if name in tabular.LOADERS:
+        return tabular.load_tabular(name, validation_fraction=0.2)
+    from keras_jacobian.experiments.data import datasets
+
+    return datasets.load_dataset(name, validation_fraction=0.2)
 
 
 def _tabular(data):
-    return data.name != "digits"
+    from benchmarks import tabular
+
+    return isinstance(data, tabular.TabularDataset)
 
 
 def _student(data, batch_norm):
@@ -161,7 +164,7 @@ def _teacher(data, path):
         teacher.fit(x, y, batch_size=32, epochs=100, verbose=0)
     else:
         teacher = models.vgg9(data.input_shape, data.num_classes, width=32)
-        teacher.compile(keras.optimizers.Adam(3e-3), loss)
+        teacher.compile(keras.optimizers.Adam(3e-3), loss, metrics=["accuracy"])
         teacher.fit(data.pipeline("train", 64), epochs=20, verbose=0)
     teacher.save(path)
     return teacher
