@@ -28,7 +28,7 @@ _NONE_LOW = tf.int32.max
 _NONE_HIGH = tf.int32.min
 _XLA_NOTE = (
     "(The step ran compiled with XLA, which drops in-step checks: this "
-    "error comes after that step, whose update {}.)"
+    "error comes after that step, which {}.)"
 )
 
 
@@ -44,7 +44,10 @@ class LabelRangeMonitor:
     """
 
     # What the update of a step compiled with XLA did with the bad labels.
-    xla_update = "used zero rows for those examples"
+    xla_update = (
+        "used zero rows for those examples (in its loss and, in `fit`, "
+        "its update)"
+    )
 
     def __init__(self, num_classes, message):
         self.num_classes = num_classes
@@ -133,7 +136,7 @@ class LabelRangeMonitor:
             + (
                 _XLA_NOTE.format(self.xla_update)
                 if compiled
-                else "(The step stopped before its update.)"
+                else "(The step stopped before using them.)"
             )
         )
 
@@ -157,7 +160,10 @@ class LossLabelMonitor(LabelRangeMonitor):
             None.
     """
 
-    xla_update = "read class 0 in place of those labels"
+    xla_update = (
+        "read class 0 in place of those labels (in its loss and, in "
+        "`fit`, its update)"
+    )
 
     def __init__(self, loss_name, ignore_class=None):
         self.loss_name = loss_name
@@ -283,9 +289,12 @@ def loss_labels(model, y, y_pred):
     monitor = getattr(model, "_loss_label_monitor", None)
     if monitor is None:
         return y
-    if len(tf.nest.flatten(y)) != 1 or len(tf.nest.flatten(y_pred)) != 1:
+    labels = tf.nest.flatten(y)
+    predictions = tf.nest.flatten(y_pred)
+    if len(labels) != 1 or len(predictions) != 1:
         return y
-    return monitor.record_and_fix(y, y_pred)
+    fixed = monitor.record_and_fix(labels[0], predictions[0])
+    return tf.nest.pack_sequence_as(y, [fixed])
 
 
 def _monitors(model):
@@ -304,9 +313,9 @@ def checked(function, model):
     `ValueError` of the model's label monitors.
 
     With `model.jit_compile` the monitors are read after each call. A
-    step without XLA stops at its assertion: the `InvalidArgumentError`
-    becomes the monitor's `ValueError` when a monitor recorded the bad
-    labels (the other errors are raised as they are).
+    step without XLA stops at its assertion: the TensorFlow error becomes
+    the monitor's `ValueError` when a monitor recorded the bad labels
+    (other errors are raised as they are).
     """
     if function is None:
         return function
@@ -314,7 +323,10 @@ def checked(function, model):
     def run_and_check(*args, **kwargs):
         try:
             logs = function(*args, **kwargs)
-        except tf.errors.InvalidArgumentError:
+        except tf.errors.OpError:
+            # The replica whose assertion failed raises an
+            # `InvalidArgumentError`; on several replicas the others may
+            # surface first, cancelled (`CancelledError`).
             strategy = model.distribute_strategy
             for monitor in _monitors(model):
                 error = monitor.error(strategy, compiled=False)
