@@ -43,7 +43,7 @@ class LabelRangeMonitor:
             are for and what they must be.
     """
 
-    # What the update of a step compiled with XLA did with the bad labels.
+    # What a step compiled with XLA did with the bad labels.
     xla_update = (
         "used zero rows for those examples (in its loss and, in `fit`, "
         "its update)"
