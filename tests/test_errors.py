@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_jacobian as kj
+from keras_jacobian import label_range
 from tests import tiny
 
 
@@ -697,3 +698,29 @@ def test_losses_without_class_indices_are_not_checked_under_xla(loss):
         "one_hot": _cross_entropy(logits, labels).mean(),
     }[loss]
     np.testing.assert_allclose(logs["student_loss"], expected, rtol=1e-5)
+
+
+def test_sparse_crossentropy_losses_are_recognised():
+    sparse = label_range.sparse_crossentropy
+    name = "sparse_categorical_crossentropy"
+    for loss in (
+        name,
+        [name],
+        {"logits": name},
+        keras.losses.sparse_categorical_crossentropy,
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    ):
+        assert sparse(loss) == (name, None), loss
+    ignoring = keras.losses.SparseCategoricalCrossentropy(
+        ignore_class=-1, name="scce"
+    )
+    assert sparse(ignoring) == ("scce", -1)
+    for loss in (
+        None,
+        "mse",
+        "categorical_crossentropy",
+        keras.losses.CategoricalCrossentropy(from_logits=True),
+        [name, name],
+        lambda y, p: keras.ops.mean(p),
+    ):
+        assert sparse(loss) is None, loss
