@@ -15,8 +15,8 @@ The models you train
   Jacobian-norm penalty (robustness to input noise).
 - `steps.py`: the `train_step`/`test_step` both share: loss scaling for
   `tf.distribute` replicas (done once), random draws per replica.
-- `label_range.py`: out-of-range labels in XLA-compiled steps, reported
-  after the step.
+- `label_range.py`: out-of-range class labels (of `target="label"`, of a
+  sparse compiled loss) as a `ValueError`, under XLA after the step.
 - `saving.py`: saving the random-draw state with the weights, and atomic
   `save`/`save_weights` (a kill never leaves a half-written file).
 

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from keras_jacobian import jacobians
 from keras_jacobian import kinks
+from keras_jacobian import label_range
 from keras_jacobian import probes
 from keras_jacobian import randomness
 from keras_jacobian import steps
@@ -20,7 +21,9 @@ TARGETS = ("random", "all")
 
 
 @keras.saving.register_keras_serializable(package="keras_jacobian")
-class JacobianRegularizedModel(SavingMixin, LossStepsMixin, keras.Model):
+class JacobianRegularizedModel(
+    label_range.CheckedStepsMixin, SavingMixin, LossStepsMixin, keras.Model
+):
     """Trains a model with its compiled loss plus a Jacobian-norm penalty.
 
     The loss is `compiled_loss + weight * mean_batch ||J(x)||_F^2`, where

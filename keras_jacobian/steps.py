@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 from keras_jacobian import _compat
+from keras_jacobian import label_range
 
 
 def num_replicas():
@@ -101,11 +102,13 @@ class LossStepsMixin:
 
         Both per replica: Keras' loss objects divide by the replica count,
         which is undone here so that every part of the total is scaled in
-        one place, in `train_step`.
+        one place, in `train_step`. The class indices a sparse compiled
+        loss reads are checked (`label_range.loss_labels`).
         """
         loss = tf.zeros((), "float32")
         compiled_loss = _compat.compiled_loss(self)
         if y is not None and compiled_loss is not None:
+            y = label_range.loss_labels(self, y, y_pred)
             compiled = tf.cast(
                 compiled_loss(y, y_pred, sample_weight), "float32"
             )

@@ -160,7 +160,8 @@ def test_empty_replica_matches_one_device_and_bad_labels_raise(tmp_path):
     examples) and `fit` failed (Jacobians of an empty batch); now both
     log what one device logs, and train the same weights (the uneven
     step is weighted by each replica's share of the batch). The same job
-    checks that out-of-range labels raise on 2 replicas.
+    checks that out-of-range labels raise on 2 replicas, those of
+    `target="label"` and those of the compiled loss.
     """
     stderr_path = tmp_path / "stderr.txt"
     process = cluster.start("uneven_batch_job.py", [], stderr_path=stderr_path)
@@ -169,6 +170,7 @@ def test_empty_replica_matches_one_device_and_bad_labels_raise(tmp_path):
     line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
     result = json.loads(line[len("RESULT ") :])
     errors = result.pop("bad_labels")
+    loss_errors = result.pop("loss_labels")
     assert set(result) == {"distiller", "regularized"}
     for case, values in result.items():
         one, mirrored = values["evaluate_one"], values["evaluate_mirrored"]
@@ -190,6 +192,15 @@ def test_empty_replica_matches_one_device_and_bad_labels_raise(tmp_path):
     for method, message in errors.items():
         assert message is not None, method
         assert "[0, 3)" in message and "7" in message, message
+    # The compiled loss: a ValueError, also when the replica that saw the
+    # label is not the first; no update.
+    for name in ("distiller", "regularized"):
+        for method in ("fit", "evaluate"):
+            message = loss_errors[f"{name}_{method}"]
+            assert message is not None, (name, method)
+            assert message.startswith("ValueError: The compiled loss"), message
+            assert "[0, 3)" in message and "from 7 to 7" in message, message
+        assert loss_errors[f"{name}_unchanged"], name
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_jacobian as kj
+from keras_jacobian import label_range
 from tests import tiny
 
 
@@ -591,3 +592,135 @@ def test_outputs_of_keras_layers_are_not_traced(monkeypatch):
             [kj.LogitsDistillation(temperature=4.0, loss="kd")],
             supervised_loss_weight=1.0,
         )
+
+
+# Labels of a sparse compiled loss.
+
+
+def _supervised(kind, weight=0.01):
+    """A Distiller or a JacobianRegularizedModel, and the network trained."""
+    if kind == "distiller":
+        model = kj.Distiller(
+            tiny.conv_net(seed=0),
+            tiny.conv_net(seed=1),
+            [kj.LogitsDistillation(temperature=2.0, loss="kd")],
+            supervised_loss_weight=1.0,
+        )
+        return model, model.student
+    model = kj.JacobianRegularizedModel(tiny.conv_net(seed=1), weight=weight)
+    return model, model.model
+
+
+@pytest.mark.parametrize("mode", ["graph", "xla", "eager"])
+@pytest.mark.parametrize("kind", ["distiller", "regularized"])
+def test_out_of_range_labels_of_the_compiled_loss_raise(kind, mode):
+    # Under XLA the loss, then the weights, were NaN without an error;
+    # without XLA TensorFlow raised an InvalidArgumentError.
+    model, network = _supervised(kind)
+    model.compile(
+        optimizer="sgd",
+        loss="sparse_categorical_crossentropy"
+        if mode == "xla"
+        else tiny.sparse_ce(),
+        jit_compile=mode == "xla",
+        run_eagerly=mode == "eager",
+    )
+    x = tiny.images(4)
+    before = network.get_weights()
+    for method in ("fit", "evaluate"):
+        with pytest.raises(
+            ValueError,
+            match=r"compiled loss sparse_categorical_crossentropy needs "
+            r"class indices in \[0, 5\).*ignore_class=-1.*2 label.*-1.*5",
+        ):
+            getattr(model, method)(
+                x, np.array([0, 5, -1, 2]), batch_size=4, verbose=0
+            )
+    after = network.get_weights()
+    assert all(np.all(np.isfinite(w)) for w in after)
+    if mode != "xla":  # stopped before the update
+        for a, b in zip(before, after):
+            np.testing.assert_array_equal(a, b)
+    # The record is cleared: valid labels train.
+    history = model.fit(x, np.array([0, 4, 1, 2]), batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def _cross_entropy(logits, labels):
+    logits = logits.astype("float64")
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return -log_p[np.arange(len(labels)), labels]
+
+
+@pytest.mark.parametrize("form", ["int", "float", "column", "ignored"])
+def test_valid_sparse_labels_under_xla_give_keras_loss(form):
+    model, network = _supervised("regularized", weight=0.0)
+    labels = np.array([0, 4, 1, 2])
+    loss = tiny.sparse_ce()
+    if form == "ignored":
+        labels = np.array([0, -1, 1, 2])
+        loss = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, ignore_class=-1
+        )
+    given = {
+        "int": labels,
+        "float": labels.astype("float32"),
+        "column": labels[:, None],
+        "ignored": labels,
+    }[form]
+    model.compile(optimizer="sgd", loss=loss, jit_compile=True)
+    x = tiny.images(4)
+    logs = model.evaluate(x, given, batch_size=4, verbose=0, return_dict=True)
+    logits = keras.ops.convert_to_numpy(network(x))
+    valid = labels >= 0
+    expected = _cross_entropy(logits[valid], labels[valid]).mean()
+    np.testing.assert_allclose(logs["task_loss"], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss", [None, "mse", "one_hot"])
+def test_losses_without_class_indices_are_not_checked_under_xla(loss):
+    model, network = _supervised("distiller")
+    compiled = {
+        None: None,
+        "mse": "mse",
+        "one_hot": keras.losses.CategoricalCrossentropy(from_logits=True),
+    }[loss]
+    model.compile(optimizer="sgd", loss=compiled, jit_compile=True)
+    x = tiny.images(4)
+    labels = np.array([0, 4, 1, 2])
+    one_hot = np.eye(5, dtype="float32")[labels]
+    logs = model.evaluate(x, one_hot, batch_size=4, verbose=0, return_dict=True)
+    logits = keras.ops.convert_to_numpy(network(x)).astype("float64")
+    expected = {
+        None: 0.0,
+        "mse": np.mean((logits - one_hot) ** 2),
+        "one_hot": _cross_entropy(logits, labels).mean(),
+    }[loss]
+    np.testing.assert_allclose(logs["student_loss"], expected, rtol=1e-5)
+
+
+def test_sparse_crossentropy_losses_are_recognised():
+    sparse = label_range.sparse_crossentropy
+    name = "sparse_categorical_crossentropy"
+    for loss in (
+        name,
+        [name],
+        {"logits": name},
+        keras.losses.sparse_categorical_crossentropy,
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    ):
+        assert sparse(loss) == (name, None), loss
+    ignoring = keras.losses.SparseCategoricalCrossentropy(
+        ignore_class=-1, name="scce"
+    )
+    assert sparse(ignoring) == ("scce", -1)
+    for loss in (
+        None,
+        "mse",
+        "categorical_crossentropy",
+        keras.losses.CategoricalCrossentropy(from_logits=True),
+        [name, name],
+        lambda y, p: keras.ops.mean(p),
+    ):
+        assert sparse(loss) is None, loss

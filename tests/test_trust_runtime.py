@@ -75,6 +75,28 @@ def test_built_with_defaults_inside_mirrored_scope(make):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("make", [_distiller, _regularized])
+def test_compiled_loss_labels_raise_under_xla_inside_mirrored_scope(make):
+    # The monitor's variable is per replica (SyncOnRead) under the
+    # strategy; the loss was NaN without an error. (XLA on 2 logical CPUs
+    # fails for any Keras model in Keras 3.15; tests/test_distribute.py
+    # checks 2 replicas without XLA.)
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with mirrored.scope():
+        model = make()
+        model.compile(optimizer="sgd", loss=tiny.sparse_ce(), jit_compile=True)
+    labels = y_data[:8].copy()
+    labels[[2, 5]] = [5, -3]
+    for method in ("fit", "evaluate"):
+        with pytest.raises(
+            ValueError,
+            match=r"compiled loss.*\[0, 5\).*2 label.* -3 to 5.*XLA",
+        ):
+            getattr(model, method)(x_data[:8], labels, batch_size=8, verbose=0)
+    inner = model.student if isinstance(model, kj.Distiller) else model.model
+    assert all(np.all(np.isfinite(w)) for w in inner.get_weights())
+
+
 def _resizing_student():
     inputs = keras.Input((8, 8, 1))
     h = keras.layers.Resizing(16, 16, interpolation="bilinear")(inputs)

@@ -388,6 +388,7 @@ def _build(model, strategy, dataset):
 
 
 def _train_function(model, strategy):
+    label_range.loss_monitor(model, strategy)
     step = model.train_step
     if model.jit_compile:
         step = tf.function(step, jit_compile=True, reduce_retracing=True)
@@ -397,6 +398,4 @@ def _train_function(model, strategy):
         strategy.run(step, args=(next(iterator),))
         return model.get_metrics_result()
 
-    return label_range.checked(
-        train_function, model, getattr(model, "_label_monitor", None)
-    )
+    return label_range.checked(train_function, model)

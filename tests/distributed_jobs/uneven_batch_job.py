@@ -4,8 +4,8 @@
 one of the 2 replicas (logical CPUs) gets none. `evaluate` and `fit`
 (2 epochs, so the uneven step's update shows in the second epoch) run on
 one device and on 2 replicas; the logs and weights are printed for the
-test to compare. Then out-of-range labels must raise in `fit` and
-`evaluate` on 2 replicas.
+test to compare. Then out-of-range labels, read by `target="label"` and
+by the compiled loss, must raise in `fit` and `evaluate` on 2 replicas.
 
 The networks are MLPs: in TensorFlow 2.21 with oneDNN (the default on
 CPU), a Conv2D on an empty batch returns its input unchanged, which
@@ -124,6 +124,39 @@ def bad_labels(strategy):
     return errors
 
 
+def loss_labels(strategy):
+    """Out-of-range labels read by the compiled loss (on the second
+    replica: the first batch splits as [0, 2] and [1, 7])."""
+    x, _ = data()
+    y = np.array([0, 2, 1, 7, 0], "int32")
+    errors = {}
+    for name, make in (("distiller", distiller), ("regularized", regularized)):
+        with strategy.scope():
+            model, student = make()
+            model.compile(
+                optimizer="sgd",
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True
+                ),
+            )
+        before = student.get_weights()
+        for method in ("fit", "evaluate"):
+            try:
+                # Unshuffled: the first step sees the bad label.
+                options = {"shuffle": False} if method == "fit" else {}
+                getattr(model, method)(
+                    x, y, batch_size=BATCH, verbose=0, **options
+                )
+                message = None
+            except Exception as error:  # noqa: BLE001 (reported to the test)
+                message = f"{type(error).__name__}: {error}"
+            errors[f"{name}_{method}"] = message
+        errors[f"{name}_unchanged"] = all(
+            np.array_equal(a, b) for a, b in zip(before, student.get_weights())
+        )
+    return errors
+
+
 def main():
     one = strategies.get_strategy("one_device", devices=DEVICES[0])
     mirrored = strategies.get_strategy("mirrored", devices=DEVICES)
@@ -141,6 +174,7 @@ def main():
             ),
         }
     result["bad_labels"] = bad_labels(mirrored)
+    result["loss_labels"] = loss_labels(mirrored)
     print("RESULT " + json.dumps(result), flush=True)
 
 
