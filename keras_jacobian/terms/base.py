@@ -290,6 +290,28 @@ class DistillationTerm:
         return f"{type(self).__name__}({args})"
 
 
+class TermList(tuple):
+    """A `Distiller`'s terms, fixed at construction.
+
+    Each term gets its weight variable, its metric and its place in the
+    traced step when the `Distiller` is built, so a term added later would
+    never be computed: changing the sequence is an error that says so.
+    """
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(
+            "`distillation_losses` is fixed when the Distiller is "
+            "constructed (each term gets its weight, its metric and its "
+            "place in the training step then), so it cannot be changed. "
+            f"Received a change of {[t.name for t in self]}. Construct a "
+            "new Distiller with the terms you want (the networks can be "
+            "reused), or set a term's weight to 0 to switch it off."
+        )
+
+    append = extend = insert = remove = pop = clear = _refuse
+    sort = reverse = __setitem__ = __delitem__ = __iadd__ = _refuse
+
+
 def labels_to_indices(labels, num_classes, batch_size=None):
     """Turns sparse or one-hot labels into int32 class indices `(batch,)`.
 
