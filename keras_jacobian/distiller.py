@@ -190,7 +190,9 @@ class Distiller(
         self.teacher = teacher
         self.student = student
         self._unique_term_names(terms)
-        self.distillation_losses = TermList(terms)
+        # Set past Keras' tracking, which would make it a mutable list: the
+        # terms hold no Keras state (their layers are `term_layers`).
+        object.__setattr__(self, "distillation_losses", TermList(terms))
         self.distillation_output = distillation_output
         self.seed = seed
         self.check_differentiable = check_differentiable

@@ -290,7 +290,7 @@ class DistillationTerm:
         return f"{type(self).__name__}({args})"
 
 
-class TermList(tuple):
+class TermList(list):
     """A `Distiller`'s terms, fixed at construction.
 
     Each term gets its weight variable, its metric and its place in the
