@@ -83,8 +83,11 @@ class FeatureDistillation(DistillationTerm):
 
     Args:
         loss: `"mse"` (default) or `"mae"`, or any Keras loss (a name, a
-            function or a `keras.losses.Loss`), averaged over the feature
-            values as in `keras.distillation.FeatureDistillation`.
+            function or a `keras.losses.Loss`), reduced over the feature
+            values as in `keras.distillation.FeatureDistillation` (a mean,
+            or a sum for `reduction="sum"`). A subclass that overrides
+            `compute_loss` is run as Keras runs it, on the teacher's
+            features and the (adapted) student's, one value per batch.
         teacher_layer_name: name of the teacher's layer, or `"output"`
             (or `None`) for its output.
         student_layer_name: name of the student's layer, or `"output"`

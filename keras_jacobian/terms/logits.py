@@ -113,7 +113,11 @@ class LogitsDistillation(DistillationTerm):
       Jacobian matching.
 
     Every loss is computed per example and averaged over the batch by the
-    `Distiller` (weighted by `sample_weight` when given). For outputs with
+    `Distiller` (weighted by `sample_weight` when given); a
+    `keras.losses.Loss` with `reduction="sum"` is summed over the (global)
+    batch, as in Keras. A subclass that overrides `compute_loss` is run
+    as Keras runs it: `validate_outputs`, then `compute_loss` on the
+    batch, one value per batch. For outputs with
     spatial axes, `(batch, H, W, classes)` (segmentation), it is computed
     at every position and averaged over positions.
 
