@@ -286,7 +286,14 @@ class DistillationTerm:
         return cls(**config)
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        try:
+            config = self.get_config()
+        except ValueError:
+            # A loss that cannot be saved is still shown as given.
+            config = {
+                k: v for k, v in vars(self).items() if not k.startswith("_")
+            }
+        args = ", ".join(f"{k}={v!r}" for k, v in config.items())
         return f"{type(self).__name__}({args})"
 
 
