@@ -16,6 +16,7 @@ from keras_jacobian.steps import LossStepsMixin
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
 from keras_jacobian.terms.base import StepContext
+from keras_jacobian.terms.base import TermList
 from keras_jacobian.terms.conversion import convert_term
 
 
@@ -174,11 +175,6 @@ class Distiller(
                 )
         validation.check_strategy_scope(student, "student", "Distiller")
         terms = [convert_term(t).copy() for t in _as_list(distillation_losses)]
-        if not terms:
-            raise ValueError(
-                "`distillation_losses` must hold at least one term. For "
-                "training on labels alone, train the student directly."
-            )
         weights = validation.check_term_weights(
             terms, distillation_loss_weights
         )
@@ -194,7 +190,9 @@ class Distiller(
         self.teacher = teacher
         self.student = student
         self._unique_term_names(terms)
-        self.distillation_losses = terms
+        # Set past Keras' tracking, which would make it a mutable list: the
+        # terms hold no Keras state (their layers are `term_layers`).
+        object.__setattr__(self, "distillation_losses", TermList(terms))
         self.distillation_output = distillation_output
         self.seed = seed
         self.check_differentiable = check_differentiable

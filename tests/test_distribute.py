@@ -108,7 +108,7 @@ def test_two_replicas_match_one_device():
     for case, values in result.items():
         print(f"  {case}: {values['max_weight_diff']:.2e}")
     batch_norm = result.pop("batch_norm_student")
-    assert len(result) == 4
+    assert len(result) == 5
     for case, values in result.items():
         assert values["moved"] > 0.1, case  # training did change weights
         assert values["max_weight_diff"] < EQUALITY_TOLERANCE, case

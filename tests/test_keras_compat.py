@@ -409,3 +409,233 @@ def test_unbuilt_networks_build_on_a_dataset_under_mirrored_strategy():
     assert isinstance(
         student.trainable_variables[0].value, tf.distribute.DistributedValues
     )
+
+
+# Keras' own classes, run on the same networks and data, are the reference.
+
+
+def keras_and_ours(make_terms, x, y, student_loss_weight=0.5):
+    """Logs of `evaluate` for a Keras Distiller and ours, same networks."""
+    logs = []
+    for lib in (keras.distillation, kj):
+        teacher = tiny.conv_net(seed=0, name="t")
+        student = tiny.conv_net(seed=10, name="s")
+        distiller = lib.Distiller(
+            teacher,
+            student,
+            make_terms(lib),
+            student_loss_weight=student_loss_weight,
+        )
+        distiller.compile(optimizer="sgd", loss=tiny.sparse_ce())
+        logs.append(
+            distiller.evaluate(
+                x, y, batch_size=len(x), verbose=0, return_dict=True
+            )
+        )
+    return logs
+
+
+def assert_same_logs(keras_logs, our_logs):
+    for key in ("student_loss", "distillation_loss", "total_loss", "loss"):
+        np.testing.assert_allclose(
+            our_logs[key], keras_logs[key], rtol=1e-5, err_msg=key
+        )
+
+
+class TenTimesLogits(kj.LogitsDistillation):
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        return 10.0 * super().compute_loss(teacher_outputs, student_outputs)
+
+
+class KerasTenTimesLogits(keras.distillation.LogitsDistillation):
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        return 10.0 * super().compute_loss(teacher_outputs, student_outputs)
+
+
+def abs_gap(teacher_outputs, student_outputs):
+    return 2.0 * keras.ops.mean(
+        keras.ops.abs(teacher_outputs - student_outputs)
+    )
+
+
+class AbsFeatures(kj.FeatureDistillation):
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        return abs_gap(teacher_outputs, student_outputs)
+
+
+class KerasAbsFeatures(keras.distillation.FeatureDistillation):
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        return abs_gap(teacher_outputs, student_outputs)
+
+
+def test_compute_loss_of_a_term_subclass_is_run_as_in_keras():
+    x, y = data()
+    mine = {
+        kj: (TenTimesLogits, AbsFeatures),
+        keras.distillation: (KerasTenTimesLogits, KerasAbsFeatures),
+    }
+
+    def terms(lib):
+        logits, features = mine[lib]
+        return [
+            logits(temperature=2.0),
+            features(teacher_layer_name="conv2", student_layer_name="conv2"),
+        ]
+
+    keras_logs, our_logs = keras_and_ours(terms, x, y)
+    assert_same_logs(keras_logs, our_logs)
+    # The overrides are what is computed: 10x the default term, and the
+    # mean absolute gap of the features (NumPy).
+    plain = keras_and_ours(
+        lambda lib: [lib.LogitsDistillation(temperature=2.0)], x, y
+    )[1]
+    np.testing.assert_allclose(
+        our_logs["ten_times_logits_loss"],
+        10 * plain["logits_distillation_loss"],
+        rtol=1e-5,
+    )
+    teacher = tiny.conv_net(seed=0, name="t")
+    student = tiny.conv_net(seed=10, name="s")
+    t, s = (
+        keras.Model(m.inputs, m.get_layer("conv2").output).predict(x, verbose=0)
+        for m in (teacher, student)
+    )
+    np.testing.assert_allclose(
+        our_logs["abs_features_loss"], 2 * np.mean(np.abs(t - s)), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "reduction", ["sum_over_batch_size", "sum", "mean", None, "none"]
+)
+def test_reduction_of_a_keras_loss_is_keras(reduction):
+    x, y = data()
+
+    def terms(lib):
+        return [
+            lib.LogitsDistillation(
+                temperature=2.0,
+                loss=keras.losses.MeanSquaredError(reduction=reduction),
+            ),
+            lib.FeatureDistillation(
+                loss=keras.losses.MeanAbsoluteError(reduction=reduction),
+                teacher_layer_name="conv2",
+                student_layer_name="conv2",
+            ),
+        ]
+
+    keras_logs, our_logs = keras_and_ours(terms, x, y)
+    assert_same_logs(keras_logs, our_logs)
+    if reduction == "sum":
+        # The sum over the batch (NumPy), not the mean.
+        teacher = tiny.conv_net(seed=0, name="t")
+        student = tiny.conv_net(seed=10, name="s")
+        t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+        expected = np.sum(np.mean(((t - s) / 2.0) ** 2, axis=-1))
+        np.testing.assert_allclose(
+            our_logs["logits_distillation_loss"], expected, rtol=1e-5
+        )
+
+
+def test_summed_kl_divergence_instance_is_keras():
+    x, y = data()
+    keras_logs, our_logs = keras_and_ours(
+        lambda lib: [
+            lib.LogitsDistillation(
+                temperature=2.0, loss=keras.losses.KLDivergence(reduction="sum")
+            )
+        ],
+        x,
+        y,
+    )
+    assert_same_logs(keras_logs, our_logs)
+    teacher = tiny.conv_net(seed=0, name="t")
+    student = tiny.conv_net(seed=10, name="s")
+    t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+    np.testing.assert_allclose(
+        our_logs["logits_distillation_loss"], np.sum(kd(t, s, 2.0)), rtol=1e-4
+    )
+
+
+def squared_gap(teacher_outputs, student_outputs):
+    return keras.ops.square(teacher_outputs - student_outputs)
+
+
+class UnregisteredGap(keras.losses.Loss):
+    def call(self, y_true, y_pred):
+        return keras.ops.mean(keras.ops.abs(y_true - y_pred), axis=-1)
+
+
+@pytest.mark.parametrize(
+    "make_loss",
+    [
+        lambda: keras.losses.Huber(delta=0.3),
+        lambda: squared_gap,
+        UnregisteredGap,
+    ],
+    ids=["huber_delta", "function", "unregistered_loss"],
+)
+def test_loss_objects_are_kept_as_given(make_loss):
+    x, y = data()
+    keras_logs, our_logs = keras_and_ours(
+        lambda lib: [
+            lib.LogitsDistillation(temperature=2.0, loss=make_loss()),
+            lib.FeatureDistillation(
+                loss=make_loss(),
+                teacher_layer_name="conv2",
+                student_layer_name="conv2",
+            ),
+        ],
+        x,
+        y,
+    )
+    assert_same_logs(keras_logs, our_logs)
+
+
+def test_huber_delta_is_saved_and_unloadable_losses_fail_at_save():
+    teacher = tiny.conv_net(seed=0, name="t")
+    student = tiny.conv_net(seed=10, name="s")
+    huber = kj.Distiller(
+        teacher,
+        student,
+        [kj.LogitsDistillation(loss=keras.losses.Huber(delta=0.3))],
+    )
+    restored = kj.Distiller.from_config(huber.get_config())
+    assert restored.distillation_losses[0].loss_fn._fn_kwargs == {"delta": 0.3}
+    for loss in (squared_gap, UnregisteredGap()):
+        distiller = kj.Distiller(
+            teacher, student, [kj.FeatureDistillation(loss=loss)]
+        )
+        with pytest.raises(ValueError, match="cannot be saved.*Received: loss"):
+            distiller.get_config()
+
+
+def test_no_terms_trains_the_student_alone_as_keras():
+    x, y = data()
+    keras_logs, our_logs = keras_and_ours(lambda lib: [], x, y)
+    assert_same_logs(keras_logs, our_logs)
+    np.testing.assert_allclose(
+        our_logs["loss"],
+        0.5
+        * np.mean(
+            sparse_ce(y, tiny.conv_net(seed=10, name="s").predict(x, verbose=0))
+        ),
+        rtol=1e-5,
+    )
+
+
+def test_terms_cannot_be_added_after_construction():
+    distiller = kj.Distiller(
+        tiny.conv_net(seed=0, name="t"),
+        tiny.conv_net(seed=10, name="s"),
+        [kj.LogitsDistillation()],
+    )
+    assert isinstance(distiller.distillation_losses, list)
+    for change in (
+        lambda terms: terms.append(kj.LogitsDistillation(name="more")),
+        lambda terms: terms.extend([kj.LogitsDistillation(name="more")]),
+        lambda terms: terms.__setitem__(0, kj.LogitsDistillation()),
+    ):
+        with pytest.raises(TypeError, match="fixed when the Distiller"):
+            change(distiller.distillation_losses)
+    assert len(distiller.distillation_losses) == 1

@@ -13,6 +13,7 @@ The `Distiller` reduces that vector over the batch, applies the term's
 weight and the scaling for `tf.distribute` replicas, in one place.
 """
 
+import copy
 import re
 
 import keras
@@ -20,8 +21,20 @@ import tensorflow as tf
 
 from keras_jacobian import jacobians
 
+_SHARED = (keras.losses.Loss,)
+if getattr(keras, "distillation", None) is not None:
+    _SHARED += (keras.distillation.DistillationLoss,)
+
 OUTPUT = "output"
 """Endpoint name of a network's (distillation) output, usually logits."""
+
+
+def _leaves(value):
+    if isinstance(value, (list, tuple)):
+        return [leaf for item in value for leaf in _leaves(item)]
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    return [value]
 
 
 def _snake_case(name):
@@ -238,21 +251,31 @@ class DistillationTerm:
         raise NotImplementedError
 
     def copy(self):
-        """A new, unbuilt term with this term's configuration.
+        """A new term with this term's configuration, not yet built.
 
         A `Distiller` trains its own copy of each term, so that one term
-        object can serve several distillers. Subclasses whose `__init__`
-        takes arguments must return them all from `get_config`.
+        object can serve several distillers. The copy is a deep copy of the
+        term as given: the losses and functions it holds keep every
+        argument, also those their `get_config` leaves out (Keras'
+        `Huber.get_config` has no `delta`).
         """
+        # Keras objects deep-copy through their configuration, which may
+        # lack arguments: the copy shares the user's losses, which hold
+        # no state.
+        memo = {}
+        for value in vars(self).values():
+            for leaf in _leaves(value):
+                if isinstance(leaf, _SHARED):
+                    memo[id(leaf)] = leaf
         try:
-            return type(self).from_config(self.get_config())
-        except (TypeError, ValueError) as error:
+            return copy.deepcopy(self, memo)
+        except Exception as error:
             raise ValueError(
-                "A Distiller builds its own copy of each term from "
-                "`get_config()`, so that one term object can serve several "
-                f"distillers, but {type(self).__name__}.from_config("
-                f"term.get_config()) failed: {error}. Make `get_config` "
-                "return every argument of the term's `__init__`."
+                "A Distiller trains its own copy of each term, so that one "
+                "term object can serve several distillers, but "
+                f"copy.deepcopy failed for the term {self.name!r} of type "
+                f"{type(self).__name__}: {error}. Make the term and what "
+                "it holds deep-copyable (or define `copy()`)."
             ) from error
 
     def get_config(self):
@@ -263,8 +286,37 @@ class DistillationTerm:
         return cls(**config)
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        try:
+            config = self.get_config()
+        except ValueError:
+            # A loss that cannot be saved is still shown as given.
+            config = {
+                k: v for k, v in vars(self).items() if not k.startswith("_")
+            }
+        args = ", ".join(f"{k}={v!r}" for k, v in config.items())
         return f"{type(self).__name__}({args})"
+
+
+class TermList(list):
+    """A `Distiller`'s terms, fixed at construction.
+
+    Each term gets its weight variable, its metric and its place in the
+    traced step when the `Distiller` is built, so a term added later would
+    never be computed: changing the sequence is an error that says so.
+    """
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(
+            "`distillation_losses` is fixed when the Distiller is "
+            "constructed (each term gets its weight, its metric and its "
+            "place in the training step then), so it cannot be changed. "
+            f"Received a change of {[t.name for t in self]}. Construct a "
+            "new Distiller with the terms you want (the networks can be "
+            "reused), or set a term's weight to 0 to switch it off."
+        )
+
+    append = extend = insert = remove = pop = clear = _refuse
+    sort = reverse = __setitem__ = __delitem__ = __iadd__ = _refuse
 
 
 def labels_to_indices(labels, num_classes, batch_size=None):

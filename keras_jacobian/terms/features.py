@@ -9,7 +9,8 @@ from keras_jacobian import attention_maps
 from keras_jacobian.terms import keras_losses
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.base import DistillationTerm
-from keras_jacobian.terms.logits import mean_over_positions
+from keras_jacobian.terms.logits import overrides_compute_loss
+from keras_jacobian.terms.logits import per_batch_loss
 
 ADAPTERS = (None, "conv", "dense", "auto")
 LOSSES = ("mse", "mae")
@@ -82,8 +83,11 @@ class FeatureDistillation(DistillationTerm):
 
     Args:
         loss: `"mse"` (default) or `"mae"`, or any Keras loss (a name, a
-            function or a `keras.losses.Loss`), averaged over the feature
-            values as in `keras.distillation.FeatureDistillation`.
+            function or a `keras.losses.Loss`), reduced over the feature
+            values as in `keras.distillation.FeatureDistillation` (a mean,
+            or a sum for `reduction="sum"`). A subclass that overrides
+            `compute_loss` is run as Keras runs it, on the teacher's
+            features and the (adapted) student's, one value per batch.
         teacher_layer_name: name of the teacher's layer, or `"output"`
             (or `None`) for its output.
         student_layer_name: name of the student's layer, or `"output"`
@@ -147,6 +151,11 @@ class FeatureDistillation(DistillationTerm):
         self.loss = loss
         self.adapter_layer = None
         self._spatial_size = None
+        # A summed Keras loss reads the global batch size.
+        self.synchronizes = keras_losses.sums(self.loss_fn)
+        # A subclass's `compute_loss` is run as Keras runs it: one value
+        # per batch.
+        self.per_batch = overrides_compute_loss(self, FeatureDistillation)
 
     @classmethod
     def from_keras(cls, term):
@@ -250,6 +259,8 @@ class FeatureDistillation(DistillationTerm):
         student = ctx.outputs[self.student_layer_name]
         if self.adapter_layer is not None:
             student = self.adapter_layer(student)
+        if self.per_batch:
+            return per_batch_loss(self, targets["features"], student)
         if self.loss_fn is not None:
             return self._keras_loss(targets["features"], student)
         diff = targets["features"] - tf.cast(student, "float32")
@@ -262,7 +273,7 @@ class FeatureDistillation(DistillationTerm):
         values = keras_losses.per_example(
             self.loss_fn, teacher_features, tf.cast(student_features, "float32")
         )
-        return mean_over_positions(values)
+        return keras_losses.reduce_example(self.loss_fn, values)
 
     def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
         """The loss of a batch of features, a scalar (as Keras'
@@ -290,7 +301,9 @@ class FeatureDistillation(DistillationTerm):
                 "loss": (
                     self.loss
                     if self.loss in LOSSES
-                    else keras_losses.serialize(self.loss)
+                    else keras_losses.serialize(
+                        self.loss, f"The term {self.name!r}"
+                    )
                 ),
             }
         )

@@ -64,6 +64,30 @@ def mean_over_positions(values):
     return tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
 
 
+def overrides_compute_loss(term, base):
+    """Whether the class of `term` defines its own `compute_loss`."""
+    return type(term).compute_loss is not base.compute_loss
+
+
+def per_batch_loss(term, teacher_outputs, student_outputs):
+    """A subclass's `compute_loss`, as Keras' `Distiller` runs it.
+
+    `validate_outputs`, then `compute_loss`, whose scalar is given to
+    every example (one value per batch, as for a Keras
+    `DistillationLoss`).
+    """
+    term.validate_outputs(teacher_outputs, student_outputs)
+    value = tf.cast(
+        term.compute_loss(teacher_outputs, student_outputs), "float32"
+    )
+    if value.shape.rank != 0:
+        raise ValueError(
+            f"{type(term).__name__}.compute_loss must return a scalar. "
+            f"Received shape {tuple(value.shape)}."
+        )
+    return tf.fill(tf.shape(teacher_outputs)[:1], value)
+
+
 @keras.saving.register_keras_serializable(package="keras_jacobian")
 class LogitsDistillation(DistillationTerm):
     """Matches the student's logits to the teacher's.
@@ -89,7 +113,11 @@ class LogitsDistillation(DistillationTerm):
       Jacobian matching.
 
     Every loss is computed per example and averaged over the batch by the
-    `Distiller` (weighted by `sample_weight` when given). For outputs with
+    `Distiller` (weighted by `sample_weight` when given); a
+    `keras.losses.Loss` with `reduction="sum"` is summed over the (global)
+    batch, as in Keras. A subclass that overrides `compute_loss` is run
+    as Keras runs it: `validate_outputs`, then `compute_loss` on the
+    batch, one value per batch. For outputs with
     spatial axes, `(batch, H, W, classes)` (segmentation), it is computed
     at every position and averaged over positions.
 
@@ -131,6 +159,11 @@ class LogitsDistillation(DistillationTerm):
             self.loss_fn = keras_losses.loss_function(
                 loss, "LogitsDistillation", OWN_LOSSES
             )
+        # A summed Keras loss reads the global batch size.
+        self.synchronizes = keras_losses.sums(self.loss_fn)
+        # A subclass's `compute_loss` is run as Keras runs it: one value
+        # per batch.
+        self.per_batch = overrides_compute_loss(self, LogitsDistillation)
 
     def build(self, teacher_shapes, student_shapes):
         t, s = teacher_shapes[OUTPUT], student_shapes[OUTPUT]
@@ -147,6 +180,8 @@ class LogitsDistillation(DistillationTerm):
         return {"logits": ctx.outputs[OUTPUT]}
 
     def per_example_loss(self, targets, ctx):
+        if self.per_batch:
+            return per_batch_loss(self, targets["logits"], ctx.outputs[OUTPUT])
         return self.values(targets["logits"], ctx.outputs[OUTPUT])
 
     def values(self, teacher_logits, student_logits):
@@ -163,6 +198,7 @@ class LogitsDistillation(DistillationTerm):
                 t = tf.nn.softmax(t, axis=-1)
                 s = tf.nn.softmax(s, axis=-1)
             values = keras_losses.per_example(self.loss_fn, t, s)
+            values = keras_losses.reduce_example(self.loss_fn, values)
             if kl:
                 values = values * self.temperature**2
         return mean_over_positions(values)
@@ -176,7 +212,9 @@ class LogitsDistillation(DistillationTerm):
         config.update(
             {
                 "temperature": self.temperature,
-                "loss": keras_losses.serialize(self.loss),
+                "loss": keras_losses.serialize(
+                    self.loss, f"The term {self.name!r}"
+                ),
             }
         )
         return config

@@ -22,6 +22,7 @@ import tiny_models  # noqa: E402
 
 from keras_jacobian.distiller import Distiller  # noqa: E402
 from keras_jacobian.regularized import JacobianRegularizedModel  # noqa: E402
+from keras_jacobian.terms.features import FeatureDistillation  # noqa: E402
 from keras_jacobian.terms.jacobian import JacobianMatching  # noqa: E402
 from keras_jacobian.terms.logits import LogitsDistillation  # noqa: E402
 
@@ -78,6 +79,24 @@ def batch_norm_case(sync):
     return make
 
 
+def summed_keras_losses_case():
+    teacher, student = tiny_models.pair()
+    model = Distiller(
+        teacher,
+        student,
+        [
+            LogitsDistillation(
+                loss=keras.losses.MeanSquaredError(reduction="sum")
+            ),
+            FeatureDistillation(
+                loss=keras.losses.MeanAbsoluteError(reduction="sum"),
+            ),
+        ],
+        distillation_loss_weights=[0.1, 0.1],
+    )
+    return model, student
+
+
 def regularized_case():
     _, student = tiny_models.pair()
     model = JacobianRegularizedModel(student, weight=0.1, target="all")
@@ -103,6 +122,7 @@ def main(names):
         "kl+jacobian_all": distiller_case("all"),
         "kl+jacobian_label": distiller_case("label"),
         "regularized_all": regularized_case,
+        "summed_keras_losses": summed_keras_losses_case,
         "batch_norm_student": batch_norm_case(sync=False),
     }
     one = strategies.get_strategy("one_device", devices=DEVICES[0])
