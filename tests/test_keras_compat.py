@@ -409,3 +409,104 @@ def test_unbuilt_networks_build_on_a_dataset_under_mirrored_strategy():
     assert isinstance(
         student.trainable_variables[0].value, tf.distribute.DistributedValues
     )
+
+
+# Keras' Distiller API: compute_loss, the weights' list, logs.
+
+
+def keras_pair(lib=None):
+    """A float32 teacher and student MLP (the same for either library)."""
+    del lib
+    teacher = tiny.mlp(6, seed=0, dtype="float32")
+    return teacher, tiny.mlp(6, seed=20, dtype="float32")
+
+
+def vectors(n=8):
+    rng = np.random.default_rng(3)
+    return rng.normal(size=(n, 6)).astype("float32"), np.arange(n) % 4
+
+
+def doubled(base):
+    class Doubled(base):
+        def compute_loss(
+            self,
+            x=None,
+            y=None,
+            y_pred=None,
+            sample_weight=None,
+            training=True,
+        ):
+            total = super().compute_loss(
+                x=x,
+                y=y,
+                y_pred=y_pred,
+                sample_weight=sample_weight,
+                training=training,
+            )
+            return 2.0 * total + 0.0 * keras.ops.sum(y_pred)
+
+    return Doubled
+
+
+def one_sgd_step(distiller, x, y, learning_rate=0.1):
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(learning_rate), loss=tiny.sparse_ce()
+    )
+    distiller.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    return [w.numpy() for w in distiller.student.trainable_weights]
+
+
+def test_compute_loss_override_trains_as_in_keras():
+    x, y = vectors()
+    results = {}
+    for lib in (keras.distillation, kj):
+        teacher, student = keras_pair(lib)
+        distiller = doubled(lib.Distiller)(
+            teacher, student, lib.LogitsDistillation(temperature=3.0)
+        )
+        distiller.compile(loss=tiny.sparse_ce())
+        logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+        results[lib] = logs, one_sgd_step(distiller, x, y)
+    (keras_logs, keras_weights), (logs, weights) = results.values()
+    np.testing.assert_allclose(logs["loss"], 2 * logs["total_loss"])
+    for key in ("loss", "total_loss", "student_loss", "distillation_loss"):
+        np.testing.assert_allclose(logs[key], keras_logs[key], rtol=1e-5)
+    for ours, theirs in zip(weights, keras_weights):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_compute_loss_override_keeps_the_jacobian_terms():
+    # SGD is linear in the loss: twice the loss at rate r moves the
+    # weights as the plain loss at rate 2r.
+    x, y = vectors()
+    moved = []
+    for cls, rate in ((doubled(kj.Distiller), 0.05), (kj.Distiller, 0.1)):
+        teacher, student = keras_pair(kj)
+        distiller = cls(
+            teacher,
+            student,
+            [kj.JacobianMatching(target="teacher_top1")],
+            supervised_loss_weight=1.0,
+        )
+        moved.append(one_sgd_step(distiller, x, y, rate))
+    start = keras_pair(kj)[1].get_weights()
+    for a, b, w0 in zip(*moved, start):
+        assert not np.allclose(a, w0)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compute_loss_returns_the_total_as_in_keras():
+    x, y = vectors()
+    totals = []
+    for lib in (keras.distillation, kj):
+        teacher, student = keras_pair(lib)
+        distiller = lib.Distiller(
+            teacher, student, lib.LogitsDistillation(temperature=3.0)
+        )
+        distiller.compile(loss=tiny.sparse_ce())
+        logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+        totals.append(
+            float(distiller.compute_loss(x=x, y=y, y_pred=student(x)))
+        )
+    np.testing.assert_allclose(totals[1], totals[0], rtol=1e-5)
+    np.testing.assert_allclose(totals[1], logs["total_loss"], rtol=1e-5)
