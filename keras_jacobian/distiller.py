@@ -459,7 +459,9 @@ class Distiller(
                     keras.saving.serialize_keras_object(t)
                     for t in self.distillation_losses
                 ],
-                "distillation_loss_weights": self.distillation_loss_weights,
+                "distillation_loss_weights": list(
+                    self.distillation_loss_weights
+                ),
                 "student_loss_weight": self.student_loss_weight,
                 "supervised_loss_weight": self.supervised_loss_weight,
                 "distillation_output": self.distillation_output,

@@ -120,9 +120,43 @@ def _set_supervised_loss_weight(distiller, value):
     _set_student_weight(distiller, value, convex=False)
 
 
+class WeightList(list):
+    """The terms' weights; item assignment sets the distiller's variable.
+
+    Keras' `distillation_loss_weights` is a plain list, changed in place
+    (`distiller.distillation_loss_weights[0] = 0.1`); here each item is
+    backed by a `keras.Variable`, so assignments write through. The
+    number of weights is the number of terms and cannot change.
+    """
+
+    def __init__(self, distiller, values):
+        super().__init__(values)
+        self._distiller = distiller
+
+    def __setitem__(self, index, value):
+        values = list(self)
+        values[index] = value
+        _set_distillation_loss_weights(self._distiller, values)
+        super().__setitem__(index, value)
+
+    def _fixed_length(self, *args, **kwargs):
+        raise TypeError(
+            "`distillation_loss_weights` holds one weight per term; its "
+            "length cannot change. Set an item "
+            "(`distiller.distillation_loss_weights[0] = 0.5`) or assign "
+            "a whole list with one weight per term."
+        )
+
+    append = extend = insert = pop = remove = clear = _fixed_length
+    sort = reverse = __delitem__ = __iadd__ = __imul__ = _fixed_length
+
+
 def _get_distillation_loss_weights(distiller):
     given = distiller._given_weights[1]
-    return [_read(v, w) for v, w in zip(distiller.term_weights, given)]
+    return WeightList(
+        distiller,
+        [_read(v, w) for v, w in zip(distiller.term_weights, given)],
+    )
 
 
 def _set_distillation_loss_weights(distiller, values):

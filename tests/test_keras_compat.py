@@ -510,3 +510,33 @@ def test_compute_loss_returns_the_total_as_in_keras():
         )
     np.testing.assert_allclose(totals[1], totals[0], rtol=1e-5)
     np.testing.assert_allclose(totals[1], logs["total_loss"], rtol=1e-5)
+
+
+def test_setting_one_distillation_loss_weight_takes_effect_as_in_keras():
+    x, y = vectors()
+    results = []
+    for lib in (keras.distillation, kj):
+        teacher, student = keras_pair(lib)
+        terms = [
+            lib.LogitsDistillation(temperature=3.0),
+            lib.FeatureDistillation(loss="mse"),
+        ]
+        distiller = lib.Distiller(teacher, student, terms, [1.0, 1.0])
+        distiller.distillation_loss_weights[0] = 0.1
+        distiller.compile(loss=tiny.sparse_ce())
+        results.append(distiller.evaluate(x, y, verbose=0, return_dict=True))
+        assert distiller.distillation_loss_weights == [0.1, 1.0]
+    keras_logs, logs = results
+    for key in ("loss", "distillation_loss", "total_loss"):
+        np.testing.assert_allclose(logs[key], keras_logs[key], rtol=1e-5)
+    np.testing.assert_allclose(
+        logs["distillation_loss"],
+        0.1 * logs["logits_distillation_loss"]
+        + logs["feature_distillation_loss"],
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(distiller.term_weights[0].numpy(), 0.1)
+    with pytest.raises(TypeError, match="one weight per term"):
+        distiller.distillation_loss_weights.append(1.0)
+    with pytest.raises(ValueError, match="Received"):
+        distiller.distillation_loss_weights[1] = -1.0
