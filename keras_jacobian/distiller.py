@@ -221,12 +221,17 @@ class Distiller(
             keras.metrics.Mean(name=f"{t.name}_loss") for t in terms
         ]
         self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
+        self.regularization_loss_tracker = keras.metrics.Mean(
+            name="regularization_loss"
+        )
         if construction.is_built(teacher) and construction.is_built(student):
             construction.construct(self)
             # Every variable exists now; a built model can be saved and
             # backed up (`save_weights`, `BackupAndRestore`) before or
             # after `fit`.
             self.built = True
+
+    metrics = property(loss_weights.logged_metrics)
 
     # Keras' names of the loss weights (see `loss_weights`).
 
@@ -434,17 +439,7 @@ class Distiller(
                 ),
                 lambda: tf.zeros((), "float32"),
             )
-        total = weight * student_loss
-        for extra in self.losses:
-            total = total + tf.cast(tf.reduce_sum(extra), "float32")
-        distillation = tf.zeros((), "float32")
-        for w, value in zip(self.term_weights, term_values):
-            total = total + (scale * w) * value
-            distillation = distillation + w * value
-        logged = [(self.student_loss_tracker, student_loss)]
-        logged.append((self.distillation_loss_tracker, distillation))
-        logged += list(zip(self.term_trackers, term_values))
-        logged.append((self.total_loss_tracker, total))
+        logged, total = loss_weights.combine(self, student_loss, term_values)
         return y_pred, logged, total
 
     # Configuration.

@@ -540,3 +540,66 @@ def test_setting_one_distillation_loss_weight_takes_effect_as_in_keras():
         distiller.distillation_loss_weights.append(1.0)
     with pytest.raises(ValueError, match="Received"):
         distiller.distillation_loss_weights[1] = -1.0
+
+
+def test_regularization_loss_is_logged_and_completes_the_total():
+    x, y = vectors()
+    teacher = keras_pair()[0]
+    inputs = keras.Input((6,))
+    dense = keras.layers.Dense(
+        4, kernel_regularizer=keras.regularizers.L2(0.3), name="logits"
+    )
+    student = keras.Model(inputs, dense(inputs))
+    kernel = dense.kernel
+    distiller = kj.Distiller(
+        teacher, student, kj.LogitsDistillation(temperature=3.0), [0.5]
+    )
+    distiller.student_loss_weight = 0.25
+    logs = evaluate(distiller, x, y)
+    penalty = 0.3 * np.sum(kernel.numpy() ** 2)
+    np.testing.assert_allclose(logs["regularization_loss"], penalty, 1e-5)
+    mix = 0.25 * logs["student_loss"] + 0.75 * logs["distillation_loss"]
+    np.testing.assert_allclose(logs["total_loss"], mix + penalty, rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], logs["total_loss"], rtol=1e-6)
+    plain = kj.Distiller(
+        teacher, keras_pair()[1], kj.LogitsDistillation(temperature=3.0)
+    )
+    assert "regularization_loss" not in evaluate(plain, x, y)
+
+
+def fit_logs(distiller, x, y, **kwargs):
+    """The logs of one epoch at the initial weights (learning rate 0)."""
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.0), loss=tiny.sparse_ce()
+    )
+    history = distiller.fit(x, y, batch_size=len(x), verbose=0, **kwargs)
+    return {k: v[-1] for k, v in history.history.items()}
+
+
+def test_class_weight_weights_the_student_loss_and_terms():
+    # Keras' Distiller ignores `class_weight`; here it is a sample weight.
+    x, y = vectors()
+    class_weight = {0: 1.0, 1: 5.0, 2: 1.0, 3: 0.5}
+    weights = np.array([class_weight[c] for c in y], "float32")
+    keras_logs = [
+        fit_logs(
+            keras.distillation.Distiller(
+                *keras_pair(), keras.distillation.LogitsDistillation()
+            ),
+            x,
+            y,
+            class_weight=given,
+        )
+        for given in (None, class_weight)
+    ]
+    assert keras_logs[0] == pytest.approx(keras_logs[1])
+    teacher, student = keras_pair()
+    distiller = kj.Distiller(
+        teacher, student, kj.LogitsDistillation(temperature=2.0, loss="kd")
+    )
+    logs = fit_logs(distiller, x, y, class_weight=class_weight)
+    t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+    ce, term = sparse_ce(y, s), kd(t, s, 2.0)
+    for key, values in (("student_loss", ce), ("distillation_loss", term)):
+        expected = np.sum(weights * values) / len(y)
+        np.testing.assert_allclose(logs[key], expected, rtol=1e-4)
