@@ -273,7 +273,7 @@ class Distiller(
     # Forward passes.
 
     def call(self, inputs, training=False):
-        x = inputs["student"] if isinstance(inputs, dict) else inputs
+        x = inputs["student"] if construction.is_role_dict(inputs) else inputs
         if self.student_task is not None:
             return self.student_task(x, training=training)
         return self.student(x, training=training)
@@ -395,7 +395,7 @@ class Distiller(
                 name: jacobians.known_shape(tensor)
                 for name, tensor in sctx.outputs.items()
             }
-        batch = tf.shape(xs)[0]
+        batch = tf.shape(tf.nest.flatten(xs)[0])[0]
         scale = loss_weights.terms_scale(self)
         term_values = []
         for i, term in enumerate(self.distillation_losses):

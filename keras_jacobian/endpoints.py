@@ -29,7 +29,10 @@ def _symbolic_outputs(model, role):
             "intermediate tensors, or rebuild it functionally. Available "
             f"layer names: {layer_names(model)}"
         )
-    return model.inputs, model.outputs
+    # A network of several inputs keeps their structure (a dict of named
+    # inputs, as in Keras' Distiller docstring).
+    inputs = model.input if len(model.inputs) > 1 else model.inputs
+    return inputs, model.outputs
 
 
 def layer_output(model, name, role):
@@ -134,4 +137,5 @@ def task_model(student, distillation_output):
             f"teacher. Received {len(outputs)} outputs for "
             f"distillation_output={distillation_output!r}."
         )
-    return keras.Model(student.inputs, task[0], name="student_task")
+    inputs = student.input if len(student.inputs) > 1 else student.inputs
+    return keras.Model(inputs, task[0], name="student_task")

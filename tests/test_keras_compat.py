@@ -603,3 +603,69 @@ def test_class_weight_weights_the_student_loss_and_terms():
     for key, values in (("student_loss", ce), ("distillation_loss", term)):
         expected = np.sum(weights * values) / len(y)
         np.testing.assert_allclose(logs[key], expected, rtol=1e-4)
+
+
+def token_net(prefix, seed):
+    """Logits per position from `{"token_ids", "padding_mask"}`."""
+    ids = keras.Input((5,), dtype="int32", name="token_ids")
+    mask = keras.Input((5,), dtype="int32", name="padding_mask")
+    h = keras.layers.Embedding(
+        20,
+        6,
+        embeddings_initializer=keras.initializers.RandomNormal(seed=seed),
+    )(ids)
+    h = keras.layers.Dense(
+        8,
+        activation="tanh",
+        kernel_initializer=keras.initializers.GlorotUniform(seed),
+        name=f"{prefix}_hidden",
+    )(h)
+    h = h * keras.ops.expand_dims(keras.ops.cast(mask, "float32"), -1)
+    logits = keras.layers.Dense(
+        20, kernel_initializer=keras.initializers.GlorotUniform(seed + 1)
+    )(h)
+    return keras.Model({"token_ids": ids, "padding_mask": mask}, logits)
+
+
+def test_several_inputs_train_as_in_keras_with_output_terms():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 20, size=(8, 5)).astype("int32")
+    mask = (rng.uniform(size=(8, 5)) < 0.8).astype("int32")
+    x, y = {"token_ids": ids, "padding_mask": mask}, (ids + 1) % 20
+    results = []
+    for lib in (keras.distillation, kj):
+        terms = [
+            lib.LogitsDistillation(temperature=2.0),
+            lib.FeatureDistillation(
+                loss="mse",
+                teacher_layer_name="t_hidden",
+                student_layer_name="s_hidden",
+            ),
+        ]
+        distiller = lib.Distiller(
+            token_net("t", 0), token_net("s", 10), terms, [1.0, 0.5]
+        )
+        distiller.compile(loss="sparse_categorical_crossentropy")
+        logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+        results.append((logs, one_sgd_step(distiller, x, y)))
+    (keras_logs, keras_weights), (logs, weights) = results
+    for key in keras_logs:
+        np.testing.assert_allclose(logs[key], keras_logs[key], rtol=1e-5)
+    for ours, theirs in zip(weights, keras_weights):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_several_inputs_are_refused_for_input_jacobian_terms():
+    with pytest.raises(ValueError, match=r"2 inputs \['padding_mask'"):
+        kj.Distiller(
+            token_net("t", 0),
+            token_net("s", 10),
+            [kj.LogitsDistillation(), kj.JacobianMatching()],
+        )
+
+
+def test_several_inputs_are_refused_for_noise_terms():
+    with pytest.raises(ValueError, match="perturbs or reads the input"):
+        kj.Distiller(
+            token_net("t", 0), token_net("s", 10), kj.NoiseDistillation(0.1)
+        )
