@@ -18,6 +18,7 @@ from keras_jacobian import randomness
 from keras_jacobian import traced
 from keras_jacobian import validation
 from keras_jacobian.terms.base import OUTPUT
+from keras_jacobian.terms.conversion import KerasDistillationLoss
 
 # Endpoint key of the task head's output in the student's endpoint model,
 # so that the task loss reads the same forward pass as the terms.
@@ -282,8 +283,11 @@ def construct(distiller):
 
     teacher_endpoints = _ordered_union(t.teacher_endpoints for t in terms)
     student_endpoints = _ordered_union(t.student_endpoints for t in terms)
+    # Keras' own terms see every output of a network with several, as
+    # in Keras; the library's terms read one distillation output.
+    several = all(isinstance(t, KerasDistillationLoss) for t in terms)
     distiller.teacher_endpoints = endpoints.endpoint_model(
-        teacher, teacher_endpoints, "teacher"
+        teacher, teacher_endpoints, "teacher", several_outputs=several
     )
     distiller.student_task = endpoints.task_model(student, distillation_output)
     distiller.student_endpoints = endpoints.endpoint_model(
@@ -296,6 +300,7 @@ def construct(distiller):
             if distiller.student_task is None
             else {TASK: distiller.student_task.outputs[0]}
         ),
+        several_outputs=several,
     )
 
     if any(t.reads_logits for t in terms):
@@ -455,7 +460,7 @@ class _SeveralInputs(dict):
 
 def _shapes(endpoint_model, input_shape, model):
     shapes = {
-        name: tuple(tensor.shape)
+        name: tf.nest.map_structure(lambda t: tuple(t.shape), tensor)
         for name, tensor in endpoint_model.output.items()
     }
     if input_shape is None:

@@ -392,7 +392,7 @@ class Distiller(
         )
         if tctx is not None:
             tctx.student_shapes = {
-                name: jacobians.known_shape(tensor)
+                name: tf.nest.map_structure(jacobians.known_shape, tensor)
                 for name, tensor in sctx.outputs.items()
             }
         batch = tf.shape(tf.nest.flatten(xs)[0])[0]

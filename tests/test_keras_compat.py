@@ -669,3 +669,54 @@ def test_several_inputs_are_refused_for_noise_terms():
         kj.Distiller(
             token_net("t", 0), token_net("s", 10), kj.NoiseDistillation(0.1)
         )
+
+
+def two_heads(seed):
+    """An MLP with outputs `{"a": 4 logits, "b": 3 logits}`."""
+    inputs = keras.Input((6,))
+    init = keras.initializers.GlorotUniform(seed)
+    h = keras.layers.Dense(8, activation="tanh", kernel_initializer=init)(
+        inputs
+    )
+    return keras.Model(
+        inputs,
+        {
+            "a": keras.layers.Dense(4, kernel_initializer=init)(h),
+            "b": keras.layers.Dense(3, kernel_initializer=init)(h),
+        },
+    )
+
+
+def test_several_outputs_with_keras_terms_train_as_in_keras():
+    x, y = vectors()
+    labels = {"a": y, "b": y % 3}
+    results = []
+    for lib in (keras.distillation, kj):
+        term = keras.distillation.LogitsDistillation(
+            loss={"a": keras.losses.KLDivergence(), "b": "mse"}
+        )
+        distiller = lib.Distiller(
+            two_heads(0), two_heads(1), term, student_loss_weight=0.0
+        )
+        distiller.compile(loss={"a": tiny.sparse_ce(), "b": tiny.sparse_ce()})
+        logs = distiller.evaluate(x, labels, verbose=0, return_dict=True)
+        results.append((logs, one_sgd_step(distiller, x, labels)))
+    (keras_logs, keras_weights), (logs, weights) = results
+    for key in keras_logs:
+        np.testing.assert_allclose(logs[key], keras_logs[key], rtol=1e-5)
+    for ours, theirs in zip(weights, keras_weights):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    # Keras' own Distiller fails with labels at a weight above 0 (its
+    # compiled losses are tracked structures); here the losses add up.
+    distiller.student_loss_weight = 0.5
+    logs = distiller.evaluate(x, labels, verbose=0, return_dict=True)
+    s = distiller.student.predict(x, verbose=0)
+    ce = np.mean(sparse_ce(y, s["a"])) + np.mean(sparse_ce(y % 3, s["b"]))
+    np.testing.assert_allclose(logs["student_loss"], ce, rtol=1e-5)
+    mix = 0.5 * ce + 0.5 * logs["distillation_loss"]
+    np.testing.assert_allclose(logs["total_loss"], mix, rtol=1e-5)
+
+
+def test_several_outputs_are_refused_for_the_library_terms():
+    with pytest.raises(ValueError, match="Keras' own term objects"):
+        kj.Distiller(two_heads(0), two_heads(1), kj.LogitsDistillation())
