@@ -310,13 +310,16 @@ def construct(distiller):
         validation.check_logits_output(
             distiller.student_endpoints.output[OUTPUT], "student"
         )
-        # A softmax inside a `Lambda` or custom layer, which layers hide.
+    # A softmax inside a `Lambda` or custom layer, which layers hide
+    # (traced on a single input: not for networks of several inputs).
+    if any(t.reads_logits for t in terms) and teacher_shape is not None:
         traced.check_logits(
             endpoints_output(distiller.teacher_endpoints),
             teacher_shape,
             teacher_dtype,
             "teacher",
         )
+    if any(t.reads_logits for t in terms) and student_shape is not None:
         traced.check_logits(
             endpoints_output(distiller.student_endpoints),
             student_shape,
