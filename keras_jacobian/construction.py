@@ -18,6 +18,7 @@ from keras_jacobian import randomness
 from keras_jacobian import traced
 from keras_jacobian import validation
 from keras_jacobian.terms.base import OUTPUT
+from keras_jacobian.terms.conversion import KerasDistillationLoss
 
 # Endpoint key of the task head's output in the student's endpoint model,
 # so that the task loss reads the same forward pass as the terms.
@@ -27,8 +28,19 @@ TASK = "__task_output__"
 INPUT_KEYS = ("student", "teacher", "teacher_targets")
 
 
+def is_role_dict(x):
+    """Whether `x` is a `{"student", "teacher", ...}` dict of inputs."""
+    return isinstance(x, dict) and "student" in x
+
+
 def split_inputs(distiller, x):
     """`(x_student, x_teacher, cached_targets)` of a batch, floats."""
+    if None in (distiller.student_input_shape, distiller.teacher_input_shape):
+        # Networks of several inputs: the batch's structure is theirs.
+        if not is_role_dict(x):
+            return x, x, None
+        xs = x["student"]
+        return xs, x.get("teacher", xs), x.get("teacher_targets")
     if isinstance(x, dict):
         unknown = set(x) - set(INPUT_KEYS)
         if unknown or "student" not in x:
@@ -244,8 +256,18 @@ def construct(distiller):
         teacher.trainable = frozen
     for term in terms:
         term.validate_model_compatibility(teacher, student)
-    teacher_shape, teacher_dtype = validation.input_spec(teacher, "teacher")
-    student_shape, student_dtype = validation.input_spec(student, "student")
+    teacher_shape, teacher_dtype = validation.input_spec(
+        teacher, "teacher", several=True
+    )
+    student_shape, student_dtype = validation.input_spec(
+        student, "student", several=True
+    )
+    for model, shape, role in (
+        (teacher, teacher_shape, "teacher"),
+        (student, student_shape, "student"),
+    ):
+        if shape is None:
+            validation.check_several_inputs(model, role, terms)
     validation.check_input_kinds(teacher_shape, student_shape)
     distiller.teacher_input_shape = teacher_shape
     distiller.student_input_shape = student_shape
@@ -261,8 +283,11 @@ def construct(distiller):
 
     teacher_endpoints = _ordered_union(t.teacher_endpoints for t in terms)
     student_endpoints = _ordered_union(t.student_endpoints for t in terms)
+    # Keras' own terms see every output of a network with several, as
+    # in Keras; the library's terms read one distillation output.
+    several = all(isinstance(t, KerasDistillationLoss) for t in terms)
     distiller.teacher_endpoints = endpoints.endpoint_model(
-        teacher, teacher_endpoints, "teacher"
+        teacher, teacher_endpoints, "teacher", several_outputs=several
     )
     distiller.student_task = endpoints.task_model(student, distillation_output)
     distiller.student_endpoints = endpoints.endpoint_model(
@@ -275,6 +300,7 @@ def construct(distiller):
             if distiller.student_task is None
             else {TASK: distiller.student_task.outputs[0]}
         ),
+        several_outputs=several,
     )
 
     if any(t.reads_logits for t in terms):
@@ -284,13 +310,16 @@ def construct(distiller):
         validation.check_logits_output(
             distiller.student_endpoints.output[OUTPUT], "student"
         )
-        # A softmax inside a `Lambda` or custom layer, which layers hide.
+    # A softmax inside a `Lambda` or custom layer, which layers hide
+    # (traced on a single input: not for networks of several inputs).
+    if any(t.reads_logits for t in terms) and teacher_shape is not None:
         traced.check_logits(
             endpoints_output(distiller.teacher_endpoints),
             teacher_shape,
             teacher_dtype,
             "teacher",
         )
+    if any(t.reads_logits for t in terms) and student_shape is not None:
         traced.check_logits(
             endpoints_output(distiller.student_endpoints),
             student_shape,
@@ -300,8 +329,12 @@ def construct(distiller):
     distiller.teacher_precision = jacobians.network_precision(teacher)
     distiller.student_precision = jacobians.network_precision(student)
 
-    teacher_shapes = _shapes(distiller.teacher_endpoints, teacher_shape)
-    student_shapes = _shapes(distiller.student_endpoints, student_shape)
+    teacher_shapes = _shapes(
+        distiller.teacher_endpoints, teacher_shape, teacher
+    )
+    student_shapes = _shapes(
+        distiller.student_endpoints, student_shape, student
+    )
     for term in terms:
         term.build(teacher_shapes, student_shapes)
         term.check_models(
@@ -408,11 +441,33 @@ def _ordered_union(groups):
     return seen
 
 
-def _shapes(endpoint_model, input_shape):
+class _SeveralInputs(dict):
+    """Endpoint shapes of a network with several inputs (no `"input"`)."""
+
+    def __init__(self, shapes, model):
+        super().__init__(shapes)
+        self.model = model
+
+    def __missing__(self, key):
+        if key != "input":
+            raise KeyError(key)
+        names = [i.name for i in self.model.inputs]
+        raise ValueError(
+            f"The model {self.model.name!r} has {len(names)} inputs "
+            f"{names}; a term that perturbs or reads the input needs a "
+            "single floating-point input. Wrap the network in a model of "
+            "one input, or use output-only terms such as "
+            "LogitsDistillation or FeatureDistillation."
+        )
+
+
+def _shapes(endpoint_model, input_shape, model):
     shapes = {
-        name: tuple(tensor.shape)
+        name: tf.nest.map_structure(lambda t: tuple(t.shape), tensor)
         for name, tensor in endpoint_model.output.items()
     }
+    if input_shape is None:
+        return _SeveralInputs(shapes, model)
     shapes["input"] = (None,) + tuple(input_shape)
     return shapes
 

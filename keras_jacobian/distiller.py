@@ -219,12 +219,17 @@ class Distiller(
             keras.metrics.Mean(name=f"{t.name}_loss") for t in terms
         ]
         self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
+        self.regularization_loss_tracker = keras.metrics.Mean(
+            name="regularization_loss"
+        )
         if construction.is_built(teacher) and construction.is_built(student):
             construction.construct(self)
             # Every variable exists now; a built model can be saved and
             # backed up (`save_weights`, `BackupAndRestore`) before or
             # after `fit`.
             self.built = True
+
+    metrics = property(loss_weights.logged_metrics)
 
     # Keras' names of the loss weights (see `loss_weights`).
 
@@ -266,7 +271,7 @@ class Distiller(
     # Forward passes.
 
     def call(self, inputs, training=False):
-        x = inputs["student"] if isinstance(inputs, dict) else inputs
+        x = inputs["student"] if construction.is_role_dict(inputs) else inputs
         if self.student_task is not None:
             return self.student_task(x, training=training)
         return self.student(x, training=training)
@@ -385,10 +390,10 @@ class Distiller(
         )
         if tctx is not None:
             tctx.student_shapes = {
-                name: jacobians.known_shape(tensor)
+                name: tf.nest.map_structure(jacobians.known_shape, tensor)
                 for name, tensor in sctx.outputs.items()
             }
-        batch = tf.shape(xs)[0]
+        batch = tf.shape(tf.nest.flatten(xs)[0])[0]
         scale = loss_weights.terms_scale(self)
         term_values = []
         for i, term in enumerate(self.distillation_losses):
@@ -432,17 +437,7 @@ class Distiller(
                 ),
                 lambda: tf.zeros((), "float32"),
             )
-        total = weight * student_loss
-        for extra in self.losses:
-            total = total + tf.cast(tf.reduce_sum(extra), "float32")
-        distillation = tf.zeros((), "float32")
-        for w, value in zip(self.term_weights, term_values):
-            total = total + (scale * w) * value
-            distillation = distillation + w * value
-        logged = [(self.student_loss_tracker, student_loss)]
-        logged.append((self.distillation_loss_tracker, distillation))
-        logged += list(zip(self.term_trackers, term_values))
-        logged.append((self.total_loss_tracker, total))
+        logged, total = loss_weights.combine(self, student_loss, term_values)
         return y_pred, logged, total
 
     # Configuration.
@@ -457,7 +452,9 @@ class Distiller(
                     keras.saving.serialize_keras_object(t)
                     for t in self.distillation_losses
                 ],
-                "distillation_loss_weights": self.distillation_loss_weights,
+                "distillation_loss_weights": list(
+                    self.distillation_loss_weights
+                ),
                 "student_loss_weight": self.student_loss_weight,
                 "supervised_loss_weight": self.supervised_loss_weight,
                 "distillation_output": self.distillation_output,

@@ -29,7 +29,10 @@ def _symbolic_outputs(model, role):
             "intermediate tensors, or rebuild it functionally. Available "
             f"layer names: {layer_names(model)}"
         )
-    return model.inputs, model.outputs
+    # A network of several inputs keeps their structure (a dict of named
+    # inputs, as in Keras' Distiller docstring).
+    inputs = model.input if len(model.inputs) > 1 else model.inputs
+    return inputs, model.outputs
 
 
 def layer_output(model, name, role):
@@ -54,7 +57,12 @@ def layer_output(model, name, role):
 
 
 def endpoint_model(
-    model, endpoints, role, output_layer=None, extra_outputs=None
+    model,
+    endpoints,
+    role,
+    output_layer=None,
+    extra_outputs=None,
+    several_outputs=False,
 ):
     """A model mapping `model`'s input to a dict of named endpoints.
 
@@ -67,6 +75,8 @@ def endpoint_model(
             the model has several outputs.
         extra_outputs: optional dict of further named symbolic tensors of
             `model` to return (e.g. a task head's output).
+        several_outputs: whether `"output"` may be the structure of a
+            model with several outputs (for Keras' own terms).
 
     Returns:
         A `keras.Model` sharing `model`'s layers and weights, whose call
@@ -85,24 +95,31 @@ def endpoint_model(
     tensors = {}
     for name in endpoints:
         if name == OUTPUT:
-            tensors[name] = output_tensor(model, role, output_layer)
+            tensors[name] = output_tensor(
+                model, role, output_layer, several_outputs
+            )
         else:
             tensors[name] = layer_output(model, name, role)
     tensors.update(extra_outputs or {})
     return keras.Model(inputs, tensors, name=f"{model.name}_endpoints")
 
 
-def output_tensor(model, role, output_layer=None):
-    """The model's distillation output: its only output or a named one."""
+def output_tensor(model, role, output_layer=None, several_outputs=False):
+    """The model's distillation output: its only output or a named one
+    (or, with `several_outputs`, the structure of its outputs)."""
     _, outputs = _symbolic_outputs(model, role)
     if output_layer is not None:
         return layer_output(model, output_layer, role)
+    if len(outputs) != 1 and several_outputs:
+        return model.output
     if len(outputs) != 1:
         raise ValueError(
             f"The {role} model {model.name!r} has {len(outputs)} outputs; "
             "expected one (the logits). For a student with a task head and "
             "a head that mimics the teacher, pass the mimicking head's "
-            "layer name as `distillation_output`."
+            "layer name as `distillation_output`. Several outputs are "
+            "distilled only by Keras' own term objects "
+            "(`keras.distillation.LogitsDistillation(loss=[...])`)."
         )
     return outputs[0]
 
@@ -134,4 +151,5 @@ def task_model(student, distillation_output):
             f"teacher. Received {len(outputs)} outputs for "
             f"distillation_output={distillation_output!r}."
         )
-    return keras.Model(student.inputs, task[0], name="student_task")
+    inputs = student.input if len(student.inputs) > 1 else student.inputs
+    return keras.Model(inputs, task[0], name="student_task")

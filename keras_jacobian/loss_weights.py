@@ -19,6 +19,7 @@ hold them, so that `distiller.student_loss_weight == 0.7` as in Keras.
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_jacobian import validation
 
@@ -63,6 +64,55 @@ def terms_scale(distiller):
     if distiller._convex:
         return 1.0 - distiller.student_loss_weight_variable
     return 1.0
+
+
+def combine(distiller, student_loss, term_values):
+    """The total loss and the logged values, from the step's losses.
+
+    `term_values` holds each term's batch mean. The total adds the
+    regularisation losses of the model to the weighted mix; logged as
+    `regularization_loss` when there are any.
+
+    Returns:
+        `(logged, total)`: a list of `(metric, value)` pairs and the total.
+    """
+    weight = distiller.student_loss_weight_variable
+    scale = terms_scale(distiller)
+    distillation = tf.zeros((), "float32")
+    for w, value in zip(distiller.term_weights, term_values):
+        distillation = distillation + w * value
+    total = weight * student_loss
+    for w, value in zip(distiller.term_weights, term_values):
+        total = total + (scale * w) * value
+    logged = [
+        (distiller.student_loss_tracker, student_loss),
+        (distiller.distillation_loss_tracker, distillation),
+    ]
+    logged += list(zip(distiller.term_trackers, term_values))
+    extras = distiller.losses
+    if extras:
+        object.__setattr__(distiller, "_logs_regularization", True)
+        regularization = tf.add_n(
+            [tf.cast(tf.reduce_sum(e), "float32") for e in extras]
+        )
+        total = total + regularization
+        logged.append((distiller.regularization_loss_tracker, regularization))
+    logged.append((distiller.total_loss_tracker, total))
+    return logged, total
+
+
+def logged_metrics(distiller):
+    """The `Distiller`'s metrics; `regularization_loss` only for a model
+    with regularisation losses (known once built, or once traced)."""
+    metrics = keras.Model.metrics.fget(distiller)
+    if getattr(distiller, "_logs_regularization", False) or (
+        distiller.built and distiller.losses
+    ):
+        object.__setattr__(distiller, "_logs_regularization", True)
+        return metrics
+    return [
+        m for m in metrics if m is not distiller.regularization_loss_tracker
+    ]
 
 
 def _read(variable, given):
@@ -120,9 +170,43 @@ def _set_supervised_loss_weight(distiller, value):
     _set_student_weight(distiller, value, convex=False)
 
 
+class WeightList(list):
+    """The terms' weights; item assignment sets the distiller's variable.
+
+    Keras' `distillation_loss_weights` is a plain list, changed in place
+    (`distiller.distillation_loss_weights[0] = 0.1`); here each item is
+    backed by a `keras.Variable`, so assignments write through. The
+    number of weights is the number of terms and cannot change.
+    """
+
+    def __init__(self, distiller, values):
+        super().__init__(values)
+        self._distiller = distiller
+
+    def __setitem__(self, index, value):
+        values = list(self)
+        values[index] = value
+        _set_distillation_loss_weights(self._distiller, values)
+        super().__setitem__(index, value)
+
+    def _fixed_length(self, *args, **kwargs):
+        raise TypeError(
+            "`distillation_loss_weights` holds one weight per term; its "
+            "length cannot change. Set an item "
+            "(`distiller.distillation_loss_weights[0] = 0.5`) or assign "
+            "a whole list with one weight per term."
+        )
+
+    append = extend = insert = pop = remove = clear = _fixed_length
+    sort = reverse = __delitem__ = __iadd__ = __imul__ = _fixed_length
+
+
 def _get_distillation_loss_weights(distiller):
     given = distiller._given_weights[1]
-    return [_read(v, w) for v, w in zip(distiller.term_weights, given)]
+    return WeightList(
+        distiller,
+        [_read(v, w) for v, w in zip(distiller.term_weights, given)],
+    )
 
 
 def _set_distillation_loss_weights(distiller, values):

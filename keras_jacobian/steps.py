@@ -117,12 +117,61 @@ class LossStepsMixin:
             loss = loss + tf.cast(tf.reduce_sum(extra), "float32")
         return loss
 
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        """The total loss of a batch, as `train_step` minimises it.
+
+        Keras' signature. The terms read the input Jacobians of both
+        networks, so the loss is computed from `x` (the student runs on
+        it); `y_pred`, when given, is taken to be the student's output
+        on `x`. A subclass may override this method: the steps then call
+        the override (with the step's `y_pred`) and minimise what it
+        returns, as Keras does; its `super().compute_loss(...)` returns
+        the step's total, computed once.
+
+        Args:
+            x: the input batch.
+            y: labels, or `None`.
+            y_pred: the student's predictions on `x`, or `None`.
+            sample_weight: per-example weights, or `None`.
+            training: whether the student runs in training mode.
+
+        Returns:
+            The total loss, a float32 scalar.
+        """
+        pending = getattr(self, "_pending_step", None)
+        if pending is not None and pending[0] is x:
+            return pending[1]
+        del y_pred
+        return self._step_losses(x, y, sample_weight, training=training)[2]
+
+    def _step_total(self, x, y, sample_weight, training):
+        """`_step_losses`, through an overriding `compute_loss` if any."""
+        y_pred, logged, total = self._step_losses(
+            x, y, sample_weight, training=training
+        )
+        if type(self).compute_loss is not LossStepsMixin.compute_loss:
+            object.__setattr__(self, "_pending_step", (x, total))
+            try:
+                total = self.compute_loss(
+                    x=x,
+                    y=y,
+                    y_pred=y_pred,
+                    sample_weight=sample_weight,
+                    training=training,
+                )
+            finally:
+                object.__setattr__(self, "_pending_step", None)
+            total = tf.cast(total, "float32")
+        return y_pred, logged, total
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.trainable_variables
         share = replica_share(tf.shape(tf.nest.flatten(x)[0])[0])
         with tf.GradientTape() as tape:
-            y_pred, logged, total = self._step_losses(
+            y_pred, logged, total = self._step_total(
                 x, y, sample_weight, training=True
             )
             scaled = total * share
@@ -133,7 +182,7 @@ class LossStepsMixin:
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_pred, logged, total = self._step_losses(
+        y_pred, logged, total = self._step_total(
             x, y, sample_weight, training=False
         )
         return self._log(x, y, y_pred, sample_weight, logged, total)

@@ -10,13 +10,18 @@ import tensorflow as tf
 from keras_jacobian import _compat
 
 
-def input_spec(model, role):
-    """The shape (without batch) and dtype of a single-input model."""
+def input_spec(model, role, several=False):
+    """The shape (without batch) and dtype of a single-input model.
+
+    With `several=True`, a model with several inputs gives `(None, None)`.
+    """
     try:
         inputs = model.inputs
     except AttributeError:
         inputs = None
     if inputs:
+        if len(inputs) != 1 and several:
+            return None, None
         if len(inputs) != 1:
             raise ValueError(
                 f"The {role} model {model.name!r} has {len(inputs)} inputs; "
@@ -378,9 +383,28 @@ def check_term_weights(terms, weights):
     ]
 
 
+def check_several_inputs(model, role, terms):
+    """Refuses a network of several inputs for terms that read inputs."""
+    readers = [
+        t.name
+        for t in terms
+        if t.needs_input_gradients or t.uses_input_jacobians
+    ]
+    if readers:
+        names = [i.name for i in model.inputs]
+        raise ValueError(
+            f"The {role} model {model.name!r} has {len(names)} inputs "
+            f"{names}; the terms {readers} read input Jacobians or input "
+            "gradients, which need a single floating-point input. Wrap the "
+            "network in a model of one input (e.g. the embedded sequence, "
+            "with the other inputs fixed inside it), or use output-only "
+            "terms such as LogitsDistillation or FeatureDistillation."
+        )
+
+
 def check_input_kinds(teacher_shape, student_shape):
     """Teacher and student inputs: the same rank and number of channels."""
-    if teacher_shape == student_shape:
+    if teacher_shape == student_shape or None in (teacher_shape, student_shape):
         return
     if len(teacher_shape) != len(student_shape) or (
         teacher_shape[-1] != student_shape[-1]

@@ -639,3 +639,315 @@ def test_terms_cannot_be_added_after_construction():
         with pytest.raises(TypeError, match="fixed when the Distiller"):
             change(distiller.distillation_losses)
     assert len(distiller.distillation_losses) == 1
+
+
+# Keras' Distiller API: compute_loss, the weights' list, logs.
+
+
+def keras_pair(lib=None):
+    """A float32 teacher and student MLP (the same for either library)."""
+    del lib
+    teacher = tiny.mlp(6, seed=0, dtype="float32")
+    return teacher, tiny.mlp(6, seed=20, dtype="float32")
+
+
+def vectors(n=8):
+    rng = np.random.default_rng(3)
+    return rng.normal(size=(n, 6)).astype("float32"), np.arange(n) % 4
+
+
+def doubled(base):
+    class Doubled(base):
+        def compute_loss(
+            self,
+            x=None,
+            y=None,
+            y_pred=None,
+            sample_weight=None,
+            training=True,
+        ):
+            total = super().compute_loss(
+                x=x,
+                y=y,
+                y_pred=y_pred,
+                sample_weight=sample_weight,
+                training=training,
+            )
+            return 2.0 * total + 0.0 * keras.ops.sum(y_pred)
+
+    return Doubled
+
+
+def one_sgd_step(distiller, x, y, learning_rate=0.1):
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(learning_rate), loss=tiny.sparse_ce()
+    )
+    distiller.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    return [w.numpy() for w in distiller.student.trainable_weights]
+
+
+def test_compute_loss_override_trains_as_in_keras():
+    x, y = vectors()
+    results = {}
+    for lib in (keras.distillation, kj):
+        teacher, student = keras_pair(lib)
+        distiller = doubled(lib.Distiller)(
+            teacher, student, lib.LogitsDistillation(temperature=3.0)
+        )
+        distiller.compile(loss=tiny.sparse_ce())
+        logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+        results[lib] = logs, one_sgd_step(distiller, x, y)
+    (keras_logs, keras_weights), (logs, weights) = results.values()
+    np.testing.assert_allclose(logs["loss"], 2 * logs["total_loss"])
+    for key in ("loss", "total_loss", "student_loss", "distillation_loss"):
+        np.testing.assert_allclose(logs[key], keras_logs[key], rtol=1e-5)
+    for ours, theirs in zip(weights, keras_weights):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_compute_loss_override_keeps_the_jacobian_terms():
+    # SGD is linear in the loss: twice the loss at rate r moves the
+    # weights as the plain loss at rate 2r.
+    x, y = vectors()
+    moved = []
+    for cls, rate in ((doubled(kj.Distiller), 0.05), (kj.Distiller, 0.1)):
+        teacher, student = keras_pair(kj)
+        distiller = cls(
+            teacher,
+            student,
+            [kj.JacobianMatching(target="teacher_top1")],
+            supervised_loss_weight=1.0,
+        )
+        moved.append(one_sgd_step(distiller, x, y, rate))
+    start = keras_pair(kj)[1].get_weights()
+    for a, b, w0 in zip(*moved, start):
+        assert not np.allclose(a, w0)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compute_loss_returns_the_total_as_in_keras():
+    x, y = vectors()
+    totals = []
+    for lib in (keras.distillation, kj):
+        teacher, student = keras_pair(lib)
+        distiller = lib.Distiller(
+            teacher, student, lib.LogitsDistillation(temperature=3.0)
+        )
+        distiller.compile(loss=tiny.sparse_ce())
+        logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+        totals.append(
+            float(distiller.compute_loss(x=x, y=y, y_pred=student(x)))
+        )
+    np.testing.assert_allclose(totals[1], totals[0], rtol=1e-5)
+    np.testing.assert_allclose(totals[1], logs["total_loss"], rtol=1e-5)
+
+
+def test_setting_one_distillation_loss_weight_takes_effect_as_in_keras():
+    x, y = vectors()
+    results = []
+    for lib in (keras.distillation, kj):
+        teacher, student = keras_pair(lib)
+        terms = [
+            lib.LogitsDistillation(temperature=3.0),
+            lib.FeatureDistillation(loss="mse"),
+        ]
+        distiller = lib.Distiller(teacher, student, terms, [1.0, 1.0])
+        distiller.distillation_loss_weights[0] = 0.1
+        distiller.compile(loss=tiny.sparse_ce())
+        results.append(distiller.evaluate(x, y, verbose=0, return_dict=True))
+        assert distiller.distillation_loss_weights == [0.1, 1.0]
+    keras_logs, logs = results
+    for key in ("loss", "distillation_loss", "total_loss"):
+        np.testing.assert_allclose(logs[key], keras_logs[key], rtol=1e-5)
+    np.testing.assert_allclose(
+        logs["distillation_loss"],
+        0.1 * logs["logits_distillation_loss"]
+        + logs["feature_distillation_loss"],
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(distiller.term_weights[0].numpy(), 0.1)
+    with pytest.raises(TypeError, match="one weight per term"):
+        distiller.distillation_loss_weights.append(1.0)
+    with pytest.raises(ValueError, match="Received"):
+        distiller.distillation_loss_weights[1] = -1.0
+
+
+def test_regularization_loss_is_logged_and_completes_the_total():
+    x, y = vectors()
+    teacher = keras_pair()[0]
+    inputs = keras.Input((6,))
+    dense = keras.layers.Dense(
+        4, kernel_regularizer=keras.regularizers.L2(0.3), name="logits"
+    )
+    student = keras.Model(inputs, dense(inputs))
+    kernel = dense.kernel
+    distiller = kj.Distiller(
+        teacher, student, kj.LogitsDistillation(temperature=3.0), [0.5]
+    )
+    distiller.student_loss_weight = 0.25
+    logs = evaluate(distiller, x, y)
+    penalty = 0.3 * np.sum(kernel.numpy() ** 2)
+    np.testing.assert_allclose(logs["regularization_loss"], penalty, 1e-5)
+    mix = 0.25 * logs["student_loss"] + 0.75 * logs["distillation_loss"]
+    np.testing.assert_allclose(logs["total_loss"], mix + penalty, rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], logs["total_loss"], rtol=1e-6)
+    plain = kj.Distiller(
+        teacher, keras_pair()[1], kj.LogitsDistillation(temperature=3.0)
+    )
+    assert "regularization_loss" not in evaluate(plain, x, y)
+
+
+def fit_logs(distiller, x, y, **kwargs):
+    """The logs of one epoch at the initial weights (learning rate 0)."""
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.0), loss=tiny.sparse_ce()
+    )
+    history = distiller.fit(x, y, batch_size=len(x), verbose=0, **kwargs)
+    return {k: v[-1] for k, v in history.history.items()}
+
+
+def test_class_weight_weights_the_student_loss_and_terms():
+    # Keras' Distiller ignores `class_weight`; here it is a sample weight.
+    x, y = vectors()
+    class_weight = {0: 1.0, 1: 5.0, 2: 1.0, 3: 0.5}
+    weights = np.array([class_weight[c] for c in y], "float32")
+    keras_logs = [
+        fit_logs(
+            keras.distillation.Distiller(
+                *keras_pair(), keras.distillation.LogitsDistillation()
+            ),
+            x,
+            y,
+            class_weight=given,
+        )
+        for given in (None, class_weight)
+    ]
+    assert keras_logs[0] == pytest.approx(keras_logs[1])
+    teacher, student = keras_pair()
+    distiller = kj.Distiller(
+        teacher, student, kj.LogitsDistillation(temperature=2.0, loss="kd")
+    )
+    logs = fit_logs(distiller, x, y, class_weight=class_weight)
+    t, s = teacher.predict(x, verbose=0), student.predict(x, verbose=0)
+    ce, term = sparse_ce(y, s), kd(t, s, 2.0)
+    for key, values in (("student_loss", ce), ("distillation_loss", term)):
+        expected = np.sum(weights * values) / len(y)
+        np.testing.assert_allclose(logs[key], expected, rtol=1e-4)
+
+
+def token_net(prefix, seed):
+    """Logits per position from `{"token_ids", "padding_mask"}`."""
+    ids = keras.Input((5,), dtype="int32", name="token_ids")
+    mask = keras.Input((5,), dtype="int32", name="padding_mask")
+    h = keras.layers.Embedding(
+        20,
+        6,
+        embeddings_initializer=keras.initializers.RandomNormal(seed=seed),
+    )(ids)
+    h = keras.layers.Dense(
+        8,
+        activation="tanh",
+        kernel_initializer=keras.initializers.GlorotUniform(seed),
+        name=f"{prefix}_hidden",
+    )(h)
+    logits = keras.layers.Dense(
+        20, kernel_initializer=keras.initializers.GlorotUniform(seed + 1)
+    )(h)
+    # Masked after the last layer: the output is an operation, not a layer.
+    logits = logits * keras.ops.expand_dims(keras.ops.cast(mask, "float32"), -1)
+    return keras.Model({"token_ids": ids, "padding_mask": mask}, logits)
+
+
+def test_several_inputs_train_as_in_keras_with_output_terms():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 20, size=(8, 5)).astype("int32")
+    mask = (rng.uniform(size=(8, 5)) < 0.8).astype("int32")
+    x, y = {"token_ids": ids, "padding_mask": mask}, (ids + 1) % 20
+    results = []
+    for lib in (keras.distillation, kj):
+        terms = [
+            lib.LogitsDistillation(temperature=2.0),
+            lib.FeatureDistillation(
+                loss="mse",
+                teacher_layer_name="t_hidden",
+                student_layer_name="s_hidden",
+            ),
+        ]
+        distiller = lib.Distiller(
+            token_net("t", 0), token_net("s", 10), terms, [1.0, 0.5]
+        )
+        distiller.compile(loss="sparse_categorical_crossentropy")
+        logs = distiller.evaluate(x, y, verbose=0, return_dict=True)
+        results.append((logs, one_sgd_step(distiller, x, y)))
+    (keras_logs, keras_weights), (logs, weights) = results
+    for key in keras_logs:
+        np.testing.assert_allclose(logs[key], keras_logs[key], rtol=1e-5)
+    for ours, theirs in zip(weights, keras_weights):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_several_inputs_are_refused_for_input_jacobian_terms():
+    with pytest.raises(ValueError, match=r"2 inputs \['padding_mask'"):
+        kj.Distiller(
+            token_net("t", 0),
+            token_net("s", 10),
+            [kj.LogitsDistillation(), kj.JacobianMatching()],
+        )
+
+
+def test_several_inputs_are_refused_for_noise_terms():
+    with pytest.raises(ValueError, match="perturbs or reads the input"):
+        kj.Distiller(
+            token_net("t", 0), token_net("s", 10), kj.NoiseDistillation(0.1)
+        )
+
+
+def two_heads(seed):
+    """An MLP with outputs `{"a": 4 logits, "b": 3 logits}`."""
+    inputs = keras.Input((6,))
+    init = keras.initializers.GlorotUniform(seed)
+    h = keras.layers.Dense(8, activation="tanh", kernel_initializer=init)(
+        inputs
+    )
+    return keras.Model(
+        inputs,
+        {
+            "a": keras.layers.Dense(4, kernel_initializer=init)(h),
+            "b": keras.layers.Dense(3, kernel_initializer=init)(h),
+        },
+    )
+
+
+def test_several_outputs_with_keras_terms_train_as_in_keras():
+    x, y = vectors()
+    labels = {"a": y, "b": y % 3}
+    results = []
+    for lib in (keras.distillation, kj):
+        term = keras.distillation.LogitsDistillation(
+            loss={"a": keras.losses.KLDivergence(), "b": "mse"}
+        )
+        distiller = lib.Distiller(
+            two_heads(0), two_heads(1), term, student_loss_weight=0.0
+        )
+        distiller.compile(loss={"a": tiny.sparse_ce(), "b": tiny.sparse_ce()})
+        logs = distiller.evaluate(x, labels, verbose=0, return_dict=True)
+        results.append((logs, one_sgd_step(distiller, x, labels)))
+    (keras_logs, keras_weights), (logs, weights) = results
+    for key in keras_logs:
+        np.testing.assert_allclose(logs[key], keras_logs[key], rtol=1e-5)
+    for ours, theirs in zip(weights, keras_weights):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    # Keras' own Distiller fails with labels at a weight above 0 (its
+    # compiled losses are tracked structures); here the losses add up.
+    distiller.student_loss_weight = 0.5
+    logs = distiller.evaluate(x, labels, verbose=0, return_dict=True)
+    s = distiller.student.predict(x, verbose=0)
+    ce = np.mean(sparse_ce(y, s["a"])) + np.mean(sparse_ce(y % 3, s["b"]))
+    np.testing.assert_allclose(logs["student_loss"], ce, rtol=1e-5)
+    mix = 0.5 * ce + 0.5 * logs["distillation_loss"]
+    np.testing.assert_allclose(logs["total_loss"], mix, rtol=1e-5)
+
+
+def test_several_outputs_are_refused_for_the_library_terms():
+    with pytest.raises(ValueError, match="Keras' own term objects"):
+        kj.Distiller(two_heads(0), two_heads(1), kj.LogitsDistillation())
