@@ -200,6 +200,7 @@ import distill
 import experiment
 import keras
 import numpy as np
+import teachers
 import tensorflow as tf
 from absl import app
 from absl import flags
@@ -294,6 +295,13 @@ def check_flags():
         raise app.UsageError(
             f"Expected --teacher_arch in {sorted(APPLICATIONS)}. Received: "
             f"{arch!r}. Or pass a whole saved model as --teacher_weights."
+        )
+    if FLAGS.source_task != "classes" and weights != "pretrain":
+        raise app.UsageError(
+            "Expected --teacher_weights=pretrain with --source_task="
+            f"{FLAGS.source_task} (the task a teacher pretrained here "
+            f"learns). Received: --teacher_weights={weights}. Drop "
+            "--source_task or pass --teacher_weights=pretrain."
         )
     if is_file and not os.path.exists(weights):
         raise SystemExit(
@@ -520,6 +528,16 @@ def validation_split(images, labels, seed):
         and np.array_equal(np.unique(labels[held]), classes)
     ):
         counts = np.bincount(labels).tolist()
+        if min(counts) < 2:
+            raise app.UsageError(
+                "Expected at least 2 training images in every class to "
+                "choose the transfer method on validation data (one "
+                "held out). Received: "
+                f"{min(counts)} image(s) in a class ({counts} per class). "
+                "Pass --noselect_on_validation to test every method of "
+                "--methods with its fixed weights, or more "
+                "--samples_per_class."
+            )
         raise app.UsageError(
             "Expected --validation_fraction to leave at least one training "
             "and one validation image in every class. Received: "
@@ -761,7 +779,7 @@ def run(output_dir):
             "teacher_preprocessing": method,
             "selections": selections,
             "flags": experiment.flag_values(
-                common_flags, sys.modules[__name__]
+                common_flags, teachers, sys.modules[__name__]
             ),
         },
         title=f"Transfer to {data.name}",
