@@ -41,10 +41,14 @@ run. The teacher (`--teacher_weights`) is
 
 - `pretrain` (default, offline): a VGG-9 trained here on the
   `--source_classes` of `--dataset` (default digits 0-4; random crops, Adam
-  3e-3, cosine schedule, `--teacher_epochs`), saved to
-  `<output_dir>/teacher_<data>_<classes>.keras` (or `--teacher_path`) and
-  reused by later runs; the target task is the other classes (digits 5-9),
-  relabelled 0..k-1;
+  3e-3, cosine schedule, `--teacher_epochs`) at `--teacher_image_size`
+  (default: the images' size), saved to
+  `<output_dir>/teacher_<data>_<classes>[_<task>][_<size>px].keras` (or
+  `--teacher_path`) and reused by later runs; the target task is the
+  other classes (digits 5-9), relabelled 0..k-1. `--source_task=
+  transforms` makes each source class under each of the 8 symmetries of
+  the square (quarter turns of the image and of its mirror image) a class
+  of its own: 40 classes and 8 times the images for digits 0-4;
 - a saved `.keras` model, with `--teacher_preprocessing` saying how its
   training images were scaled (required: a teacher fed inputs on another
   scale than its training images gives meaningless outputs and Jacobians);
