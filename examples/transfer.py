@@ -233,8 +233,9 @@ every method with its fixed weights is at or below no transfer with
 either teacher, LwF a little lower with the transforms teacher (LwF
 minus LwF of the default teacher, seed by seed: −8.03, −8.70, −2.34,
 +6.69, +1.67 points); at 5 with fixed weights no difference exceeds the
-seed-to-seed noise with the transforms teacher. On validation data the transforms teacher is no
-better a testbed, so the default stays the source classes as they are.
+seed-to-seed noise with the transforms teacher. On validation data the
+transforms teacher is no better a testbed, so the default stays the
+source classes as they are.
 
 The paper's setting (MIT Indoor 67 laid out as in docs/examples.md; ResNet
 teacher; hours on a GPU):
