@@ -6,6 +6,7 @@ needs `--teacher_preprocessing`; `imagenet`, a `.h5` weights file or `none`
 build a `keras.applications` network (`--teacher_arch`).
 """
 
+import dataclasses
 import os
 
 import common_flags  # noqa: F401  (first: quiet TensorFlow start-up)
@@ -30,6 +31,11 @@ PREPROCESSING = (
     "application",
 )
 DEFAULT_SOURCE_CLASSES = ("0", "1", "2", "3", "4")
+SOURCE_TASKS = ("classes", "transforms")
+DEFAULT_SOURCE_TASK = "classes"
+# The 8 symmetries of the square: (quarter turns anticlockwise, mirrored
+# left-right first).
+TRANSFORMS = tuple((turns, mirror) for mirror in (0, 1) for turns in range(4))
 TEACHER_LEARNING_RATE = 3e-3
 DEFAULT_TEACHER_ARCH = "mobilenet_v2"
 APPLICATIONS = {
@@ -68,6 +74,17 @@ flags.DEFINE_list(
     "form the target task, relabelled 0..k-1 (default: 0,1,2,3,4 with "
     "--teacher_weights=pretrain, else none: every class is a target "
     "class). Pass them with a saved teacher trained on those classes.",
+)
+flags.DEFINE_enum(
+    "source_task",
+    DEFAULT_SOURCE_TASK,
+    list(SOURCE_TASKS),
+    "The task a --teacher_weights=pretrain teacher learns: 'classes' "
+    "(the --source_classes as they are) or 'transforms' (each source "
+    "class under each of the 8 symmetries of the square, rotations by "
+    "multiples of 90 degrees of the image and of its mirror image, is a "
+    "class of its own: 40 classes and 8 times the images for digits "
+    "0-4). The teacher learns it at --teacher_image_size.",
 )
 flags.DEFINE_enum(
     "teacher_preprocessing",
@@ -153,31 +170,131 @@ def split_tasks(data):
     return source, _subset_classes(data, target, target_name)
 
 
+def transform_images(images, turns, mirror):
+    """`images` (N, H, W, C) mirrored left-right, then turned anticlockwise.
+
+    Args:
+        images: Square images, shape `(N, H, W, C)`.
+        turns: Quarter turns anticlockwise, 0 to 3.
+        mirror: Whether to mirror left-right before turning.
+
+    Returns:
+        The transformed images, same shape.
+    """
+    if mirror:
+        images = images[:, :, ::-1]
+    return np.ascontiguousarray(np.rot90(images, turns, axes=(1, 2)))
+
+
+def transformed_task(source):
+    """The source task with each class under each of `TRANSFORMS`.
+
+    Class `c` under transform `t` (an index into `TRANSFORMS`) gets label
+    `c * len(TRANSFORMS) + t`; train and test images are all transformed.
+    """
+    if source.input_shape[0] != source.input_shape[1]:
+        raise app.UsageError(
+            "Expected square images with --source_task=transforms (they are "
+            "turned by 90 degrees). Received: images of shape "
+            f"{source.input_shape}. Pass --image_size=N or "
+            "--source_task=classes."
+        )
+    n = len(TRANSFORMS)
+
+    def expand(images, labels):
+        out = [transform_images(images, *t) for t in TRANSFORMS]
+        new = [labels * n + i for i in range(n)]
+        return np.concatenate(out), np.concatenate(new).astype("int32")
+
+    train = expand(source.train_images, source.train_labels)
+    test = expand(source.test_images, source.test_labels)
+    names = tuple(
+        f"{name}/rot{90 * turns}{'m' if mirror else ''}"
+        for name in source.class_names
+        for turns, mirror in TRANSFORMS
+    )
+    return data_lib.ImageDataset(
+        name=f"{source.name}x{n}",
+        train_images=train[0],
+        train_labels=train[1],
+        test_images=test[0],
+        test_labels=test[1],
+        num_classes=source.num_classes * n,
+        class_names=names,
+    )
+
+
+def resize_images(images, size):
+    """Images resized to `size` x `size` as the transfer pipeline does."""
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    return tf.image.resize(images, (size, size), antialias=True).numpy()
+
+
+def source_task(source, size=None):
+    """The task a pretrained teacher learns: `--source_task`, at `size`."""
+    if FLAGS.source_task == "transforms":
+        source = transformed_task(source)
+    if size is None or size == source.input_shape[0]:
+        return source
+    return dataclasses.replace(
+        source,
+        train_images=resize_images(source.train_images, size),
+        test_images=resize_images(source.test_images, size),
+        mean=None,
+        std=None,
+    )
+
+
+def pretrained_teacher_path(source, task, output_dir):
+    """`--teacher_path`, or a file name that says what the teacher learnt."""
+    if FLAGS.teacher_path:
+        return FLAGS.teacher_path
+    classes = "_".join(map(str, source_classes()))
+    name = f"teacher_{source.name.split('[')[0]}_{classes}"
+    if FLAGS.source_task != "classes":
+        name += f"_{FLAGS.source_task}"
+    if task.input_shape != source.input_shape:
+        name += f"_{task.input_shape[0]}px"
+    return os.path.join(output_dir, name + ".keras")
+
+
 def pretrain_teacher(source, output_dir):
     """Loads, or trains and saves, a VGG-9 teacher of the source task.
 
-    The teacher sees images in [0, 1] (`--teacher_preprocessing=unit`),
-    augmented with random crops, for `--teacher_epochs` epochs (Adam 3e-3,
-    cosine schedule). Returns the teacher and its source-task test
-    accuracy.
+    The task is `--source_task` of `source` at `--teacher_image_size`
+    (default: the images' size). The teacher sees images in [0, 1]
+    (`--teacher_preprocessing=unit`), augmented with random crops, for
+    `--teacher_epochs` epochs (Adam 3e-3, cosine schedule). Returns the
+    teacher, its source-task test accuracy and its file.
     """
-    classes = "_".join(map(str, source_classes()))
-    path = FLAGS.teacher_path or os.path.join(
-        output_dir, f"teacher_{source.name.split('[')[0]}_{classes}.keras"
-    )
+    task = source_task(source, FLAGS.teacher_image_size)
+    path = pretrained_teacher_path(source, task, output_dir)
     test = data_lib.make_pipeline(
-        source.test_images,
-        source.test_labels,
+        task.test_images,
+        task.test_labels,
         experiment.eval_batch_size(FLAGS.batch_size),
         training=False,
     )
     if os.path.exists(path):
         teacher = keras.saving.load_model(path, compile=False)
+        found = (tuple(teacher.input_shape[1:]), teacher.output_shape[-1])
+        want = (task.input_shape, task.num_classes)
+        if found != want:
+            raise app.UsageError(
+                f"Expected the teacher {path} to take images of shape "
+                f"{want[0]} and give {want[1]} classes "
+                f"(--source_task={FLAGS.source_task}, "
+                f"--teacher_image_size={FLAGS.teacher_image_size}). "
+                f"Received: a teacher of input shape {found[0]} and "
+                f"{found[1]} classes. Delete the file or pass another "
+                "--teacher_path."
+            )
         return teacher, experiment.accuracy(teacher, test), path
     keras.utils.set_random_seed(FLAGS.seed)
     teacher = models.vgg9(
-        source.input_shape,
-        source.num_classes,
+        task.input_shape,
+        task.num_classes,
         width=FLAGS.teacher_width,
         name="teacher",
     )
@@ -186,13 +303,13 @@ def pretrain_teacher(source, output_dir):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     train = data_lib.make_pipeline(
-        source.train_images,
-        source.train_labels,
+        task.train_images,
+        task.train_labels,
         FLAGS.batch_size,
         training=True,
         augment=True,
         flip=FLAGS.flip,
-        crop_padding=max(1, source.input_shape[0] // 8),
+        crop_padding=max(1, task.input_shape[0] // 8),
         seed=FLAGS.seed,
     ).repeat()
     experiment.train(
@@ -200,7 +317,7 @@ def pretrain_teacher(source, output_dir):
         train,
         epochs=FLAGS.teacher_epochs,
         steps_per_epoch=experiment.steps_per_epoch(
-            len(source.train_labels),
+            len(task.train_labels),
             FLAGS.batch_size,
             FLAGS.min_steps_per_epoch,
         ),
@@ -286,8 +403,13 @@ def teacher_description(arch, pretrained_path):
     """How the results table names the teacher."""
     weights = FLAGS.teacher_weights
     if weights == "pretrain":
+        task = (
+            " under the 8 symmetries of the square"
+            if FLAGS.source_task == "transforms"
+            else ""
+        )
         return (
-            f"VGG-9 pretrained on classes {source_classes()} "
+            f"VGG-9 pretrained on classes {source_classes()}{task} "
             f"({pretrained_path})"
         )
     if weights.endswith(".keras"):

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 import distill  # noqa: E402
 import experiment  # noqa: E402
 import robustness  # noqa: E402
+import teachers  # noqa: E402
 import transfer  # noqa: E402
 
 from keras_jacobian.experiments import models  # noqa: E402
@@ -392,7 +393,10 @@ def test_transfer_bad_flags(tmp_path):
         with pytest.raises(app.UsageError, match="attention_pairs"):
             transfer.main(["transfer.py"])
     with flagsaver.flagsaver(samples_per_class=["1"], output_dir=str(tmp_path)):
-        with pytest.raises(app.UsageError, match="one validation image"):
+        # 1 image per class cannot hold out a validation image.
+        with pytest.raises(
+            app.UsageError, match="at least 2 training images.*noselect"
+        ):
             transfer.main(["transfer.py"])
     assert not list(tmp_path.glob("teacher_*"))
 
@@ -695,6 +699,121 @@ def test_transfer_with_a_pretrained_teacher(tmp_path):
     (item,) = payload["differences"]
     assert (item["method"], item["baseline"]) == ("lwf_jac", "lwf")
     assert item["columns"]["5"]["n"] == 2
+
+
+def _turn_and_mirror_by_index(image, turns, mirror):
+    """Reference: each output pixel read from its source index."""
+    n = image.shape[0]
+    rows = range(n)
+    out = image.copy()
+    if mirror:
+        out = np.array([[out[i, n - 1 - j] for j in rows] for i in rows])
+    for _ in range(turns):
+        # Anticlockwise: row i of the result is column n - 1 - i.
+        out = np.array([[out[j, n - 1 - i] for j in rows] for i in rows])
+    return out
+
+
+def test_transfer_source_transforms_against_indexing():
+    images = np.random.default_rng(0).random((3, 5, 5, 2)).astype("float32")
+    seen = []
+    for turns, mirror in teachers.TRANSFORMS:
+        got = teachers.transform_images(images, turns, mirror)
+        for image, result in zip(images, got):
+            np.testing.assert_array_equal(
+                result, _turn_and_mirror_by_index(image, turns, mirror)
+            )
+        seen.append(got[0].tobytes())
+    assert len(set(seen)) == 8
+    data = distill.data_lib.load_dataset("digits")
+    with flagsaver.flagsaver(source_task="transforms"):
+        source, target = transfer.split_tasks(data)
+        task = teachers.source_task(source)
+    assert task.num_classes == 40 and target.num_classes == 5
+    assert len(task.train_labels) == 8 * len(source.train_labels)
+    np.testing.assert_array_equal(
+        np.bincount(task.test_labels),
+        np.repeat(np.bincount(source.test_labels), 8),
+    )
+    # The 3rd transform (two quarter turns) of the 2nd training image.
+    index = np.flatnonzero(task.train_labels == 8 * source.train_labels[1] + 2)
+    pos = list(index).index(2 * len(source.train_labels) + 1)
+    np.testing.assert_array_equal(
+        task.train_images[index[pos]], source.train_images[1][::-1, ::-1]
+    )
+
+
+def test_transfer_teacher_resolution_against_numpy():
+    # Doubling by bilinear interpolation at half-pixel centres: each new
+    # pixel is 3/4 of its nearest source pixel and 1/4 of the next one
+    # (the edge pixel repeated at the border), along each axis.
+    x = np.random.default_rng(0).random((2, 4, 4, 1)).astype("float32")
+
+    def double(a, axis):
+        a = np.moveaxis(a, axis, 0)
+        prev = np.concatenate([a[:1], a[:-1]])
+        nxt = np.concatenate([a[1:], a[-1:]])
+        out = np.empty((2 * len(a),) + a.shape[1:], a.dtype)
+        out[0::2] = 0.75 * a + 0.25 * prev
+        out[1::2] = 0.75 * a + 0.25 * nxt
+        return np.moveaxis(out, 0, axis)
+
+    want = double(double(x, 1), 2)
+    got = teachers.resize_images(x, 8)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # The transfer pipeline feeds the teacher the same images.
+    mean, std = np.zeros(1, "float32"), np.ones(1, "float32")
+    with flagsaver.flagsaver(batch_size=4):
+        ds = transfer.pipeline(
+            x,
+            np.zeros(2, "int32"),
+            transfer.preprocessing("unit", "vgg9", mean, std),
+            mean,
+            std,
+            False,
+            0,
+            (8, 4),
+        )
+        ((inputs, _),) = list(ds)
+    np.testing.assert_allclose(inputs["teacher"].numpy(), want, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_transfer_from_a_teacher_of_transforms_at_another_resolution(
+    tmp_path,
+):
+    out = tmp_path / "out"
+    flags_ = dict(
+        TINY,
+        source_task="transforms",
+        teacher_image_size=16,
+        methods=["lwf_jac"],
+        select_on_validation=False,
+        output_dir=str(out),
+    )
+    with flagsaver.flagsaver(**flags_):
+        transfer.main(["transfer.py"])
+    path = out / "teacher_digits_0_1_2_3_4_transforms_16px.keras"
+    teacher = keras.saving.load_model(path, compile=False)
+    assert teacher.input_shape == (None, 16, 16, 1)
+    assert teacher.output_shape == (None, 40)
+    payload = _check_outputs(
+        out, "transfer", {"lwf_jac": "LwF + Jacobians"}, ["5"]
+    )
+    assert payload["flags"]["source_task"] == "transforms"
+    table = (out / "transfer.md").read_text()
+    assert "under the 8 symmetries of the square" in table
+    # A teacher file of another task or size is refused, not reused.
+    with flagsaver.flagsaver(
+        **dict(flags_, teacher_image_size=12, teacher_path=str(path))
+    ):
+        with pytest.raises(app.UsageError, match="input shape"):
+            transfer.main(["transfer.py"])
+    with flagsaver.flagsaver(
+        **dict(flags_, teacher_weights="none", teacher_arch="mobilenet_v2")
+    ):
+        with pytest.raises(app.UsageError, match="teacher_weights=pretrain"):
+            transfer.main(["transfer.py"])
 
 
 def test_transfer_selection_grid_starts_with_no_transfer():
