@@ -158,10 +158,13 @@ alone against no transfer (88.29 ± 5.01), 5 seeds, 5 images per class:
 
 Up to a weight of 3 LwF is level with no transfer; beyond it LwF loses
 ground as its weight grows (seed by seed at weight 30: −3.01, +1.00,
-−2.68, −3.01, 0 points), though no interval excludes zero. This fits the
-mimic head pulling the shared features toward the source task as its
-weight grows; a linear probe of the features, which would test that,
-was not run. Commands (about 1 minute each on 2 shared cores):
+−2.68, −3.01, 0 points), though no interval excludes zero. Probes of the
+shared features (benchmarks/transfer_mechanism.py, docs/reproducing.md,
+"Why LwF can hurt: measured") put the loss in the features, not the head:
+their nearest class means lose -4.21 [-6.77, -1.66] points at weight 30,
+while a probe trained on every target image does not; the pull toward
+the source classes does not grow with the weight, so the cause is not
+isolated. Commands (about 1 minute each on 2 shared cores):
 
   python examples/transfer.py --noselect_on_validation --methods=none,lwf \
     --activation_weight=W    # W in 0.3, 3, 10, 30
