@@ -951,3 +951,24 @@ def test_several_outputs_with_keras_terms_train_as_in_keras():
 def test_several_outputs_are_refused_for_the_library_terms():
     with pytest.raises(ValueError, match="Keras' own term objects"):
         kj.Distiller(two_heads(0), two_heads(1), kj.LogitsDistillation())
+
+
+def test_weights_of_one_term_not_in_a_list_are_applied_not_dropped():
+    # Keras drops `distillation_loss_weights` when the term is not in a
+    # list (weight 1); keras_jacobian applies them (docs/keras-distillation).
+    x, y = vectors()
+    results = []
+    for lib in (keras.distillation, kj):
+        teacher, student = keras_pair(lib)
+        term = lib.LogitsDistillation(temperature=3.0)
+        distiller = lib.Distiller(teacher, student, term, [0.3])
+        distiller.compile(loss=tiny.sparse_ce())
+        results.append(distiller.evaluate(x, y, verbose=0, return_dict=True))
+    keras_logs, logs = results
+    term_value = logs["logits_distillation_loss"]
+    np.testing.assert_allclose(
+        keras_logs["distillation_loss"], term_value, 1e-5
+    )
+    np.testing.assert_allclose(
+        logs["distillation_loss"], 0.3 * term_value, 1e-5
+    )
