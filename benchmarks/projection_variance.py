@@ -15,12 +15,15 @@ For each example, `A = J_T - J_S` (100 x 3072) is computed exactly with
   O(eps) difference error): `D * mean_r ||A v_r||^2`, drawn with the
   library's `forward_difference` (the cheapest);
 - output projections (`"vjp"`, `target="random"`):
-  `K * mean_r ||u_r^T A||^2`.
+  `K * mean_r ||u_r^T A||^2`, the `u_r` orthonormal per example, drawn
+  as the library draws them (`jacobians.orthogonal_directions`), and,
+  for comparison, independent unit vectors `u_r`.
 
 It prints the relative standard deviation (std / exact value) of each,
 averaged over the examples, with the closed form for `v` uniform on the
 unit sphere of `n` values, `M = A^T A` (or `A A^T`), `q = tr(M^2) /
-tr(M)^2`: relative variance `2 (n q - 1) / ((n + 2) R)`.
+tr(M)^2`: relative variance `2 (n q - 1) / ((n + 2) R)` for independent
+`v_r`, times `(n - R) / (n - 1)` for orthonormal ones.
 """
 
 import os
@@ -66,11 +69,14 @@ def exact_difference(teacher, student, x):
     return jacs[0] - jacs[1]
 
 
-def closed_form(a, n, count):
+def closed_form(a, n, count, orthonormal=True):
     """Relative std of the sphere estimate in `n` dims, `count` draws."""
     m = a.T @ a if n == a.shape[1] else a @ a.T
     q = np.trace(m @ m) / np.trace(m) ** 2
-    return np.sqrt(2 * (n * q - 1) / ((n + 2) * count))
+    variance = 2 * (n * q - 1) / ((n + 2) * count)
+    if orthonormal:
+        variance *= (n - count) / (n - 1)
+    return np.sqrt(variance)
 
 
 def input_direction_estimates(teacher, student, x, count, draws):
@@ -86,16 +92,23 @@ def input_direction_estimates(teacher, student, x, count, draws):
     ]
     size = float(jacobians.input_size(copies))
     estimate = jacobians.directional_distance(
-        derivatives[0], derivatives[1], size, normalize=False
+        derivatives[0], derivatives[1], size
     )
     return estimate.numpy().reshape(draws, -1)
 
 
-def output_projection_estimates(a, count, draws, rng):
+def output_projection_estimates(a, count, draws, rng, orthonormal):
     """`(draws, examples)` estimates with `count` output projections."""
     k = a.shape[1]
-    u = rng.normal(size=(draws, a.shape[0], count, k))
-    u /= np.linalg.norm(u, axis=-1, keepdims=True)
+    if orthonormal:
+        generator = keras.random.SeedGenerator(FLAGS.seed)
+        u = jacobians.orthogonal_directions(
+            draws * a.shape[0], k, count, generator
+        ).numpy()
+        u = np.transpose(u, (1, 0, 2)).reshape(draws, a.shape[0], count, k)
+    else:
+        u = rng.normal(size=(draws, a.shape[0], count, k))
+        u /= np.linalg.norm(u, axis=-1, keepdims=True)
     rows = np.einsum("nbrk,bkd->nbrd", u, a)
     return k / count * np.sum(rows**2, axis=(2, 3))
 
@@ -119,23 +132,36 @@ def main(argv):
         "estimate of `||J_T - J_S||_F^2` (measured / closed form).",
         "",
         "| projections R | input directions (jvp, finite and forward "
-        "differences) | output projections (vjp) |",
-        "|---:|---:|---:|",
+        "differences) | output projections (vjp, orthonormal) | "
+        "independent output projections |",
+        "|---:|---:|---:|---:|",
     ]
     for count in [int(r) for r in FLAGS.projections]:
         inputs = input_direction_estimates(
             teacher, student, x, count, FLAGS.draws
         )
-        outputs = output_projection_estimates(a, count, FLAGS.draws, rng)
+        outputs = output_projection_estimates(
+            a, count, FLAGS.draws, rng, orthonormal=True
+        )
+        independent = output_projection_estimates(
+            a, count, FLAGS.draws, rng, orthonormal=False
+        )
         cells = []
-        for estimates, n in ((inputs, size), (outputs, classes)):
+        for estimates, n, orthonormal in (
+            (inputs, size, True),
+            (outputs, classes, True),
+            (independent, classes, False),
+        ):
             measured = np.mean(np.std(estimates, axis=0) / exact)
             predicted = np.mean(
-                [closed_form(a[i], n, count) for i in range(len(a))]
+                [
+                    closed_form(a[i], n, count, orthonormal)
+                    for i in range(len(a))
+                ]
             )
             bias = np.mean(np.mean(estimates, axis=0) / exact - 1)
             cells.append(f"{measured:.3f} / {predicted:.3f} (mean {bias:+.3f})")
-        lines.append(f"| {count} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {count} | {' | '.join(cells)} |")
     table = "\n".join(lines) + "\n"
     print(table)
     if FLAGS.output:

@@ -591,8 +591,9 @@ def test_regularized_model_of_per_pixel_outputs(estimator):
     if estimator == "exact":
         expected = np.sum(jac**2, axis=(1, 2))
     elif estimator == "vjp":
-        u = jacobians.unit_vectors((n, 2, size), robust.seed_generator)
-        rows = np.einsum("brk,bkd->brd", u.numpy(), jac)
+        # The step's draw: two orthonormal vectors per example.
+        u = jacobians.orthogonal_directions(n, size, 2, robust.seed_generator)
+        rows = np.einsum("rbk,bkd->brd", u.numpy(), jac)
         expected = size / 2 * np.sum(rows**2, axis=(1, 2))
     else:
         v = jacobians.input_directions(tf.constant(x), 2, robust.seed_generator)
