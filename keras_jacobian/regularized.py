@@ -35,7 +35,7 @@ class JacobianRegularizedModel(
     For a linear model it is weight decay; for a network it is not.
 
     With `target="random"` (default) the squared norm is estimated from
-    `num_projections` random unit vectors `v` as
+    `num_projections` random unit vectors `v` (orthonormal per example) as
     `classes / num_projections * sum_r ||v_r^T J||^2`, an unbiased estimate
     at the cost of one extra second-order pass per projection (Hoffman et
     al. 2019: one projection is enough in practice). `target="all"`

@@ -77,8 +77,9 @@ def orthogonal_directions(batch, size, count, seed):
         check = tf.debugging.assert_greater_equal(
             size,
             count,
-            message="Expected at least as many input values per example "
-            f"as directions ({count}).",
+            message="Expected at least as many values per example (input "
+            "values, or output values for output projections) as random "
+            f"directions, num_projections={count}. Use fewer projections.",
         )
         with tf.control_dependencies([check]):
             size = tf.identity(size)

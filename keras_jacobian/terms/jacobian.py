@@ -58,7 +58,8 @@ class JacobianMatching(DistillationTerm):
     - `"all"`: every class (the full Jacobian; `classes` backward passes,
       vectorised).
     - `"random"`: `num_projections` random unit vectors `v`, drawn anew
-      each step (Sobolev training; Hoffman et al. 2019).
+      each step, orthonormal per example (Sobolev training; Hoffman et
+      al. 2019).
 
     With `loss="squared"` and `normalize=True` (the paper's practical form)
     each row is flattened and L2-normalised per example and the loss is the
@@ -121,7 +122,8 @@ class JacobianMatching(DistillationTerm):
     - `estimator="vjp"` (the default of `target="all"`, with one
       projection): `num_projections` random output vectors `u`, rows
       `u^T J` (the same as `target="random"`). It costs one row, like
-      the top-1 row.
+      the top-1 row. The `u` of one example are orthonormal, so
+      `num_projections=classes` gives the exact value.
     - `"exact"`: one reverse-mode row per class (`classes` times the cost
       of a row).
     - `"jvp"`: `num_projections` random input directions `v`, uniform on
