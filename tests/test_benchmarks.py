@@ -253,3 +253,34 @@ def test_whole_jacobian_study_runs_on_a_tabular_set(tmp_path):
             correct = r[split] / 100 * len(data.split(split)[1])
             assert abs(correct - round(correct)) < 1e-6, (split, r)
     assert (tmp_path / "teacher_wine.keras").exists()
+
+
+def test_projection_variance_runs_and_is_exact_at_all_classes(tmp_path):
+    output = tmp_path / "variance.md"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "projection_variance.py"),
+            "--models=tiny",
+            "--input_size=8",
+            "--num_classes=10",
+            "--examples=1",
+            "--draws=16",
+            "--projections=1,10",
+            f"--output={output}",
+        ],
+        check=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=600,
+        capture_output=True,
+    )
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in output.read_text().splitlines()
+        if line.startswith("| 1") or line.startswith("| 10 ")
+    ]
+    assert [row[0] for row in rows] == ["1", "10"]
+    # R = K orthonormal output projections: no spread; independent: some.
+    assert rows[1][2].startswith("0.000 / 0.000")
+    assert not rows[1][3].startswith("0.000")
