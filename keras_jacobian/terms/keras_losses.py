@@ -5,6 +5,8 @@ import inspect
 import keras
 import tensorflow as tf
 
+from keras_jacobian import _compat
+
 
 def loss_function(loss, where, own=()):
     """The callable of a Keras loss given as in `keras.distillation`.
@@ -108,7 +110,7 @@ def _completed(loss, config):
     """Adds to the configuration of a Keras loss wrapping a function the
     function's arguments its `get_config` leaves out (`Huber`'s `delta`),
     when its class takes them."""
-    kwargs = getattr(loss, "_fn_kwargs", None)
+    kwargs = _compat.loss_function_kwargs(loss)
     inner = config.get("config") if isinstance(config, dict) else None
     if not kwargs or not isinstance(inner, dict):
         return config
@@ -131,8 +133,8 @@ def _same_loss(loss, restored):
     if isinstance(loss, keras.losses.Loss):
         if loss.get_config() != restored.get_config():
             return False
-        if getattr(loss, "_fn_kwargs", {}) != getattr(
-            restored, "_fn_kwargs", {}
+        if _compat.loss_function_kwargs(loss) != _compat.loss_function_kwargs(
+            restored
         ):
             return False
     return True
