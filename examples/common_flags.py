@@ -298,6 +298,28 @@ def _flag_error_message(error):
     return message
 
 
+def _number_problem():
+    """The first loss weight (`--*_weight`) that is negative or not finite,
+    or a temperature that is not a finite positive number, as a message."""
+    for name in sorted(FLAGS):
+        value = FLAGS[name].value
+        if not isinstance(value, float):
+            continue
+        if name.endswith("_weight") and not (
+            math.isfinite(value) and value >= 0
+        ):
+            return (
+                f"flag --{name}={value}: expected a finite number >= 0, "
+                "e.g. 1.0 (0 switches the term off)."
+            )
+        if name == "temperature" and not (math.isfinite(value) and value > 0):
+            return (
+                f"flag --{name}={value}: expected a finite number > 0, e.g. "
+                "4.0."
+            )
+    return None
+
+
 def run(main, names, defaults=None):
     """Runs `main` with absl, with a short `--help` and one-line errors.
 
@@ -327,9 +349,13 @@ def run(main, names, defaults=None):
             app.usage(writeto_stdout=True)
             sys.exit(0)
         try:
-            return FLAGS(argv)
+            rest = FLAGS(argv)
         except flags.Error as error:
             fail(_flag_error_message(error))
+        problem = _number_problem()
+        if problem:
+            fail(problem)
+        return rest
 
     def checked_main(argv):
         try:

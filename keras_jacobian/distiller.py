@@ -394,7 +394,6 @@ class Distiller(
                 for name, tensor in sctx.outputs.items()
             }
         batch = tf.shape(tf.nest.flatten(xs)[0])[0]
-        scale = loss_weights.terms_scale(self)
         term_values = []
         for i, term in enumerate(self.distillation_losses):
 
@@ -413,7 +412,7 @@ class Distiller(
                 # Skipped at weight 0, and on a replica left without
                 # examples (Jacobians of an empty batch fail in TensorFlow).
                 per_example = tf.cond(
-                    (scale * self.term_weights[i] > 0.0) & (batch > 0),
+                    loss_weights.runs(self, i) & (batch > 0),
                     compute,
                     lambda: tf.zeros([batch], "float32"),
                 )

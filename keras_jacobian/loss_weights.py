@@ -66,6 +66,29 @@ def terms_scale(distiller):
     return 1.0
 
 
+def runs(distiller, i):
+    """Whether term `i` runs in this step: its weight is not 0.
+
+    A weight assigned to `distiller.term_weights[i]` directly bypasses the
+    setters' checks; a negative or non-finite one stops the step here
+    (outside XLA, which drops the assertion) instead of skipping the term.
+    """
+    weight = distiller.term_weights[i]
+    name = distiller.distillation_losses[i].name
+    check = tf.debugging.Assert(
+        tf.math.is_finite(weight) & (weight >= 0.0),
+        [
+            f"Expected the weight of term {i} ({name}) to "
+            "be a finite number >= 0. Set it with "
+            "`distiller.distillation_loss_weights[i] = w` (checked). "
+            "Received:",
+            weight,
+        ],
+    )
+    with tf.control_dependencies([check]):
+        return terms_scale(distiller) * weight > 0.0
+
+
 def combine(distiller, student_loss, term_values):
     """The total loss and the logged values, from the step's losses.
 

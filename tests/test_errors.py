@@ -724,3 +724,23 @@ def test_sparse_crossentropy_losses_are_recognised():
         lambda y, p: keras.ops.mean(p),
     ):
         assert sparse(loss) is None, loss
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1.0])
+def test_term_weight_assigned_to_the_variable_is_checked_in_the_step(bad):
+    # The setters refuse such weights; a direct `assign` used to skip the
+    # term silently (NaN and negative weights compare as not > 0).
+    distiller = kj.Distiller(
+        tiny.conv_net(classes=3, filters=2, seed=0),
+        tiny.conv_net(classes=3, filters=2, seed=1),
+        [kj.LogitsDistillation(), kj.JacobianMatching()],
+        distillation_loss_weights=[1.0, 1.0],
+        supervised_loss_weight=1.0,
+    )
+    distiller.compile(optimizer="sgd", loss=tiny.sparse_ce())
+    distiller.term_weights[1].assign(bad)
+    x, y = tiny.images(n=4), np.arange(4) % 3
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="finite number >= 0"
+    ):
+        distiller.fit(x, y, batch_size=2, epochs=1, verbose=0)

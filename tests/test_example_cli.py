@@ -62,6 +62,14 @@ def test_help_is_short_and_lists_the_main_flags(script):
             ["--student_arch=vgg5"],
             "value should be one of <vgg9|vgg4|resnet>. Did you mean 'vgg9'?",
         ),
+        (
+            ["--jacobian_weight=nan"],
+            "flag --jacobian_weight=nan: expected a finite number >= 0",
+        ),
+        (
+            ["--temperature=-1"],
+            "flag --temperature=-1.0: expected a finite number > 0",
+        ),
     ],
 )
 def test_bad_flag_value_prints_the_error_alone(args, message, tmp_path):
