@@ -948,6 +948,18 @@ def test_several_outputs_with_keras_terms_train_as_in_keras():
     np.testing.assert_allclose(logs["total_loss"], mix, rtol=1e-5)
 
 
+def test_keras_term_with_nested_losses_fails_when_saved(tmp_path):
+    # Keras' LogitsDistillation cannot load its nested losses back: the
+    # error comes at save time, not when the file is loaded.
+    term = keras.distillation.LogitsDistillation(
+        loss={"a": keras.losses.KLDivergence(), "b": "mse"}
+    )
+    distiller = kj.Distiller(two_heads(0), two_heads(1), term)
+    with pytest.raises(ValueError, match="cannot be saved"):
+        distiller.save(tmp_path / "d.keras")
+    assert not (tmp_path / "d.keras").exists()
+
+
 def test_several_outputs_are_refused_for_the_library_terms():
     with pytest.raises(ValueError, match="Keras' own term objects"):
         kj.Distiller(two_heads(0), two_heads(1), kj.LogitsDistillation())

@@ -115,6 +115,20 @@ class KerasDistillationLoss(DistillationTerm):
     def get_config(self):
         config = super().get_config()
         config["loss"] = keras.saving.serialize_keras_object(self.keras_loss)
+        # Read back now: an error when saving, not when loading.
+        try:
+            keras.saving.deserialize_keras_object(config["loss"])
+        except Exception as error:
+            raise ValueError(
+                f"The term {self.name!r} cannot be saved: its "
+                f"{type(self.keras_loss).__name__} does not load back from "
+                f"its configuration ({type(error).__name__}: {error}). "
+                "Keras' own terms cannot load a nested structure of losses, "
+                "for instance. Save the student alone "
+                "(`distiller.student.save(...)`), or save weights only "
+                "(`distiller.save_weights(...)`). Received: "
+                f"{self.keras_loss!r}"
+            ) from error
         return config
 
     @classmethod
