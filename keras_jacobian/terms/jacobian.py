@@ -162,11 +162,9 @@ class JacobianMatching(DistillationTerm):
     `estimator="exact"` computes it (the others refuse it). With
     `normalize="teacher"`, the estimators divide by the teacher's own
     estimate of its scale from the same projections: a ratio whose bias
-    is O(1 / (batch * num_projections)) and grows with few classes (one
-    output projection: 1.6% at batch 4 in `tests/test_projections.py`;
-    13% with 2 classes at batch 4, 47% with 10 classes at batch 1,
-    `benchmarks/relative_bias.py`): keep batches of 4 or more, or use
-    `normalize=False`, which every estimator estimates without bias.
+    is O(1 / (batch * num_projections)), more with few classes (one
+    projection: +13% with 2 classes at batch 4, +47% with 10 at batch 1;
+    `benchmarks/relative_bias.py`); `normalize=False` has none.
 
     Every estimator needs floating-point inputs that the networks are
     differentiable in: token models (an `Embedding` on the input) are
