@@ -57,6 +57,14 @@ def parse_ints(values, flag, minimum=1):
             f"{minimum}. Received: --{flag}={','.join(map(str, values or []))}"
             f". Pass e.g. --{flag}=1,5,20."
         )
+    repeated = sorted({i for i in ints if ints.count(i) > 1})
+    if repeated:
+        raise app.UsageError(
+            f"Expected --{flag} without repeats (a repeated value would be "
+            f"counted twice in the means and intervals). Received: "
+            f"--{flag}={','.join(map(str, values))}, repeating "
+            f"{', '.join(map(str, repeated))}."
+        )
     return ints
 
 

@@ -87,8 +87,9 @@ def summarize(records, row_key, col_key, value_key="accuracy"):
     Returns:
         A dict `{"rows": [...], "columns": [...], "cells": {row: {col:
         {"mean", "std", "n", "values", "low", "high", "half_width"}}}}`,
-        rows and columns in order of appearance. `std` is the population
-        standard deviation over seeds (0 for one seed); `low`, `high` and
+        rows and columns in order of appearance. `std` is the sample
+        standard deviation over seeds (`ddof=1`, the one of the interval; 0
+        for one seed); `low`, `high` and
         `half_width` describe the Student-t 95% confidence interval of the
         mean (`None` for one seed).
     """
@@ -109,7 +110,9 @@ def summarize(records, row_key, col_key, value_key="accuracy"):
             interval = mean_interval(values)
             out[r][c] = {
                 "mean": float(np.mean(values)),
-                "std": float(np.std(values)),
+                "std": float(np.std(values, ddof=1))
+                if len(values) > 1
+                else 0.0,
                 "n": len(values),
                 "values": values,
                 "low": interval["low"],

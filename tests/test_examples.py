@@ -74,7 +74,9 @@ def _check_outputs(out, stem, rows, cols):
             cell = summary["cells"][row][col]
             assert cell["values"] == values
             np.testing.assert_allclose(cell["mean"], np.mean(values))
-            np.testing.assert_allclose(cell["std"], np.std(values))
+            np.testing.assert_allclose(
+                cell["std"], np.std(values, ddof=len(values) > 1)
+            )
             assert 0.0 <= cell["mean"] <= 100.0
     png = (out / f"{stem}.png").read_bytes()
     assert png.startswith(b"\x89PNG")
@@ -230,6 +232,7 @@ def test_robustness_on_image_folder(tmp_path):
         ({"samples_per_class": ["0"]}, app.UsageError, "positive"),
         ({"samples_per_class": ["ten"]}, app.UsageError, "ten"),
         ({"seeds": ["x"]}, app.UsageError, "--seeds"),
+        ({"seeds": ["0", "0", "1"]}, app.UsageError, "repeating 0"),
         ({"teacher_arch": "vgg99"}, app.UsageError, "vgg99"),
         ({"dataset": "no_such_dataset"}, app.UsageError, "catalog"),
         ({"samples_per_class": ["100000"]}, app.UsageError, "smaller"),
@@ -282,7 +285,9 @@ def test_accuracy_and_summary_against_numpy():
     ]
     summary = experiment.summarize(records, "m", "k")
     assert summary["cells"]["a"]["1"]["mean"] == 15.0
-    assert summary["cells"]["a"]["1"]["std"] == 5.0
+    # Sample standard deviation (ddof=1): sqrt(((10-15)^2 + (20-15)^2) / 1).
+    assert summary["cells"]["a"]["1"]["std"] == pytest.approx(np.sqrt(50.0))
+    assert summary["cells"]["b"]["1"]["std"] == 0.0
     # Two seeds: half-width t(0.975, 1) * s / sqrt(2), with s = sqrt(50)
     # and the tabulated t = 12.7062.
     half = 12.7062 * np.sqrt(50.0) / np.sqrt(2.0)
