@@ -423,6 +423,9 @@ def parse_pairs(arch):
     if FLAGS.attention_pairs is None:
         if FLAGS.teacher_weights == "pretrain":
             return list(PRETRAINED_PAIRS)
+        if FLAGS.teacher_weights.endswith(".keras"):
+            # A saved model of the user's: no layer names are known.
+            return []
         return APPLICATIONS.get(arch, (None, None, []))[2]
     pairs = []
     for item in FLAGS.attention_pairs:

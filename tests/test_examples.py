@@ -924,3 +924,22 @@ def test_transfer_names_a_saved_teacher_by_its_file(tmp_path):
     with flagsaver.flagsaver(teacher_weights="imagenet"):
         name = transfer.teacher_description("resnet50", None)
     assert name == "resnet50 (imagenet)"
+
+
+def test_saved_teacher_gets_no_default_attention_pairs(tmp_path):
+    # Layer names of a user's saved model are unknown: no pairs of another
+    # architecture (the default --teacher_arch's layers raised a bare
+    # "no layer named" at the first step, even without attention methods).
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    path = tmp_path / "teacher.keras"
+    model.save(path)
+    with flagsaver.flagsaver(teacher_weights=str(path)):
+        assert transfer.parse_pairs("mobilenet_v2") == []
+    with flagsaver.flagsaver(
+        teacher_weights=str(path),
+        teacher_preprocessing="unit",
+        output_dir=str(tmp_path),
+    ):
+        with pytest.raises(app.UsageError, match="use attention maps"):
+            transfer.main(["transfer.py"])
