@@ -7,12 +7,14 @@ build a `keras.applications` network (`--teacher_arch`).
 """
 
 import dataclasses
+import json
 import os
 
 import common_flags  # noqa: F401  (first: quiet TensorFlow start-up)
 import experiment
 import keras
 import numpy as np
+import reporting
 import tensorflow as tf
 from absl import app
 from absl import flags
@@ -276,7 +278,9 @@ def pretrain_teacher(source, output_dir):
         experiment.eval_batch_size(FLAGS.batch_size),
         training=False,
     )
+    settings = _teacher_settings(task)
     if os.path.exists(path):
+        _check_settings(path, settings)
         teacher = keras.saving.load_model(path, compile=False)
         found = (tuple(teacher.input_shape[1:]), teacher.output_shape[-1])
         want = (task.input_shape, task.num_classes)
@@ -329,8 +333,57 @@ def pretrain_teacher(source, output_dir):
         verbose=FLAGS.verbose,
     )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # The settings first: a teacher file always has the settings it was
+    # trained with beside it (a kill in between leaves settings alone, and
+    # the next run trains again).
+    reporting.atomic_write(
+        path + ".json", json.dumps(settings, indent=1, sort_keys=True)
+    )
     saving.replace_atomically(path, teacher.save)
     return teacher, experiment.accuracy(teacher, test), path
+
+
+def _teacher_settings(task):
+    """What a pretrained teacher depends on, as saved beside its file."""
+    return {
+        "source_task": FLAGS.source_task,
+        "source_classes": list(source_classes()),
+        "dataset": FLAGS.dataset,
+        "input_shape": list(task.input_shape),
+        "num_classes": int(task.num_classes),
+        "teacher_width": FLAGS.teacher_width,
+        "teacher_epochs": FLAGS.teacher_epochs,
+        "seed": FLAGS.seed,
+        "batch_size": FLAGS.batch_size,
+        "min_steps_per_epoch": FLAGS.min_steps_per_epoch,
+        "flip": FLAGS.flip,
+    }
+
+
+def _check_settings(path, settings):
+    """Refuses to reuse a teacher trained with other settings.
+
+    A teacher file without its settings (saved by hand, or by an older
+    version) is reused as it is.
+    """
+    if not os.path.exists(path + ".json"):
+        return
+    with open(path + ".json") as f:
+        saved = json.load(f)
+    changed = {
+        k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v
+    }
+    if changed:
+        listed = ", ".join(
+            f"{k}: {old!r} there, {new!r} now"
+            for k, (old, new) in sorted(changed.items())
+        )
+        raise app.UsageError(
+            f"Expected the pretrained teacher {path} to have been trained "
+            f"with this run's settings. Received a teacher trained with "
+            f"other ones ({listed}). Delete {path} (and its .json) to "
+            "train a new one, or pass another --teacher_path or --output_dir."
+        )
 
 
 def preprocessing(name, arch, mean, std):

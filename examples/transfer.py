@@ -663,7 +663,7 @@ def run(output_dir):
         # Fails before the teacher is trained when a split is impossible.
         for (spc, seed), (images, labels) in subsets.items():
             validation_split(images, labels, seed)
-    pretrained_path = None
+    pretrained_path = source_acc = None
     with strategy.scope():
         if FLAGS.teacher_weights == "pretrain":
             teacher, source_acc, pretrained_path = pretrain_teacher(
@@ -858,6 +858,8 @@ def run(output_dir):
         f"{'on' if common_flags.value('augment', DEFAULT_AUGMENT) else 'off'}"
         f"; {elapsed:.0f} s."
     )
+    if source_acc is not None:
+        header += f" Teacher source-task test accuracy: {source_acc:.2f}%."
     if select:
         header += "\n\n" + selection_table(selections, grid)
     summary = experiment.report(
@@ -871,6 +873,7 @@ def run(output_dir):
         extra={
             "seconds": elapsed,
             "teacher_preprocessing": method,
+            "teacher_source_accuracy": source_acc,
             "selections": selections,
             "flags": experiment.flag_values(
                 common_flags, teachers, sys.modules[__name__]

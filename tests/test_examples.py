@@ -686,6 +686,22 @@ def test_transfer_with_a_pretrained_teacher(tmp_path):
         stamp = os.stat(teacher).st_mtime_ns
         transfer.main(["transfer.py"])
         assert os.stat(teacher).st_mtime_ns == stamp
+        source, _ = transfer.split_tasks(distill.load_data())
+    # A teacher of other settings is not reused under the same name.
+    with flagsaver.flagsaver(
+        methods=["lwf"],
+        select_on_validation=False,
+        output_dir=str(out),
+        **dict(TINY, teacher_epochs=TINY.get("teacher_epochs", 1) + 1),
+    ):
+        with pytest.raises(app.UsageError, match="teacher_epochs"):
+            transfer.main(["transfer.py"])
+    assert os.stat(teacher).st_mtime_ns == stamp
+    model = keras.saving.load_model(teacher, compile=False)
+    logits = model.predict(source.test_images, verbose=0)
+    source_accuracy = 100.0 * np.mean(
+        np.argmax(logits, axis=-1) == source.test_labels
+    )
     payload = _check_outputs(
         out,
         "transfer",
@@ -701,6 +717,10 @@ def test_transfer_with_a_pretrained_teacher(tmp_path):
     assert "VGG-9 pretrained on classes [0, 1, 2, 3, 4]" in table
     assert "mobilenet" not in table
     assert payload["teacher_preprocessing"] == "unit"
+    assert payload["teacher_source_accuracy"] == pytest.approx(
+        source_accuracy, abs=1e-6
+    )
+    assert f"{source_accuracy:.2f}%" in table
     (item,) = payload["differences"]
     assert (item["method"], item["baseline"]) == ("lwf_jac", "lwf")
     assert item["columns"]["5"]["n"] == 2
