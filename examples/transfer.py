@@ -45,7 +45,9 @@ run. The teacher (`--teacher_weights`) is
   3e-3, cosine schedule, `--teacher_epochs`) at `--teacher_image_size`
   (default: the images' size), saved to
   `<output_dir>/teacher_<data>_<classes>[_<task>][_<size>px].keras` (or
-  `--teacher_path`) and reused by later runs; the target task is the
+  `--teacher_path`) with its settings beside it (`.keras.json`) and
+  reused by later runs of the same settings (others are refused, naming
+  the differences); the target task is the
   other classes (digits 5-9), relabelled 0..k-1. `--source_task=
   transforms` makes each source class under each of the 8 symmetries of
   the square (quarter turns of the image and of its mirror image) a class
