@@ -832,6 +832,13 @@ def test_transfer_from_a_teacher_of_transforms_at_another_resolution(
     with flagsaver.flagsaver(
         **dict(flags_, teacher_image_size=12, teacher_path=str(path))
     ):
+        # Its saved settings say so; without them, its input shape does.
+        with pytest.raises(
+            app.UsageError,
+            match=r"input_shape: \[16, 16, 1\] there, \[12, 12, 1\] now",
+        ):
+            transfer.main(["transfer.py"])
+        os.remove(f"{path}.json")
         with pytest.raises(app.UsageError, match="input shape"):
             transfer.main(["transfer.py"])
     with flagsaver.flagsaver(
