@@ -1,11 +1,12 @@
-r"""Whole-Jacobian matching with keras.applications students.
+r"""Whole-Jacobian matching with keras.applications students and teachers.
 
-For each student family (keras.applications models, weights=None,
-32x32x3 inputs, 10 classes, logits) and each estimator of
-`JacobianMatching("all", estimator=E, normalize=False)`, with a tiny
-tanh CNN teacher, this records:
+For each family (keras.applications models, weights=None, 32x32x3
+inputs, 10 classes, logits; and a small ViT), each role (the family as
+the student of a tiny tanh CNN teacher, or as the teacher of a tiny tanh
+CNN student) and each estimator of
+`JacobianMatching("all", estimator=E, normalize=False)`, this records:
 
-- whether the `Distiller` accepts the student (difference estimators
+- whether the `Distiller` accepts the pair (difference estimators
   refuse students with kinks) and, if not, the first line of the error;
 - the term's value on 2 examples, inference mode, against a reference
   from plain `tf.GradientTape` Jacobians of the teacher and the student
@@ -15,13 +16,22 @@ tanh CNN teacher, this records:
   weights and that of the same reference (same draws), and the cosine
   with the exact term's gradient (one draw: noisy by design for the
   stochastic estimators);
-- that one training step (training mode) gives a finite loss, and its
-  time relative to a Distiller with `LogitsDistillation` alone.
+- that a few training steps (training mode, `--fit_batch` examples)
+  give finite losses, that they leave every teacher variable (BatchNorm
+  statistics included) bitwise unchanged, and their time relative to a
+  Distiller with `LogitsDistillation` alone;
+- that `evaluate` under `MirroredStrategy` over 2 logical CPU devices
+  gives the losses of one device (same weights, same seed): the largest
+  relative difference of the logged losses.
 
-Command (one family at a time keeps memory low):
+Command (one process per family keeps memory low; the results of the
+families run replace theirs in the output files, the others stay):
 
-  python benchmarks/model_zoo.py --threads=1 \
-      --output_dir=benchmarks/results/model_zoo
+  for f in MobileNetV2 MobileNetV3Small EfficientNetB0 ResNet50V2 \
+      ConvNeXtTiny ViT; do
+    python benchmarks/model_zoo.py --threads=1 --families=$f \
+        --output_dir=benchmarks/results/model_zoo
+  done
 """
 
 import json
@@ -55,16 +65,28 @@ ESTIMATORS = ("exact", "vjp", "jvp", "forward_difference", "finite_difference")
 INPUT_SHAPE = (32, 32, 3)
 CLASSES = 10
 
-flags.DEFINE_list("families", list(FAMILIES), "Student families.")
+ROLES = ("student", "teacher")
+flags.DEFINE_list("families", list(FAMILIES), "Families.")
+flags.DEFINE_list("roles", list(ROLES), "The family's role: student, teacher.")
 flags.DEFINE_list("estimators", list(ESTIMATORS), "Estimators.")
 flags.DEFINE_string("output_dir", None, "Where results.{md,json} go.")
 flags.DEFINE_integer("threads", 1, "TensorFlow threads (0: default).")
 flags.DEFINE_integer("batch", 2, "Examples in the checked batch.")
+flags.DEFINE_integer("fit_batch", 8, "Examples in the training steps.")
 flags.DEFINE_integer("timed_steps", 3, "Training steps timed.")
+flags.DEFINE_float(
+    "replica_tolerance",
+    1e-4,
+    "Largest relative difference of the 2-replica losses called equal.",
+)
 
 
-def teacher_model(seed=0):
-    """A tiny smooth CNN: two tanh convolutions, pooling, logits."""
+def teacher_model(seed=0, name="teacher"):
+    """A tiny smooth CNN: two tanh convolutions, pooling, logits.
+
+    The teacher of the families in the student role, and (another seed)
+    the student of the families in the teacher role.
+    """
     init = keras.initializers.GlorotUniform
     inputs = keras.Input(INPUT_SHAPE)
     h = inputs
@@ -82,7 +104,7 @@ def teacher_model(seed=0):
     outputs = keras.layers.Dense(
         CLASSES, kernel_initializer=init(seed + 2), name="teacher_logits"
     )(h)
-    return keras.Model(inputs, outputs, name="teacher")
+    return keras.Model(inputs, outputs, name=name)
 
 
 def vit(width=32, heads=2, blocks=2):
@@ -172,23 +194,31 @@ def cosine(a, b):
 
 
 def term_and_gradient(distiller, x):
-    """The term's value and weight gradient, inference mode, own draws."""
+    """The term's value and weight gradient, inference mode, own draws.
+
+    Traced as in a training step: Keras' grouped convolutions (ConvNeXt)
+    are XLA functions whose eager gradient under forward mode fails.
+    """
     state = distiller.seed_generator.state.numpy()
     targets = distiller.teacher_targets(x)[0]
     distiller.seed_generator.state.assign(state)
     term = distiller.distillation_losses[0]
-    student = distiller.student
-    with tf.GradientTape() as tape:
-        sctx = distiller._context(
-            lambda z: distiller._student_forward(z, False),
-            x,
-            None,
-            distiller.student_input_shape,
-        )
-        loss = tf.reduce_mean(term.per_example_loss(targets, sctx))
-    variables = student.trainable_variables
-    grad = flat(tape.gradient(loss, variables), variables)
-    return float(loss), grad, targets
+    variables = distiller.student.trainable_variables
+
+    @tf.function
+    def compute(x, targets):
+        with tf.GradientTape() as tape:
+            sctx = distiller._context(
+                lambda z: distiller._student_forward(z, False),
+                x,
+                None,
+                distiller.student_input_shape,
+            )
+            loss = tf.reduce_mean(term.per_example_loss(targets, sctx))
+        return loss, tape.gradient(loss, variables)
+
+    loss, grads = compute(x, targets)
+    return float(loss), flat(grads, variables), targets
 
 
 def reference_and_gradient(estimator, teacher, student, x, targets):
@@ -201,26 +231,66 @@ def reference_and_gradient(estimator, teacher, student, x, targets):
 
 
 def step_time(distiller, x, steps):
+    """Losses of `steps + 1` training steps, mean seconds of the last ones."""
     distiller.compile(optimizer=keras.optimizers.SGD(1e-3))
-    loss = distiller.train_on_batch(x, return_dict=True)["loss"]
+    losses = [distiller.train_on_batch(x, return_dict=True)["loss"]]
     start = time.perf_counter()
     for _ in range(steps):
-        loss = distiller.train_on_batch(x, return_dict=True)["loss"]
-    return float(loss), (time.perf_counter() - start) / steps
+        losses.append(distiller.train_on_batch(x, return_dict=True)["loss"])
+    return [float(v) for v in losses], (time.perf_counter() - start) / steps
 
 
-def run_family(family, estimators, n, timed_steps):
-    teacher = teacher_model()
-    x = tf.constant(
-        np.random.default_rng(0).normal(size=(n,) + INPUT_SHAPE),
-        "float32",
+def copy(model):
+    """`model` with its weights, built in the current strategy scope."""
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def replica_difference(teacher, student, estimator, x, strategy):
+    """Largest relative difference of `evaluate` losses, 2 replicas vs 1."""
+    logs = []
+    for scope in (None, strategy):
+        if scope is None:
+            distiller = make_distiller(teacher, student, estimator)
+            distiller.compile(optimizer="sgd")
+        else:
+            with scope.scope():
+                distiller = make_distiller(
+                    copy(teacher), copy(student), estimator
+                )
+                distiller.compile(optimizer="sgd")
+        logs.append(
+            distiller.evaluate(
+                x, batch_size=x.shape[0], verbose=0, return_dict=True
+            )
+        )
+    one, two = logs
+    return max(
+        abs(two[k] - one[k]) / max(abs(one[k]), 1e-30)
+        for k in one
+        if k.endswith("loss") and one[k] != 0
     )
+
+
+def models(family, role):
+    """(teacher, student) of `family` in `role`."""
+    if role == "student":
+        return teacher_model(), student_model(family)
+    return student_model(family), teacher_model(10, "cnn_student")
+
+
+def run_family(family, role, estimators, n, fit_n, timed_steps, strategy):
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(n,) + INPUT_SHAPE), "float32")
+    x_fit = tf.constant(rng.normal(size=(fit_n,) + INPUT_SHAPE), "float32")
+    x_replicas = tf.constant(rng.normal(size=(4,) + INPUT_SHAPE), "float32")
     rows = []
-    kd_time = None
+    kd = None
     exact_grad = None
     for estimator in estimators:
-        student = student_model(family)
-        row = {"family": family, "estimator": estimator}
+        teacher, student = models(family, role)
+        row = {"family": family, "role": role, "estimator": estimator}
         try:
             distiller = make_distiller(teacher, student, estimator)
         except Exception as e:  # noqa: BLE001 -- any refusal is recorded.
@@ -245,17 +315,29 @@ def run_family(family, estimators, n, timed_steps):
             exact_grad = ref_grad
         if exact_grad is not None:
             row["gradient_cosine_exact"] = cosine(grad, exact_grad)
-        loss, seconds = step_time(distiller, x, timed_steps)
-        row["fit_loss"] = loss
-        row["fit_finite"] = bool(np.isfinite(loss))
-        if kd_time is None:
-            kd = kj.Distiller(
-                teacher, student_model(family), [kj.LogitsDistillation()]
+        diff = replica_difference(
+            teacher, student, estimator, x_replicas, strategy
+        )
+        row["replicas_relative_difference"] = diff
+        row["replicas_equal"] = bool(diff <= FLAGS.replica_tolerance)
+        before = [v.numpy().copy() for v in teacher.variables]
+        losses, seconds = step_time(distiller, x_fit, timed_steps)
+        row["teacher_unchanged"] = all(
+            np.array_equal(b, v.numpy())
+            for b, v in zip(before, teacher.variables)
+        )
+        row["fit_losses"] = losses
+        row["fit_finite"] = bool(np.all(np.isfinite(losses)))
+        if kd is None:
+            kd_teacher, kd_student = models(family, role)
+            kd = step_time(
+                kj.Distiller(kd_teacher, kd_student, [kj.LogitsDistillation()]),
+                x_fit,
+                timed_steps,
             )
-            _, kd_time = step_time(kd, x, timed_steps)
+        row["kd_fit_losses"], row["kd_step_seconds"] = kd
         row["step_seconds"] = seconds
-        row["kd_step_seconds"] = kd_time
-        row["time_ratio"] = seconds / kd_time
+        row["time_ratio"] = seconds / kd[1]
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -270,26 +352,37 @@ def short(message, width=110):
     return message if len(message) <= width else message[:width] + "..."
 
 
+def fit(row):
+    losses = row.get("fit_losses", [row.get("fit_loss")])
+    return f"{losses[0]:.3g} / {losses[-1]:.3g}"
+
+
 def markdown(rows):
     lines = [
-        "| family | estimator | status | value | reference | rel. error "
-        "| grad cos (ref) | grad cos (exact) | fit finite | time / KD |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|---:|",
+        "| family | role | estimator | status | value | reference "
+        "| rel. error | grad cos (ref) | grad cos (exact) "
+        "| fit loss, first / last | teacher unchanged | 2 replicas vs 1 "
+        "| time / KD |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|",
     ]
     for r in rows:
+        head = (
+            f"| {r['family']} | {r.get('role', 'student')} | {r['estimator']}"
+        )
         if r["status"] == "refused":
             lines.append(
-                f"| {r['family']} | {r['estimator']} | refused: "
-                f"{short(r['message'])} | | | | | | | |"
+                f"{head} | refused: {short(r['message'])} | | | | | | | | | |"
             )
             continue
         lines.append(
-            f"| {r['family']} | {r['estimator']} | accepted "
+            f"{head} | accepted "
             f"| {r['value']:.5g} | {r['reference']:.5g} "
             f"| {r['relative_error']:.2e} "
             f"| {r['gradient_cosine_reference']:.6f} "
             f"| {fmt(r.get('gradient_cosine_exact'), '.4f')} "
-            f"| {r['fit_finite']} | {r['time_ratio']:.2f} |"
+            f"| {fit(r)} | {r.get('teacher_unchanged', '')} "
+            f"| {fmt(r.get('replicas_relative_difference'), '.1e')} "
+            f"| {r['time_ratio']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -299,26 +392,64 @@ def main(argv):
     if FLAGS.threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    unknown = sorted(set(FLAGS.roles) - set(ROLES))
+    if unknown:
+        raise app.UsageError(f"--roles: unknown {unknown}; use {ROLES}.")
     rows = []
     for family in FLAGS.families:
-        rows += run_family(
-            family, FLAGS.estimators, FLAGS.batch, FLAGS.timed_steps
-        )
-        keras.backend.clear_session()
-        write(rows)
+        for role in FLAGS.roles:
+            rows += run_family(
+                family,
+                role,
+                FLAGS.estimators,
+                FLAGS.batch,
+                FLAGS.fit_batch,
+                FLAGS.timed_steps,
+                strategy,
+            )
+            keras.backend.clear_session()
+            write(rows)
     print(markdown(rows))
 
 
+def _order(row):
+    return (
+        FAMILIES.index(row["family"]),
+        ROLES.index(row.get("role", "student")),
+        ESTIMATORS.index(row["estimator"]),
+    )
+
+
 def write(rows):
-    """Results so far: a long run keeps every finished family."""
-    table = markdown(rows)
-    if FLAGS.output_dir:
-        os.makedirs(FLAGS.output_dir, exist_ok=True)
-        path = os.path.join(FLAGS.output_dir, "results")
-        with open(path + ".json", "w") as f:
-            json.dump(rows, f, indent=1)
-        with open(path + ".md", "w") as f:
-            f.write(table)
+    """Results so far, replacing the rows of the (family, role) pairs run.
+
+    The other pairs' rows already in the output files are kept, so that
+    families can be run one per process.
+    """
+    if not FLAGS.output_dir:
+        return
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    path = os.path.join(FLAGS.output_dir, "results")
+    done = {(r["family"], r.get("role", "student")) for r in rows}
+    kept = []
+    if os.path.exists(path + ".json"):
+        with open(path + ".json") as f:
+            kept = [
+                r
+                for r in json.load(f)
+                if (r["family"], r.get("role", "student")) not in done
+            ]
+    merged = sorted(kept + rows, key=_order)
+    with open(path + ".json", "w") as f:
+        json.dump(merged, f, indent=1)
+    with open(path + ".md", "w") as f:
+        f.write(markdown(merged))
 
 
 FLAGS = flags.FLAGS
