@@ -16,6 +16,7 @@ from keras_jacobian import label_range
 from keras_jacobian import probes
 from keras_jacobian import randomness
 from keras_jacobian import traced
+from keras_jacobian import transforms
 from keras_jacobian import validation
 from keras_jacobian.terms.base import OUTPUT
 from keras_jacobian.terms.conversion import KerasDistillationLoss
@@ -384,6 +385,17 @@ def construct(distiller):
             student_shape,
             "student",
             second_order=distiller.needs_input_gradients,
+        )
+    if any(
+        t.uses_input_jacobians
+        and getattr(t, "estimator", None) not in jacobians.DIFFERENCE_ESTIMATORS
+        for t in terms
+    ):
+        transforms.check_transforms(
+            teacher, teacher_shape, teacher_dtype, False, "teacher"
+        )
+        transforms.check_transforms(
+            student, student_shape, student_dtype, True, "student"
         )
     # After the probe: a network without input gradients is named as such.
     if estimators and estimator in jacobians.DIFFERENCE_ESTIMATORS:

@@ -108,6 +108,14 @@ def graph_ops(model, input_shape, dtype, training):
     Returns:
         A set of operation type names (e.g. `"Relu"`, `"MatMul"`).
     """
+    return {
+        node.op for node in graph_nodes(model, input_shape, dtype, training)
+    }
+
+
+def graph_nodes(model, input_shape, dtype, training):
+    """The operations (`NodeDef`s, with their attributes) of one pass of
+    `model` that depend on its input, nested functions included."""
     shape = probes.probe_shape(model, tuple(input_shape), "model")
     spec = tf.TensorSpec((None,) + tuple(shape), dtype)
 
@@ -128,37 +136,37 @@ def graph_ops(model, input_shape, dtype, training):
     # epsilon (in normalization layers) is no kink of the network.
     todo = [node for node in graph.node if node.name == start]
     seen = {node.name for node in todo}
-    ops = set()
+    nodes = []
     functions = {f.signature.name: f for f in graph.library.function}
     while todo:
         node = todo.pop()
-        ops.add(node.op)
+        nodes.append(node)
         for attr in node.attr.values():
             if attr.func.name in functions:
-                ops.update(_function_ops(functions, attr.func.name))
+                nodes += _function_nodes(functions, attr.func.name)
         if node.op in _SHAPE_OPS:
             continue
         for consumer in consumers.get(node.name, ()):
             if consumer.name not in seen:
                 seen.add(consumer.name)
                 todo.append(consumer)
-    return ops
+    return nodes
 
 
-def _function_ops(functions, name, seen=None):
-    """Every operation type of a library function, nested ones included
-    (a function the input reaches is taken whole)."""
+def _function_nodes(functions, name, seen=None):
+    """Every operation of a library function, nested ones included (a
+    function the input reaches is taken whole)."""
     seen = set() if seen is None else seen
     if name in seen:
-        return set()
+        return []
     seen.add(name)
-    ops = set()
+    nodes = []
     for node in functions[name].node_def:
-        ops.add(node.op)
+        nodes.append(node)
         for attr in node.attr.values():
             if attr.func.name in functions:
-                ops.update(_function_ops(functions, attr.func.name, seen))
-    return ops
+                nodes += _function_nodes(functions, attr.func.name, seen)
+    return nodes
 
 
 def check_smooth(model, input_shape, dtype, role, estimator):

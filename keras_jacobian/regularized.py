@@ -10,6 +10,7 @@ from keras_jacobian import probes
 from keras_jacobian import randomness
 from keras_jacobian import steps
 from keras_jacobian import traced
+from keras_jacobian import transforms
 from keras_jacobian import validation
 from keras_jacobian.saving import SavingMixin
 from keras_jacobian.steps import LossStepsMixin
@@ -159,6 +160,10 @@ class JacobianRegularizedModel(
             )
         if estimator in jacobians.DIFFERENCE_ESTIMATORS:
             kinks.check_smooth(model, input_shape, dtype, "model", estimator)
+        else:
+            transforms.check_transforms(
+                model, input_shape, dtype, True, "model"
+            )
         self.model = model
         self.target = target
         self.num_projections = num_projections

@@ -6,6 +6,8 @@ seed state before the library's step, resets them and differentiates one
 pass, which then draws the values the step's own pass drew.
 """
 
+import pathlib
+import sys
 import time
 
 import keras
@@ -18,6 +20,8 @@ import keras_jacobian as kj
 from keras_jacobian import jacobians
 from keras_jacobian import randomness
 from tests import tiny
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SHAPE = (6, 6, 1)
 CLASSES = 3
@@ -96,8 +100,11 @@ def random_model(kind):
     inputs = keras.Input(SHAPE)
     if kind == "random_flip":
         h = keras.layers.RandomFlip(seed=1)(inputs)
-    elif kind == "random_translation":
-        h = keras.layers.RandomTranslation(0.3, 0.3, seed=2)(inputs)
+    elif kind in ("random_translation", "constant_translation"):
+        fill = "constant" if kind == "constant_translation" else "reflect"
+        h = keras.layers.RandomTranslation(0.3, 0.3, fill_mode=fill, seed=2)(
+            inputs
+        )
         # Linear given the draws (see `_projected_by_columns`).
         return keras.Model(inputs, _head(h, linear=True), name=kind)
     elif kind == "owns_dropout":
@@ -203,6 +210,7 @@ def _with_draws_of(states, compute, exact):
     [
         ("random_flip", "eager"),
         ("random_translation", "eager"),
+        ("constant_translation", "eager"),
         ("owns_dropout", "eager"),
         ("time_distributed", "eager"),
         ("bare_dropout", "eager"),
@@ -233,7 +241,7 @@ def test_penalty_equals_tape_jacobian_with_same_draws(directions, kind, mode):
         )
 
         def exact():
-            if kind == "random_translation":
+            if kind.endswith("_translation"):
                 jv = _projected_by_columns(
                     model, x, True, directions[-1], states
                 )
@@ -254,6 +262,53 @@ def test_penalty_equals_tape_jacobian_with_same_draws(directions, kind, mode):
         # The draws matter: with other draws the Jacobian differs.
         np.testing.assert_allclose(got, expected, rtol=RTOL[estimator])
         assert float(drift) == 0.0
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        keras.layers.RandomTranslation(0.3, 0.3, seed=2),
+        keras.layers.RandomRotation(0.2, fill_mode="constant", seed=2),
+        keras.layers.RandomZoom(0.3, fill_mode="nearest", seed=2),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_autodiff_refuses_transforms_whose_gradient_is_wrong(layer):
+    # TensorFlow's gradient of these transforms is not their transpose:
+    # reverse and forward mode gave wrong Jacobians, silently (the
+    # difference estimators, forward passes only, stay accepted).
+    inputs = keras.Input(SHAPE)
+    model = keras.Model(inputs, _head(layer(inputs), linear=True))
+    plain = keras.Input(SHAPE)
+    teacher = keras.Model(plain, _head(plain, seed=10))
+    for estimator in ("exact", "vjp", "jvp"):
+        with pytest.raises(ValueError, match="not the transpose"):
+            kj.JacobianRegularizedModel(
+                model, target="all", estimator=estimator
+            )
+        with pytest.raises(ValueError, match=type(layer).__name__):
+            kj.Distiller(
+                teacher,
+                model,
+                [kj.JacobianMatching("all", estimator=estimator)],
+            )
+    # The paper's top-1 row too.
+    with pytest.raises(ValueError, match="not the transpose"):
+        kj.Distiller(teacher, model, [kj.JacobianMatching()])
+    kj.JacobianRegularizedModel(
+        model, target="all", estimator="forward_difference"
+    )
+
+
+def test_transform_gradients_measured_against_the_transform():
+    # The premise of the refusal: the tape Jacobian of a translation with
+    # fill_mode="constant" is the transform's matrix; a rotation's is not.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import transform_gradients
+
+    right = transform_gradients.error("translation", "constant", "bilinear")
+    wrong = transform_gradients.error("rotation", "reflect", "bilinear")
+    assert right < 1e-5 and wrong > 0.05
 
 
 def _distiller(teacher, student, estimator):

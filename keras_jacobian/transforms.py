@@ -1,0 +1,116 @@
+"""Image transforms whose TensorFlow gradient is not their transpose.
+
+`RandomTranslation`, `RandomRotation`, `RandomZoom` and `RandomShear` move
+pixels with TensorFlow's `ImageProjectiveTransformV3`. For a fixed draw
+the transform is linear in the image, but the registered gradient applies
+the inverse transform to the incoming gradient, which is the transpose of
+the transform in general only for translations with
+`fill_mode="constant"`. Measured on a 6x6 image, one draw, tape Jacobian
+against the transform's own matrix (`benchmarks/transform_gradients.py`):
+27 of the 32 combinations of layer, fill mode and interpolation are off
+by 0.06 to 1.0 per entry (of entries in [0, 1]); of the other 5, the two
+constant-fill translations are exact by construction, three
+nearest-neighbour ones happened to be exact in that draw.
+Reverse and forward mode (`"exact"`, `"vjp"`, `"jvp"`, and the input
+gradients of attention maps) go through that gradient, so their input
+Jacobians of a network that transforms its input are wrong; the
+difference estimators need only forward passes and are right.
+"""
+
+import keras
+
+from keras_jacobian import _compat
+from keras_jacobian import kinks
+
+TRANSFORM_OPS = frozenset(
+    {"ImageProjectiveTransformV2", "ImageProjectiveTransformV3"}
+)
+
+
+def _layers(model):
+    return [m for m in _compat.flatten_layers(model) if m is not model]
+
+
+def _builtin(layer):
+    return type(layer).__module__.startswith("keras.") and not isinstance(
+        layer, keras.layers.Lambda
+    )
+
+
+def _exact_translation(layer):
+    return (
+        isinstance(layer, keras.layers.RandomTranslation)
+        and layer.fill_mode == "constant"
+    )
+
+
+def _may_hold_transform(layer):
+    """A layer that may run a transform other than an exact translation:
+    a Keras random augmentation (flips excepted), an augmentation
+    pipeline, a `Lambda` or a layer defined outside Keras."""
+    if not _builtin(layer):
+        return True
+    name = type(layer).__name__
+    if name == "RandomFlip" or _exact_translation(layer):
+        return False
+    return name.startswith("Rand") or name in ("AugMix", "Pipeline")
+
+
+def may_transform(model):
+    """Whether `model` may run an image transform: a Keras image
+    augmentation layer, a `Lambda` or a layer defined outside Keras."""
+    for layer in _layers(model):
+        if not _builtin(layer):
+            return True
+        if "preprocessing" in type(layer).__module__:
+            return True
+    return False
+
+
+def check_transforms(model, input_shape, dtype, training, role):
+    """Refuses autodiff input Jacobians through an image transform.
+
+    Translations with `fill_mode="constant"` are accepted when they are
+    the only transforming layers (their gradient is the transpose).
+
+    Raises:
+        ValueError: naming the transform, the measured error and what to
+            do instead.
+    """
+    if not may_transform(model):
+        return
+    nodes = kinks.graph_nodes(model, input_shape, dtype, training)
+    found = [n for n in nodes if n.op in TRANSFORM_OPS]
+    if not found:
+        return
+    layers = _layers(model)
+    modes = sorted({n.attr["fill_mode"].s.decode().lower() for n in found})
+    suspects = sorted(
+        f"{layer.name} ({type(layer).__name__})"
+        for layer in layers
+        if _may_hold_transform(layer)
+    )
+    if (
+        modes == ["constant"]
+        and not suspects
+        and any(_exact_translation(layer) for layer in layers)
+    ):
+        return
+    raise ValueError(
+        f"The {role} {model.name!r} transforms its input with "
+        f"{found[0].op} (fill_mode {modes}; layers {suspects}) in a "
+        f"{'training' if training else 'inference'}-mode pass, and "
+        "TensorFlow's gradient of that operation is not the transpose of "
+        "the transform: input Jacobians through it by reverse or forward "
+        "mode are wrong (measured on a 6x6 image: 0.06 to 1.0 off per "
+        "entry of the transform's matrix in 27 of 32 combinations of "
+        "RandomTranslation, RandomRotation, RandomZoom, RandomShear, "
+        "fill_mode and interpolation). Apply the augmentation in the input "
+        "pipeline "
+        "instead (e.g. `dataset.map(lambda x, y: (augment(x, "
+        "training=True), y))`: teacher and student then see the same "
+        "image), use RandomTranslation(fill_mode='constant'), whose "
+        "gradient is right, or, for a network without kinks, "
+        "estimator='forward_difference' or 'finite_difference', which "
+        "need forward passes only."
+    )
