@@ -206,8 +206,13 @@ flags.DEFINE_list(
 flags.DEFINE_float(
     "validation_fraction",
     0.2,
-    "Fraction of each class of the training images held out as validation "
-    "set by tune.py and by --evaluate_on=validation.",
+    "Fraction of each class's training images held out as validation "
+    "images (at least one per class): in transfer.py, of the "
+    "--samples_per_class images, to choose the method (no transfer among "
+    "the candidates) before retraining on all of them; at 1 image per "
+    "class none can be held out (pass --noselect_on_validation). In "
+    "distill.py (--evaluate_on=validation) and tune.py, of the whole "
+    "training set, before the few-shot subset is drawn.",
 )
 
 # Outputs.
@@ -298,11 +303,34 @@ def _flag_error_message(error):
     return message
 
 
+# Integer flags that count or size something: 0 or less means nothing.
+POSITIVE_INTEGERS = (
+    "_size",
+    "_width",
+    "epochs",
+    "_classes",
+    "_trials",
+    "_projections",
+    "jacobian_k",
+)
+
+
 def _number_problem():
     """The first loss weight (`--*_weight`) that is negative or not finite,
-    or a temperature that is not a finite positive number, as a message."""
+    a temperature that is not a finite positive number, or a size, width,
+    count of epochs or classes below 1, as a message."""
     for name in sorted(FLAGS):
         value = FLAGS[name].value
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and name.endswith(POSITIVE_INTEGERS)
+            and value < 1
+        ):
+            return (
+                f"flag --{name}={value}: expected an integer >= 1 (or the "
+                "flag left out for its default)."
+            )
         if not isinstance(value, float):
             continue
         if name.endswith("_weight") and not (

@@ -9,6 +9,7 @@ build a `keras.applications` network (`--teacher_arch`).
 import dataclasses
 import json
 import os
+import zipfile
 
 import common_flags  # noqa: F401  (first: quiet TensorFlow start-up)
 import experiment
@@ -281,7 +282,9 @@ def pretrain_teacher(source, output_dir):
     settings = _teacher_settings(task)
     if os.path.exists(path):
         _check_settings(path, settings)
-        teacher = keras.saving.load_model(path, compile=False)
+        teacher = load_teacher_file(
+            path, f"Delete {path} (and its .json) to train a new one"
+        )
         found = (tuple(teacher.input_shape[1:]), teacher.output_shape[-1])
         want = (task.input_shape, task.num_classes)
         if found != want:
@@ -386,6 +389,26 @@ def _check_settings(path, settings):
         )
 
 
+def load_teacher_file(path, fix):
+    """A saved `.keras` teacher; a file that cannot be read stops the run.
+
+    Keras reports a truncated or corrupt file as "File not found"; the file
+    is there, so say what is wrong with it and how to fix it.
+    """
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Corrupt archives fail in many ways.
+        kind = "not a zip archive" if not zipfile.is_zipfile(path) else None
+        reason = kind or f"{type(error).__name__}: {error}".splitlines()[0]
+        raise app.UsageError(
+            f"Expected {path} to be a model saved by Keras (`.keras`). "
+            f"Received a file that exists but cannot be read ({reason}; "
+            f"{os.path.getsize(path)} bytes): truncated by an interrupted "
+            f"copy or save, or corrupt. {fix}, or pass another "
+            "--teacher_path / --teacher_weights."
+        ) from error
+
+
 def preprocessing(name, arch, mean, std):
     """The function making the teacher's inputs from images in [0, 1].
 
@@ -421,7 +444,7 @@ def build_teacher(arch):
     """A keras.applications teacher (or a saved one) returning logits."""
     weights = FLAGS.teacher_weights
     if weights.endswith(".keras") and os.path.exists(weights):
-        return keras.saving.load_model(weights, compile=False)
+        return load_teacher_file(weights, "Save the teacher again")
     size = FLAGS.teacher_image_size or 224
     class_name, _, _ = APPLICATIONS[arch]
     kwargs = dict(

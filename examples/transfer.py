@@ -64,10 +64,16 @@ run. The teacher (`--teacher_weights`) is
 
 The teacher sees the images at `--teacher_image_size` (default: its input
 size) through `--teacher_preprocessing`, the student at
-`--student_image_size` (default: the data's) normalised with the target
-training statistics: the input pipeline yields `x = {"student": xs,
+`--student_image_size` (default: the data's) standardised with the
+per-channel mean and standard deviation of every target training image
+(all of them, not only the few labelled ones of a run; the same for every
+method and seed): the input pipeline yields `x = {"student": xs,
 "teacher": xt}`. Grey images are repeated to 3 channels for a colour
-teacher.
+teacher. A saved teacher's input size and channels are checked against
+the images before training; with `--source_classes` it is scored on the
+source classes' test images as this run feeds them. The validation split
+of the choice is drawn once per seed and images per class from the run's
+images; every candidate trains and is scored on it.
 
 Writes `transfer.md`, `transfer.json` (test accuracy of the task head per
 method and samples per class: mean over seeds with its 95% interval, and
@@ -303,7 +309,7 @@ from teachers import PREPROCESSING
 from teachers import build_teacher
 from teachers import preprocessing
 from teachers import pretrain_teacher
-from teachers import source_classes  # noqa: F401  (tests)
+from teachers import source_classes
 from teachers import split_tasks
 from teachers import teacher_description
 
@@ -456,6 +462,71 @@ def image_sizes(data, teacher):
     if t_size is None:
         t_size = teacher.input_shape[1] or 224
     return int(t_size), int(FLAGS.student_image_size or native)
+
+
+def is_saved_file():
+    """Whether the teacher is a file of the user's (not pretrained here)."""
+    return FLAGS.teacher_weights not in ("pretrain", "imagenet", "none")
+
+
+def check_teacher_input(teacher, data, sizes):
+    """Refuses, before any training, a teacher that cannot take the images.
+
+    The teacher sees `sizes[0]` x `sizes[0]` images with the data's
+    channels (grey images repeated to 3 for a colour teacher).
+    """
+    shape = tuple(teacher.input_shape[1:])
+    height, width, channels = shape[0], shape[1], shape[-1]
+    data_channels = data.input_shape[-1]
+    wanted = sizes[0]
+    if (height is not None and height != wanted) or (
+        width is not None and width != wanted
+    ):
+        given = FLAGS.teacher_image_size
+        raise app.UsageError(
+            f"Expected --teacher_image_size to match the teacher's input, "
+            f"{height}x{width}. Received: --teacher_image_size={given}, "
+            f"images of {wanted}x{wanted} for the teacher. Pass "
+            f"--teacher_image_size={height} or leave it out."
+        )
+    if channels not in (data_channels, 3 if data_channels == 1 else None):
+        raise app.UsageError(
+            f"Expected a teacher taking images of {data_channels} "
+            f"channel(s) (or 3: grey images are repeated to colour), as "
+            f"{data.name} has. Received: a teacher of input shape {shape}. "
+            "Pass a teacher trained on images with these channels."
+        )
+
+
+def saved_teacher_source_accuracy(
+    teacher, source, preprocess, mean, std, sizes, channels
+):
+    """A saved teacher's accuracy on the `--source_classes` test images.
+
+    Seen as in the run: at its image size, through
+    `--teacher_preprocessing`; a wrong preprocessing shows here as a low
+    accuracy.
+    """
+    classes = source_classes()
+    if int(teacher.output_shape[-1]) != len(classes):
+        raise app.UsageError(
+            f"Expected the saved teacher to give one logit per source class "
+            f"(--source_classes={','.join(map(str, classes))}: "
+            f"{len(classes)}). Received: a teacher of "
+            f"{teacher.output_shape[-1]} outputs. Pass the classes it was "
+            "trained on, in the order of its outputs."
+        )
+    ds = pipeline(
+        to_rgb(source.test_images, channels),
+        source.test_labels,
+        preprocess,
+        mean,
+        std,
+        False,
+        0,
+        sizes,
+    )
+    return experiment.accuracy(teacher, ds.map(_teacher_view))
 
 
 def pipeline(images, labels, preprocess, mean, std, training, seed, sizes):
@@ -679,6 +750,7 @@ def run(output_dir):
         else:
             teacher = build_teacher(arch)
     sizes = image_sizes(data, teacher)
+    check_teacher_input(teacher, data, sizes)
     channels = int(teacher.input_shape[-1])
     train_images = to_rgb(data.train_images, channels)
     mean, std = data_lib.channel_stats(train_images)
@@ -698,6 +770,15 @@ def run(output_dir):
         0,
         sizes,
     )
+    if source_acc is None and is_saved_file() and source_classes():
+        source_acc = saved_teacher_source_accuracy(
+            teacher, source, preprocess, mean, std, sizes, channels
+        )
+        print(
+            f"Teacher source-task test accuracy: {source_acc:.2f}% (inputs "
+            f"'{method}')",
+            flush=True,
+        )
     with strategy.scope():
         distiller, task = build_distiller(teacher, data, pairs, sizes, channels)
     inits = {}
@@ -915,6 +996,11 @@ def selection_table(selections, grid):
 @tf.autograph.experimental.do_not_convert
 def _student_view(x, y):
     return x["student"], y
+
+
+@tf.autograph.experimental.do_not_convert
+def _teacher_view(x, y):
+    return x["teacher"], y
 
 
 def main(argv):

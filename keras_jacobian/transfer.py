@@ -9,6 +9,8 @@ the task head and the distillation terms to the mimic head; `task_model`
 returns the trained network without the mimic head.
 """
 
+import numbers
+
 import keras
 
 TASK_HEAD = "task"
@@ -65,7 +67,11 @@ def build_lwf_student(
         (num_classes, "num_classes"),
         (num_source_classes, "num_source_classes"),
     ):
-        if not isinstance(value, int) or value < 1:
+        if (
+            not isinstance(value, numbers.Integral)
+            or isinstance(value, bool)
+            or value < 1
+        ):
             raise ValueError(
                 f"`{label}` must be an integer >= 1. Received: "
                 f"{label}={value!r}"
@@ -115,8 +121,10 @@ def build_lwf_student(
         features = keras.layers.Dropout(dropout, name=f"{name}_dropout")(
             features
         )
-    task = keras.layers.Dense(num_classes, name=task_name)(features)
-    source = keras.layers.Dense(num_source_classes, name=source_name)(features)
+    task = keras.layers.Dense(int(num_classes), name=task_name)(features)
+    source = keras.layers.Dense(int(num_source_classes), name=source_name)(
+        features
+    )
     return keras.Model(inputs, [task, source], name=name)
 
 

@@ -284,6 +284,39 @@ def test_image_folder_without_test_split(tmp_path):
     assert len(np.intersect1d(ds.train_indices, ds.test_indices)) == 0
 
 
+def test_image_folder_of_one_size_needs_no_image_size(tmp_path):
+    # A folder whose images all have one size used to require image_size.
+    rng = np.random.default_rng(0)
+    root = tmp_path / "scenes"
+    pixels = {}
+    for split in ("train", "test"):
+        for name in _COLORS:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(2):
+                image = rng.integers(0, 256, (10, 14, 3)).astype(np.uint8)
+                path = str(folder / f"{name}_{i}.png")
+                tf.io.write_file(path, tf.io.encode_png(image))
+                pixels[image.tobytes()] = image
+    # A JPEG of the same size: its size comes from the JPEG header.
+    jpeg = tf.io.encode_jpeg(np.zeros((10, 14, 3), np.uint8) + 128)
+    tf.io.write_file(str(root / "train" / "cat" / "cat_2.jpg"), jpeg)
+    ds = data.load_dataset(root)
+    assert ds.input_shape == (10, 14, 3)
+    assert len(ds.train_labels) == 7 and len(ds.test_labels) == 6
+    # Not resized: every PNG image comes back exactly (1/255 steps).
+    for image in ds.test_images:
+        key = np.round(image * 255).astype(np.uint8)
+        np.testing.assert_array_equal(key, pixels[key.tobytes()])
+    # One image of another size: image_size is required again.
+    odd = np.zeros((11, 14, 3), np.uint8)
+    tf.io.write_file(
+        str(root / "test" / "owl" / "owl_9.png"), tf.io.encode_png(odd)
+    )
+    with pytest.raises(ValueError, match="--image_size=224"):
+        data.load_dataset(root)
+
+
 def test_image_folder_errors(tmp_path):
     root = _write_folder(tmp_path / "scenes")
     with pytest.raises(ValueError, match="image_size"):

@@ -128,3 +128,26 @@ def test_list_flag_suggests_the_closest_value():
         experiment.check_choices(
             ["none", "jacobain"], ("none", "l2", "jacobian"), "methods"
         )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "flag",
+    ["--student_image_size=0", "--teacher_image_size=-5", "--batch_size=0"],
+)
+def test_sizes_below_one_are_refused_at_parsing(flag, tmp_path):
+    # --student_image_size=0 used to run at the default size and record 0;
+    # negative sizes failed inside TensorFlow. (The bad fraction fails
+    # early whatever happens to the size.)
+    result = _run(
+        "transfer",
+        flag,
+        "--validation_fraction=2",
+        f"--output_dir={tmp_path}",
+    )
+    assert result.returncode == 1
+    name, value = flag[2:].split("=")
+    assert result.stderr.startswith(
+        f"transfer.py: error: flag --{name}={value}: expected an integer >= 1"
+    ), result.stderr
+    assert list(tmp_path.iterdir()) == []

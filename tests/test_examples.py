@@ -970,3 +970,109 @@ def test_saved_teacher_gets_no_default_attention_pairs(tmp_path):
     ):
         with pytest.raises(app.UsageError, match="use attention maps"):
             transfer.main(["transfer.py"])
+
+
+def _saved_teacher(path, shape, classes=5):
+    inputs = keras.Input(shape)
+    h = keras.layers.GlobalAveragePooling2D()(inputs)
+    keras.Model(inputs, keras.layers.Dense(classes)(h)).save(path)
+    return path
+
+
+def test_saved_teacher_of_another_size_is_refused_before_training(tmp_path):
+    # An 8x8 teacher asked for 16x16 images crashed at the first step.
+    path = _saved_teacher(tmp_path / "teacher.keras", (8, 8, 1))
+    with flagsaver.flagsaver(
+        teacher_weights=str(path),
+        teacher_preprocessing="unit",
+        teacher_image_size=16,
+        methods=["none", "lwf"],
+        select_on_validation=False,
+        output_dir=str(tmp_path / "out"),
+        **TINY,
+    ):
+        with pytest.raises(
+            app.UsageError,
+            match=r"teacher's input, 8x8\. Received: --teacher_image_size=16"
+            r".*Pass --teacher_image_size=8",
+        ):
+            transfer.main(["transfer.py"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_grey_saved_teacher_with_colour_images_is_refused(tmp_path):
+    root = _write_folder(tmp_path / "images", per_split=(6, 2), size=(8, 8))
+    path = _saved_teacher(tmp_path / "teacher.keras", (8, 8, 1))
+    with flagsaver.flagsaver(
+        dataset=f"folder:{root}",
+        image_size=8,
+        teacher_weights=str(path),
+        teacher_preprocessing="unit",
+        methods=["none", "lwf"],
+        select_on_validation=False,
+        output_dir=str(tmp_path / "out"),
+        **TINY,
+    ):
+        with pytest.raises(
+            app.UsageError,
+            match=r"images of 3 channel\(s\).*input shape \(8, 8, 1\)",
+        ):
+            transfer.main(["transfer.py"])
+
+
+def test_truncated_saved_teacher_is_named_unreadable(tmp_path):
+    # Keras says "File not found" of a truncated archive that is there.
+    path = _saved_teacher(tmp_path / "teacher.keras", (8, 8, 1))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with flagsaver.flagsaver(
+        teacher_weights=str(path),
+        teacher_preprocessing="unit",
+        methods=["none", "lwf"],
+        output_dir=str(tmp_path / "out"),
+        **TINY,
+    ):
+        with pytest.raises(
+            app.UsageError,
+            match=r"exists but cannot be read \(not a zip archive; "
+            rf"{len(data) // 2} bytes\).*truncated",
+        ):
+            transfer.main(["transfer.py"])
+
+
+def test_saved_teacher_is_scored_on_the_source_classes(tmp_path):
+    # A saved teacher with --source_classes: its accuracy on the source
+    # test images, as the run feeds them, is recorded like a pretrained
+    # one's; checked against NumPy argmax of the teacher's predictions.
+    path = _saved_teacher(tmp_path / "teacher.keras", (8, 8, 1))
+    out = tmp_path / "out"
+    with flagsaver.flagsaver(
+        teacher_weights=str(path),
+        teacher_preprocessing="unit",
+        source_classes=["0", "1", "2", "3", "4"],
+        methods=["none"],
+        select_on_validation=False,
+        output_dir=str(out),
+        **TINY,
+    ):
+        transfer.main(["transfer.py"])
+        source, _ = transfer.split_tasks(distill.load_data())
+    teacher = keras.saving.load_model(path, compile=False)
+    logits = teacher.predict(source.test_images, verbose=0)
+    want = 100 * np.mean(np.argmax(logits, -1) == source.test_labels)
+    payload = json.loads((out / "transfer.json").read_text())
+    np.testing.assert_allclose(payload["teacher_source_accuracy"], want)
+    assert f"Teacher source-task test accuracy: {want:.2f}%" in (
+        (out / "transfer.md").read_text()
+    )
+    with flagsaver.flagsaver(
+        teacher_weights=str(path),
+        teacher_preprocessing="unit",
+        source_classes=["0", "1", "2"],
+        methods=["none"],
+        select_on_validation=False,
+        output_dir=str(out),
+        **TINY,
+    ):
+        with pytest.raises(app.UsageError, match="one logit per source"):
+            transfer.main(["transfer.py"])

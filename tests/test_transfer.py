@@ -103,10 +103,21 @@ def test_build_lwf_student_heads_and_names():
     assert [o.shape[-1] for o in student2.outputs] == [2, 4]
 
 
+def test_build_lwf_student_takes_numpy_integers():
+    # Class counts often come from NumPy (`len(np.unique(y))` is an int,
+    # `y.max() + 1` an np.int64); they were refused.
+    student = transfer.build_lwf_student(
+        backbone_net(), np.int64(3), np.int32(5)
+    )
+    assert [o.shape[-1] for o in student.outputs] == [3, 5]
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
         ({"num_classes": 0}, "num_classes"),
+        ({"num_classes": True}, "num_classes"),
+        ({"num_classes": 3.0}, "num_classes"),
         ({"pooling": "sum"}, "pooling"),
         ({"task_name": "h", "source_name": "h"}, "different names"),
     ],

@@ -216,7 +216,8 @@ def load_dataset(
       like a catalog data set cannot change the meaning of a name), read
       with `tfds.folder_dataset.ImageFolder`. Class names are the sorted
       folder names; images are decoded to 3 channels; `data_dir` is not
-      used. Images usually differ in size, so `image_size` is required.
+      used. `image_size` is required when the images differ in size (their
+      sizes are read from the PNG and JPEG headers).
 
     Image folders are laid out as `root/<split>/<class>/<image>.jpg` (or
     `.jpeg`, `.png`). MIT Indoor 67, which is not in the TFDS catalog, is
@@ -259,7 +260,8 @@ def load_dataset(
             `pathlib.Path` to an image folder.
         data_dir: TFDS data directory for catalog data sets.
         image_size: `None` (keep the native size), an int or a pair
-            `(height, width)`. Required for image folders.
+            `(height, width)`. Required for image folders whose images
+            differ in size.
         samples_per_class: `None` to keep all training examples, or the
             number `k` of training examples per class (an error names any
             class with fewer than `k` examples).

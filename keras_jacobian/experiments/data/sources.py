@@ -99,7 +99,9 @@ def _not_available_message(name, data_dir, reason):
 class _TfdsSource(_Source):
     """A TFDS builder (catalog data set or `tfds.folder_dataset`)."""
 
-    def __init__(self, builder, name, image_size, data_dir=None):
+    def __init__(
+        self, builder, name, image_size, data_dir=None, common_size=None
+    ):
         info = builder.info
         keys = info.supervised_keys
         if not keys or len(keys) != 2:
@@ -123,14 +125,17 @@ class _TfdsSource(_Source):
         if not names:
             names = [str(i) for i in range(num_classes)]
         image_shape = getattr(info.features[image_key], "shape", None)
-        if image_size is None and (
-            image_shape is None or None in tuple(image_shape)[:2]
+        if (
+            image_size is None
+            and common_size is None
+            and (image_shape is None or None in tuple(image_shape)[:2])
         ):
             raise ValueError(
                 f"Expected `image_size` for '{name}', whose images differ "
                 f"in size (image shape {image_shape}). Received "
-                "image_size=None. Pass e.g. image_size=(224, 224): images "
-                "are resized when loaded."
+                "image_size=None. Pass e.g. image_size=(224, 224) "
+                "(`--image_size=224` in the example scripts): images are "
+                "resized when loaded."
             )
         self._builder = builder
         self._image_size = image_size
@@ -285,7 +290,48 @@ def _folder_source(root, image_size):
             "images. Move the images into that layout."
         )
     name = FOLDER_PREFIX + root
-    return _TfdsSource(builder, name, normalize_size(image_size))
+    size = normalize_size(image_size)
+    common = None if size is not None else _common_image_size(root)
+    return _TfdsSource(builder, name, size, common_size=common)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _image_size(path):
+    """(height, width) of a PNG or JPEG file, read from its header."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[:8] == _PNG_SIGNATURE:
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(
+            head[16:20], "big"
+        )
+    shape = tf.io.extract_jpeg_shape(tf.io.read_file(path)).numpy()
+    return int(shape[0]), int(shape[1])
+
+
+def _common_image_size(root):
+    """The size every image of an image folder has, or None if they differ.
+
+    Read from the files' headers (no image is decoded), so that a folder
+    of equal-size images needs no `image_size`.
+    """
+    size = None
+    for split in sorted(os.listdir(root)):
+        for directory, _, files in os.walk(os.path.join(root, split)):
+            for file in sorted(files):
+                if not file.lower().endswith(_IMAGE_SUFFIXES):
+                    continue
+                try:
+                    found = _image_size(os.path.join(directory, file))
+                except (OSError, tf.errors.OpError):
+                    return None
+                if size is None:
+                    size = found
+                elif found != size:
+                    return None
+    return size
 
 
 def _resolve_source(name, data_dir, image_size, download):
