@@ -176,7 +176,10 @@ class LossStepsMixin:
             )
             scaled = total * share
             scaled = self.optimizer.scale_loss(scaled)
-        grads = tape.gradient(scaled, variables)
+        try:
+            grads = tape.gradient(scaled, variables)
+        except tf.errors.InternalError as error:
+            raise _eager_forward_mode_error(error) from error
         self.optimizer.apply(grads, variables)
         return self._log(x, y, y_pred, sample_weight, logged, total)
 
@@ -195,3 +198,20 @@ class LossStepsMixin:
         if y is None:
             return self.get_metrics_result()
         return self.compute_metrics(x, y, y_pred, sample_weight)
+
+
+def _eager_forward_mode_error(error):
+    """A clearer error for TensorFlow's failure to differentiate, eagerly,
+    a forward-mode pass through an XLA function."""
+    if "returned too few gradients" not in str(error) or (
+        not tf.executing_eagerly()
+    ):
+        return error
+    return RuntimeError(
+        "TensorFlow could not differentiate the forward-mode Jacobian "
+        "pass (estimator='jvp') of a network that runs XLA functions "
+        "(e.g. Keras' grouped and depthwise convolutions in ConvNeXt) "
+        "when the step runs eagerly: compile without `run_eagerly=True` "
+        "(the traced step works), or use estimator='vjp' (reverse mode, "
+        f"the same objective). TensorFlow said: {error.message}"
+    )

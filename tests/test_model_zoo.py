@@ -72,3 +72,15 @@ def test_efficientnet_b0_is_accepted_by_forward_difference():
     student = application("EfficientNetB0")
     distiller = kj.Distiller(teacher(), student, [term("forward_difference")])
     assert distiller.distillation_losses[0].estimator == "forward_difference"
+
+
+def test_convnext_eager_forward_mode_names_the_fix():
+    # Eagerly, TensorFlow cannot differentiate the forward-mode pass
+    # through the XLA functions behind ConvNeXt's convolutions; its
+    # InternalError ("returned too few gradients") said nothing useful.
+    student = application("ConvNeXtTiny")
+    distiller = kj.Distiller(teacher(), student, [term("jvp")], seed=2)
+    distiller.compile(optimizer="sgd", run_eagerly=True)
+    x = np.random.default_rng(0).normal(size=(2,) + SHAPE).astype("float32")
+    with pytest.raises(RuntimeError, match="run_eagerly=True.*'vjp'"):
+        distiller.train_on_batch(x)
