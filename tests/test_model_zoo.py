@@ -3,6 +3,9 @@
 The full matrix is benchmarks/model_zoo.py (docs/model-zoo.md).
 """
 
+import pathlib
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import tensorflow as tf
 
 import keras_jacobian as kj
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHAPE = (32, 32, 3)
 
 
@@ -84,3 +88,53 @@ def test_convnext_eager_forward_mode_names_the_fix():
     x = np.random.default_rng(0).normal(size=(2,) + SHAPE).astype("float32")
     with pytest.raises(RuntimeError, match="run_eagerly=True.*'vjp'"):
         distiller.train_on_batch(x)
+
+
+def test_resnet50_v2_teacher_stays_put_and_its_targets_match_tape():
+    # The family as the teacher: its Jacobian rows, from one projection,
+    # against tape Jacobians; a training step leaves every teacher
+    # variable (BatchNorm statistics included) as it was.
+    t = application("ResNet50V2")
+    inputs = keras.Input(SHAPE)
+    h = keras.layers.Conv2D(2, 3, strides=4, activation="tanh")(inputs)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    student = keras.Model(inputs, keras.layers.Dense(10)(h))
+    distiller = kj.Distiller(t, student, [term("vjp")], seed=2)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-3))
+    x = tf.constant(
+        np.random.default_rng(0).normal(size=(2,) + SHAPE), "float32"
+    )
+    targets = distiller.teacher_targets(x)[0]
+    u = targets["cotangents"].numpy().astype("float64")
+    rows = np.einsum("brk,bkd->brd", u, tape_jacobians(t, x))
+    np.testing.assert_allclose(
+        targets["rows"].numpy().reshape(rows.shape), rows, atol=1e-6
+    )
+    before = [v.numpy().copy() for v in t.variables]
+    loss = distiller.train_on_batch(x, return_dict=True)["loss"]
+    assert np.isfinite(loss)
+    for b, v in zip(before, t.variables):
+        np.testing.assert_array_equal(v.numpy(), b)
+
+
+def test_vit_student_vjp_value_matches_tape_jacobians():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import model_zoo
+
+    t, student = teacher(), model_zoo.vit()
+    distiller = kj.Distiller(t, student, [term("vjp")], seed=2)
+    distiller.compile(optimizer="sgd")
+    x = tf.constant(
+        np.random.default_rng(0).normal(size=(2,) + SHAPE), "float32"
+    )
+    state = distiller.seed_generator.state.numpy()
+    logs = distiller.evaluate(x, verbose=0, return_dict=True)
+    distiller.seed_generator.state.assign(state)
+    u = distiller.teacher_targets(x)[0]["cotangents"].numpy()
+    diff = tape_jacobians(t, x) - tape_jacobians(student, x)
+    rows = np.einsum("brk,bkd->brd", u, diff.astype("float64"))
+    expected = np.mean(10 / u.shape[1] * np.sum(rows**2, axis=(1, 2)))
+    np.testing.assert_allclose(
+        logs["jacobian_matching_loss"], expected, rtol=1e-4
+    )
+    assert np.isfinite(distiller.train_on_batch(x, return_dict=True)["loss"])
