@@ -695,24 +695,27 @@ def validation_split(images, labels, seed):
         and np.array_equal(np.unique(labels[held]), classes)
     ):
         counts = np.bincount(labels).tolist()
-        if min(counts) < 2:
-            raise app.UsageError(
-                "Expected at least 2 training images in every class to "
-                "choose the transfer method on validation data (one "
-                "held out). Received: "
-                f"{min(counts)} image(s) in a class ({counts} per class). "
-                "Pass --noselect_on_validation to test every method of "
-                "--methods with its fixed weights, or more "
-                "--samples_per_class."
-            )
+        need = minimum_images(fraction)
         raise app.UsageError(
-            "Expected --validation_fraction to leave at least one training "
-            "and one validation image in every class. Received: "
-            f"--validation_fraction={fraction} of {counts} images per "
-            "class. Pass more --samples_per_class, another fraction, or "
-            "--noselect_on_validation."
+            f"Expected at least {need} training images in every class to "
+            f"hold out --validation_fraction={fraction} of them (at least "
+            "one, and one left to train on) for the choice of the transfer "
+            f"method. Received: {min(counts)} image(s) in a class "
+            f"({counts} per class). Pass --samples_per_class={need} or "
+            "more, a larger --validation_fraction, or "
+            "--noselect_on_validation to test every method of --methods "
+            "with its fixed weights."
         )
     return images[kept], labels[kept], images[held], labels[held]
+
+
+def minimum_images(fraction):
+    """The fewest images of a class of which `fraction` holds out at least
+    one and keeps at least one (rounded as `stratified_split` rounds)."""
+    n = 2
+    while not 1 <= int(round(fraction * n)) <= n - 1:
+        n += 1
+    return n
 
 
 def run(output_dir):
