@@ -1,13 +1,14 @@
 r"""TensorFlow's gradient of Keras' image transforms, against the transform.
 
 For one draw of `RandomTranslation`, `RandomRotation`, `RandomZoom` and
-`RandomShear` (training mode, a 6x6x1 image), the transform is linear in
-the image: its matrix is read column by column, passing each unit image
-through the layer with the same seed state. This prints, per layer,
-`fill_mode` and `interpolation`, the largest difference between the
-tape Jacobian (`tf.GradientTape.jacobian`, the gradient TensorFlow
-registers for `ImageProjectiveTransformV3`) and that matrix, whose
-entries are in [0, 1]:
+`RandomShear` (training mode, a 6x6x1 image; translations also by a
+fixed 1.5 pixels, where nearest-neighbour sampling ties), the transform
+is linear in the image: its matrix is read column by column, passing
+each unit image through the layer with the same seed state. This
+prints, per layer, `fill_mode` and `interpolation`, the largest
+difference between the tape Jacobian (`tf.GradientTape.jacobian`, the
+gradient TensorFlow registers for `ImageProjectiveTransformV3`) and that
+matrix, whose entries are in [0, 1]:
 
   python benchmarks/transform_gradients.py
 
@@ -24,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 SIZE = 6
-KINDS = ("translation", "rotation", "zoom", "shear")
+KINDS = ("translation", "half_pixel_translation", "rotation", "zoom", "shear")
 FILL_MODES = ("reflect", "wrap", "constant", "nearest")
 INTERPOLATIONS = ("bilinear", "nearest")
 
@@ -33,6 +34,10 @@ def layer(kind, fill_mode, interpolation):
     kwargs = dict(fill_mode=fill_mode, interpolation=interpolation, seed=1)
     if kind == "translation":
         return keras.layers.RandomTranslation(0.3, 0.3, **kwargs)
+    if kind == "half_pixel_translation":
+        # A fixed shift of 1.5 pixels: nearest-neighbour sampling ties.
+        shift = (0.25, 0.25)
+        return keras.layers.RandomTranslation(shift, shift, **kwargs)
     if kind == "rotation":
         return keras.layers.RandomRotation(0.2, **kwargs)
     if kind == "zoom":
@@ -77,8 +82,9 @@ def main():
         for fill_mode in FILL_MODES:
             for interpolation in INTERPOLATIONS:
                 value = error(kind, fill_mode, interpolation)
+                name = "".join(w.title() for w in kind.split("_"))
                 print(
-                    f"| Random{kind.title()} | {fill_mode} | "
+                    f"| Random{name} | {fill_mode} | "
                     f"{interpolation} | {value:.3f} |",
                     flush=True,
                 )

@@ -270,8 +270,16 @@ def test_penalty_equals_tape_jacobian_with_same_draws(directions, kind, mode):
         keras.layers.RandomTranslation(0.3, 0.3, seed=2),
         keras.layers.RandomRotation(0.2, fill_mode="constant", seed=2),
         keras.layers.RandomZoom(0.3, fill_mode="nearest", seed=2),
+        # Constant fill, but nearest-neighbour sampling ties at 1.5 pixels.
+        keras.layers.RandomTranslation(
+            (0.25, 0.25),
+            (0.25, 0.25),
+            fill_mode="constant",
+            interpolation="nearest",
+            seed=2,
+        ),
     ],
-    ids=lambda layer: type(layer).__name__,
+    ids=lambda layer: f"{type(layer).__name__}-{layer.interpolation}",
 )
 def test_autodiff_refuses_transforms_whose_gradient_is_wrong(layer):
     # TensorFlow's gradient of these transforms is not their transpose:
@@ -309,6 +317,9 @@ def test_transform_gradients_measured_against_the_transform():
     right = transform_gradients.error("translation", "constant", "bilinear")
     wrong = transform_gradients.error("rotation", "reflect", "bilinear")
     assert right < 1e-5 and wrong > 0.05
+    half = "half_pixel_translation"
+    assert transform_gradients.error(half, "constant", "bilinear") < 1e-5
+    assert transform_gradients.error(half, "constant", "nearest") > 0.5
 
 
 def _distiller(teacher, student, estimator):
