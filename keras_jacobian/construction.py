@@ -485,5 +485,9 @@ def _shapes(endpoint_model, input_shape, model):
 
 
 def endpoints_output(endpoint_model):
-    """A model returning an endpoint model's distillation output only."""
-    return keras.Model(endpoint_model.inputs, endpoint_model.output[OUTPUT])
+    """A model returning an endpoint model's distillation output only,
+    named after the user's model (messages name it)."""
+    name = endpoint_model.name.removesuffix("_endpoints")
+    return keras.Model(
+        endpoint_model.inputs, endpoint_model.output[OUTPUT], name=name
+    )

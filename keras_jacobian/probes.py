@@ -116,6 +116,31 @@ def _drop_eager_run_warning(record):
     return "eagerly has significant overhead" not in record.getMessage()
 
 
+def _input_gradient(tape, scalar, x, model, role):
+    try:
+        return tape.gradient(scalar, x)
+    except (ValueError, TypeError, tf.errors.OpError) as error:
+        quantized = sorted(
+            {
+                layer.quantization_mode
+                for layer in _all_layers(model)
+                if getattr(layer, "quantization_mode", None)
+            }
+        )
+        hint = (
+            f" Its layers are quantized ({quantized}); Keras' float8 "
+            "layers fail this way. Distil with the unquantized model and "
+            "quantize afterwards."
+            if quantized
+            else ""
+        )
+        raise ValueError(
+            f"TensorFlow cannot differentiate the {role} model "
+            f"{model.name!r} with respect to its input ({type(error).__name__}"
+            f": {error}), and Jacobian terms need that gradient.{hint}"
+        ) from error
+
+
 def _probe(model, x, role, second_order):
     kernels = [v for v in model.trainable_variables if "kernel" in v.path]
     try:
@@ -125,7 +150,7 @@ def _probe(model, x, role, second_order):
                 out = model(x, training=False)
                 out = out if not isinstance(out, (list, tuple)) else out[0]
                 scalar = tf.reduce_sum(tf.cast(out, "float32") ** 2)
-            grad = inner.gradient(scalar, x)
+            grad = _input_gradient(inner, scalar, x, model, role)
             if grad is None:
                 raise ValueError(
                     f"The {role} model {model.name!r} has no gradient with "

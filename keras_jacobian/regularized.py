@@ -142,13 +142,6 @@ class JacobianRegularizedModel(
             self._random_state = randomness.replayed_states(
                 model, input_shape, dtype, "model", True, estimator
             )
-        if estimator in jacobians.DIFFERENCE_ESTIMATORS:
-            self.precision = traced.network_precision(
-                model, input_shape, dtype, True, "model", estimator
-            )
-            validation.check_step_size(
-                step_size, self.precision, input_shape, "model"
-            )
         # Every estimator needs an output differentiable in the input;
         # only reverse-mode rows are differentiated again.
         if check_differentiable:
@@ -159,7 +152,14 @@ class JacobianRegularizedModel(
                 second_order=estimator not in jacobians.INPUT_ESTIMATORS,
             )
         if estimator in jacobians.DIFFERENCE_ESTIMATORS:
+            # Kinks first: their message covers roundings as well.
             kinks.check_smooth(model, input_shape, dtype, "model", estimator)
+            self.precision = traced.network_precision(
+                model, input_shape, dtype, True, "model", estimator
+            )
+            validation.check_step_size(
+                step_size, self.precision, input_shape, "model"
+            )
         else:
             transforms.check_transforms(
                 model, input_shape, dtype, True, "model"

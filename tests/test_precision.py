@@ -325,3 +325,65 @@ def test_float8_computed_inside_is_refused_by_differences():
                 estimator=estimator,
                 check_differentiable=False,
             )
+
+
+def _quantized(mode, name):
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(8, activation="tanh")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(h), name=name)
+    model.quantize(mode)
+    return model
+
+
+def test_int8_teacher_is_a_step_function_and_differences_refuse_it():
+    teacher = _quantized("int8", "int8_teacher")
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+    # Keras quantizes a layer's inputs to int8: the output jumps where a
+    # rounded value changes. Measured: a difference quotient at a step
+    # of 1e-2 is 5.1 times the tape's J v away from it (the float
+    # network's: within 1%).
+    v = np.random.default_rng(1).normal(size=(4, 6)).astype("float32")
+    xt = tf.constant(x)
+    with tf.autodiff.ForwardAccumulator(xt, tf.constant(v)) as acc:
+        y = teacher(xt)
+    jv = acc.jvp(y).numpy()
+    quotient = (teacher(x + 1e-2 * v).numpy() - y.numpy()) / 1e-2
+    assert np.linalg.norm(quotient - jv) > np.linalg.norm(jv)
+    for estimator in ("forward_difference", "finite_difference"):
+        with pytest.raises(ValueError, match="teacher 'int8_teacher' rounds"):
+            Distiller(
+                teacher,
+                _hidden_precision_net("plain", seed=5),
+                [JacobianMatching("all", estimator=estimator)],
+                supervised_loss_weight=1.0,
+            )
+    # Autodiff takes the gradient Keras defines for the quantized layers,
+    # that of their dequantized weights: the tape Jacobian.
+    student = _hidden_precision_net("plain", seed=5)
+    term = JacobianMatching("all", estimator="exact", normalize=False)
+    distiller = Distiller(teacher, student, [term], supervised_loss_weight=1)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(xt)
+        yt, ys = teacher(xt), student(xt)
+    expected = np.sum(
+        (tape.batch_jacobian(yt, xt) - tape.batch_jacobian(ys, xt)) ** 2,
+        axis=(1, 2),
+    ).mean()
+    distiller.compile(loss="sparse_categorical_crossentropy")
+    logs = distiller.evaluate(x, np.zeros(4), verbose=0, return_dict=True)
+    np.testing.assert_allclose(
+        logs["jacobian_matching_loss"], expected, rtol=1e-5
+    )
+
+
+def test_float8_quantized_teacher_without_input_gradient_is_named():
+    # Keras' float8 layers' custom gradient fails in TensorFlow
+    # ("too many values to unpack") when differentiated in the input.
+    with pytest.raises(ValueError, match="cannot differentiate the teacher"):
+        Distiller(
+            _quantized("float8", "f8"),
+            _hidden_precision_net("plain"),
+            [JacobianMatching()],
+            supervised_loss_weight=1.0,
+        )
