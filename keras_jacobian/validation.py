@@ -59,8 +59,10 @@ def check_float_input(dtype, role):
     if not keras.backend.is_float_dtype(dtype):
         raise ValueError(
             f"The {role} model takes {dtype} inputs, which have no input "
-            "Jacobian: Jacobian terms need floating-point inputs (images, "
-            f"features). {TOKEN_FIX}"
+            "Jacobian: Jacobian terms need floating-point inputs. For "
+            "images stored as integers (uint8 pixels), build the model on "
+            "a float input (`keras.Input(shape)`, float32 by default); "
+            f"Keras casts the integer batches to it. {TOKEN_FIX}"
         )
 
 

@@ -134,6 +134,36 @@ def test_integer_inputs_have_no_jacobian():
     )
 
 
+def test_integer_images_name_the_float_input_that_works():
+    def image_model(dtype, seed):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((4, 4, 1), dtype=dtype)
+        h = keras.layers.Rescaling(1 / 255)(inputs)
+        h = keras.layers.Flatten()(h)
+        return keras.Model(inputs, keras.layers.Dense(3)(h))
+
+    with pytest.raises(ValueError, match="uint8 pixels.*keras.Input"):
+        kj.Distiller(
+            image_model("uint8", 0),
+            image_model("uint8", 1),
+            [kj.JacobianMatching()],
+            supervised_loss_weight=1.0,
+        )
+    # The fix the message gives: a float input, fed the uint8 batches.
+    distiller = kj.Distiller(
+        image_model("float32", 0),
+        image_model("float32", 1),
+        [kj.JacobianMatching()],
+        supervised_loss_weight=1.0,
+    )
+    distiller.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 4, 4, 1))
+    history = distiller.fit(
+        pixels.astype("uint8"), np.arange(4) % 3, epochs=1, verbose=0
+    )
+    assert np.isfinite(history.history["loss"][-1])
+
+
 def test_resizing_inside_the_model_is_reported():
     inputs = keras.Input((8, 8, 1))
     h = keras.layers.Conv2D(2, 3, activation="tanh", name="conv")(inputs)
