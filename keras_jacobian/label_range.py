@@ -26,10 +26,36 @@ import tensorflow as tf
 
 _NONE_LOW = tf.int32.max
 _NONE_HIGH = tf.int32.min
+_EMPTY = [0, _NONE_LOW, _NONE_HIGH, 0, 0, 0]
 _XLA_NOTE = (
     "(The step ran compiled with XLA, which drops in-step checks: this "
     "error comes after that step, which {}.)"
 )
+
+
+FIX = "or pick target='teacher_top1', which needs no labels."
+FRACTION = (
+    "target='label' needs whole-number class indices: a float label is "
+    "not truncated to a class. Cast integer-valued labels, fix the others "
+    "(probabilities or soft labels are not class indices), " + FIX
+)
+NOT_ONE_HOT = (
+    "target='label' reads a one-hot row as the class of its 1: a row of "
+    "zeros names no class, and several positive entries or fractions (soft "
+    "labels from MixUp, CutMix or label smoothing) name no single class. "
+    "Fix the labels (smooth them in the loss: `label_smoothing=`), " + FIX
+)
+
+
+def one_hot_rows(labels):
+    """True for each row of `labels` that holds one 1 and zeros."""
+    binary = tf.reduce_all(tf.equal(labels, 0) | tf.equal(labels, 1), -1)
+    ones = tf.reduce_sum(tf.cast(tf.equal(labels, 1), "int32"), -1)
+    return binary & tf.equal(ones, 1)
+
+
+def _count(bad):
+    return tf.reduce_sum(tf.cast(bad, "int32"))
 
 
 class LabelRangeMonitor:
@@ -45,17 +71,19 @@ class LabelRangeMonitor:
 
     # What a step compiled with XLA did with the bad labels.
     xla_update = (
-        "used zero rows for those examples (in its loss and, in `fit`, "
-        "its update)"
+        "used zero rows for indices out of range, truncated fractional "
+        "ones and took the argmax of rows that are not one-hot (in its "
+        "loss and, in `fit`, its update)"
     )
 
     def __init__(self, num_classes, message):
         self.num_classes = num_classes
         self.message = message
-        # Per replica: [count, lowest, highest] of the bad labels, and the
-        # number of classes they were checked against.
+        # Per replica: [count, lowest, highest] of the bad labels, the
+        # number of classes they were checked against, and the counts of
+        # fractional labels and of rows that are not one-hot.
         self.state = tf.Variable(
-            [0, _NONE_LOW, _NONE_HIGH, 0],
+            _EMPTY,
             dtype="int32",
             trainable=False,
             synchronization=tf.VariableSynchronization.ON_READ,
@@ -66,17 +94,26 @@ class LabelRangeMonitor:
     def record(self, labels):
         """Adds the batch's out-of-range sparse labels to the record.
 
-        One-hot labels (shape `(batch, num_classes)`) are skipped: their
-        `argmax` is always a class.
+        Rows of shape `(batch, num_classes)` are counted when they are not
+        one-hot; float indices when they are not whole numbers.
         """
         labels = tf.convert_to_tensor(labels)
         shape = labels.shape
+        state = self.state.read_value()
         if (
             shape.rank == 2
             and shape[-1] == self.num_classes
             and self.num_classes > 1
         ):
+            bad = tf.logical_not(one_hot_rows(labels))
+            self.state.assign(
+                tf.tensor_scatter_nd_add(state, [[5]], [_count(bad)])
+            )
             return
+        if labels.dtype.is_floating:
+            bad = tf.not_equal(labels, tf.round(labels))
+            state = tf.tensor_scatter_nd_add(state, [[4]], [_count(bad)])
+            self.state.assign(state)
         self._record(labels, self.num_classes)
 
     def _record(self, labels, num_classes, ignore_class=None):
@@ -105,6 +142,8 @@ class LabelRangeMonitor:
                         tf.reduce_max(tf.where(bad, indices, _NONE_HIGH)),
                     ),
                     tf.maximum(state[3], num_classes),
+                    state[4],
+                    state[5],
                 ]
             )
         )
@@ -120,19 +159,36 @@ class LabelRangeMonitor:
         copies = strategy.experimental_local_results(self.state)
         values = [copy.numpy() for copy in copies]
         count = sum(int(v[0]) for v in values)
-        if not count:
+        fractional = sum(int(v[4]) for v in values)
+        rows = sum(int(v[5]) for v in values)
+        if not count + fractional + rows:
             return None
         low = min(int(v[1]) for v in values)
         high = max(int(v[2]) for v in values)
         classes = max(int(v[3]) for v in values)
         for copy in copies:
-            copy.assign([0, _NONE_LOW, _NONE_HIGH, 0])
+            copy.assign(_EMPTY)
         message = self.message
         if callable(message):
             message = message(classes)
+        found = []
+        if count:
+            found.append(
+                f"{message} Received {count} label(s) out of range, from "
+                f"{low} to {high}."
+            )
+        if fractional:
+            found.append(
+                f"{FRACTION} Received {fractional} label(s) that are not "
+                "whole numbers."
+            )
+        if rows:
+            found.append(
+                f"{NOT_ONE_HOT} Received {rows} row(s) that are not one-hot."
+            )
         return ValueError(
-            f"{message} Received {count} label(s) out of range, from "
-            f"{low} to {high}. "
+            " ".join(found)
+            + " "
             + (
                 _XLA_NOTE.format(self.xla_update)
                 if compiled

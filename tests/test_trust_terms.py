@@ -146,19 +146,25 @@ def test_out_of_range_label_fails_eagerly_with_value_error(bad):
         )
 
 
-def test_float_labels_with_fractions_are_refused():
+def _label_distiller(jit_compile):
     distiller = kj.Distiller(
         tiny.conv_net(seed=0),
         tiny.conv_net(seed=1),
         [kj.JacobianMatching(target="label")],
         supervised_loss_weight=1.0,
     )
+    distiller.compile(optimizer="sgd", jit_compile=jit_compile)
+    return distiller
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_float_labels_with_fractions_are_refused(jit_compile):
+    distiller = _label_distiller(jit_compile)
     x = tiny.images(3)
-    # Used to be truncated to class 2, silently.
+    # Used to be truncated to class 2, silently (under XLA too).
     with pytest.raises(ValueError, match=r"whole-number.*\[2\.9\]"):
         distiller.teacher_targets(tf.constant(x), np.array([0.0, 2.9, 1.0]))
-    distiller.compile(optimizer="sgd")
-    with pytest.raises(Exception, match=r"whole-number(.|\n)*2\.9"):
+    with pytest.raises(Exception, match=r"whole-number(.|\n)*2\.9|1 label"):
         distiller.fit(x, np.array([0.0, 2.9, 1.0]), batch_size=3, verbose=0)
     # Integer-valued floats are class indices.
     history = distiller.fit(
@@ -167,21 +173,25 @@ def test_float_labels_with_fractions_are_refused():
     assert np.isfinite(history.history["loss"][0])
 
 
-def test_one_hot_row_without_a_class_is_refused():
-    distiller = kj.Distiller(
-        tiny.conv_net(seed=0),
-        tiny.conv_net(seed=1),
-        [kj.JacobianMatching(target="label")],
-        supervised_loss_weight=1.0,
-    )
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize(
+    "row",
+    [[0, 0, 0, 0, 0], [1, 0, 0, 0, 1], [0, 0, 0, 0, 0.5], [0.9, 0.1, 0, 0, 0]],
+    ids=["zeros", "two classes", "a fraction", "smoothed"],
+)
+def test_one_hot_row_without_a_single_class_is_refused(row, jit_compile):
+    distiller = _label_distiller(jit_compile)
     x = tiny.images(3)
     labels = np.eye(5, dtype="float32")[[1, 0, 2]]
-    labels[1] = 0.0  # used to be read as class 0
-    with pytest.raises(ValueError, match=r"no positive entry.*\[1\]"):
+    labels[1] = row  # used to be read as its argmax, silently
+    with pytest.raises(ValueError, match=r"names no class.*\[1\]"):
         distiller.teacher_targets(tf.constant(x), labels)
-    distiller.compile(optimizer="sgd")
-    with pytest.raises(Exception, match="no positive entry"):
+    with pytest.raises(Exception, match="1 row.*not one-hot|names no class"):
         distiller.fit(x, labels, batch_size=3, verbose=0)
+    history = distiller.fit(
+        x, np.eye(5, dtype="float32")[[1, 0, 2]], batch_size=3, verbose=0
+    )
+    assert np.isfinite(history.history["loss"][0])
 
 
 def test_label_shape_mistakes_are_named():

@@ -20,6 +20,7 @@ import keras
 import tensorflow as tf
 
 from keras_jacobian import jacobians
+from keras_jacobian import label_range
 
 _SHARED = (keras.losses.Loss,)
 if getattr(keras, "distillation", None) is not None:
@@ -397,19 +398,18 @@ def check_labels(labels, indices, num_classes, batch_size, one_hot, expected):
     Returns:
         `indices`, after the checks.
     """
-    fix = "or pick target='teacher_top1', which needs no labels."
+    fix = label_range.FIX
     # (condition, message, prefix, values shown on failure) per check; a
     # condition of one value per example shows the failing values only.
     checks = []
     if one_hot:
-        peaks = tf.reduce_max(labels, axis=-1)
+        ok = label_range.one_hot_rows(labels)
         checks.append(
             (
-                peaks > 0,
-                f"{expected} A one-hot row has no positive entry (e.g. all "
-                "zeros), so it names no class. Fix the labels, " + fix,
-                "Received rows of the examples:",
-                tf.range(tf.shape(peaks)[0]),
+                ok,
+                f"{expected} {label_range.NOT_ONE_HOT}",
+                "Received rows that are not one-hot, of the examples:",
+                tf.range(tf.shape(ok)[0]),
             )
         )
     else:
@@ -417,10 +417,7 @@ def check_labels(labels, indices, num_classes, batch_size, one_hot, expected):
             checks.append(
                 (
                     tf.equal(labels, tf.round(labels)),
-                    "target='label' needs whole-number class indices: a "
-                    "float label is not truncated to a class. Cast "
-                    "integer-valued labels, fix the others (probabilities "
-                    "or soft labels are not class indices), " + fix,
+                    label_range.FRACTION,
                     "Received labels:",
                     labels,
                 )
