@@ -276,7 +276,8 @@ def construct(distiller):
         t.needs_input_gradients for t in terms
     )
     uses_input_jacobians = any(t.uses_input_jacobians for t in terms)
-    if uses_input_jacobians:
+    # Noise added to token ids would change the tokens.
+    if uses_input_jacobians or any(t.perturbs_inputs for t in terms):
         validation.check_float_input(teacher_dtype, "teacher")
         validation.check_float_input(student_dtype, "student")
         validation.check_token_inputs(teacher, "teacher")

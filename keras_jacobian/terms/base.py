@@ -184,6 +184,8 @@ class DistillationTerm:
     synchronizes = False
     reads_logits = False
     per_batch = False
+    # The term runs the networks on perturbed copies of the input.
+    perturbs_inputs = False
 
     def __init__(self, name=None):
         if name is not None and not isinstance(name, str):

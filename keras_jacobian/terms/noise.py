@@ -40,6 +40,7 @@ class NoiseDistillation(DistillationTerm):
 
     cacheable = False
     reads_logits = True
+    perturbs_inputs = True
 
     def __init__(self, stddev, num_samples=1, name=None):
         super().__init__(name=name)
