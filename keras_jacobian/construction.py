@@ -392,11 +392,12 @@ def construct(distiller):
         and getattr(t, "estimator", None) not in jacobians.DIFFERENCE_ESTIMATORS
         for t in terms
     ):
+        jvp = "jvp" in estimators
         transforms.check_transforms(
-            teacher, teacher_shape, teacher_dtype, False, "teacher"
+            teacher, teacher_shape, teacher_dtype, False, "teacher", jvp
         )
         transforms.check_transforms(
-            student, student_shape, student_dtype, True, "student"
+            student, student_shape, student_dtype, True, "student", jvp
         )
     # After the probe: a network without input gradients is named as such.
     if estimators and estimator in jacobians.DIFFERENCE_ESTIMATORS:

@@ -162,7 +162,7 @@ class JacobianRegularizedModel(
             )
         else:
             transforms.check_transforms(
-                model, input_shape, dtype, True, "model"
+                model, input_shape, dtype, True, "model", estimator == "jvp"
             )
         self.model = model
         self.target = target

@@ -72,12 +72,15 @@ def may_transform(model):
     return False
 
 
-def check_transforms(model, input_shape, dtype, training, role):
+def check_transforms(
+    model, input_shape, dtype, training, role, forward_mode=False
+):
     """Refuses autodiff input Jacobians through an image transform.
 
     Translations with `fill_mode="constant"` and bilinear interpolation
     are accepted when they are the only transforming layers (their
-    gradient is the transpose).
+    gradient is the transpose), except by forward mode (`forward_mode`),
+    which TensorFlow cannot trace through the transform.
 
     Raises:
         ValueError: naming the transform, the measured error and what to
@@ -107,6 +110,17 @@ def check_transforms(model, input_shape, dtype, training, role):
         and not suspects
         and any(_exact_translation(layer) for layer in layers)
     ):
+        if forward_mode:
+            raise ValueError(
+                f"estimator='jvp' differentiates the {role} {model.name!r} in "
+                f"forward mode, but it transforms its input with {found[0].op} "
+                f"(layers {suspects or 'RandomTranslation'}) in a "
+                f"{'training' if training else 'inference'}-mode pass, which "
+                "TensorFlow's forward mode cannot trace inside a compiled step "
+                "(TypeError 'Could not generate a generic TraceType'). Use "
+                "estimator='vjp' (the same objective) or apply the "
+                "augmentation in the input pipeline."
+            )
         return
     raise ValueError(
         f"The {role} {model.name!r} transforms its input with "
