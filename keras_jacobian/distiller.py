@@ -295,8 +295,12 @@ class Distiller(
         sample_weight=None,
         precision=None,
         random_state=None,
+        keep=None,
     ):
         replay = None if random_state is None else random_state.record()
+        again = (
+            forward if keep is None else steps.without_updates(keep, forward)
+        )
         if self.needs_input_gradients:
             tape = tf.GradientTape(
                 persistent=True, watch_accessed_variables=False
@@ -313,7 +317,7 @@ class Distiller(
             tape=tape,
             labels=y,
             seed=self.seed_generator,
-            forward=forward,
+            forward=again,
             input_shape=input_shape,
             sample_weight=sample_weight,
             precision=precision,
@@ -387,6 +391,7 @@ class Distiller(
             sample_weight,
             precision=self.student_precision,
             random_state=self._student_random_state,
+            keep=self.student,
         )
         if tctx is not None:
             tctx.student_shapes = {

@@ -240,7 +240,9 @@ class JacobianRegularizedModel(
         )
         derivatives = jacobians.directional_derivatives(
             self.estimator,
-            lambda inputs: self.model(inputs, training=training),
+            steps.without_updates(
+                self.model, lambda inputs: self.model(inputs, training=training)
+            ),
             x,
             directions,
             step_size=self.step_size,

@@ -215,3 +215,26 @@ def _eager_forward_mode_error(error):
         "(the traced step works), or use estimator='vjp' (reverse mode, "
         f"the same objective). TensorFlow said: {error.message}"
     )
+
+
+def without_updates(model, forward):
+    """`forward`, leaving `model`'s non-trainable float variables as they
+    were: a pass on other inputs (shifted copies of the batch, noisy
+    copies) must not update BatchNorm's moving statistics again."""
+    variables = [
+        v
+        for v in model.non_trainable_variables
+        if keras.backend.is_float_dtype(v.dtype)
+    ]
+    if not variables:
+        return forward
+
+    def again(inputs):
+        saved = [tf.identity(v.value) for v in variables]
+        outputs = forward(inputs)
+        with tf.control_dependencies(tf.nest.flatten(outputs)):
+            for v, value in zip(variables, saved):
+                v.assign(value)
+        return outputs
+
+    return again

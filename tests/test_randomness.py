@@ -613,3 +613,44 @@ def test_forward_mode_refuses_even_the_exact_translation():
             teacher, model, [kj.JacobianMatching("all", estimator="jvp")]
         )
     kj.JacobianRegularizedModel(model, target="all", estimator="vjp")
+
+
+def _bn_student(seed):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(SHAPE)
+    h = keras.layers.Conv2D(3, 3, activation="tanh")(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Flatten()(h)
+    return keras.Model(inputs, keras.layers.Dense(3)(h))
+
+
+@pytest.mark.parametrize("estimator", ["jvp", "finite_difference"])
+def test_extra_passes_leave_moving_statistics_alone(estimator):
+    # Each direction's pass (and each noisy copy) used to update
+    # BatchNorm's moving statistics again: R + 1 updates per step.
+    x = tiny.images(4, SHAPE)
+    y = np.arange(4) % 3
+    plain = keras.Input(SHAPE)
+    teacher = keras.Model(plain, _head(plain, seed=10))
+    moved = {}
+    for name, terms in {
+        "supervised only": [],
+        estimator: [
+            kj.JacobianMatching("all", estimator=estimator, num_projections=4),
+            kj.NoiseDistillation(0.1, num_samples=2),
+        ],
+    }.items():
+        student = _bn_student(0)
+        distiller = kj.Distiller(
+            teacher, student, terms, supervised_loss_weight=1.0
+        )
+        distiller.compile(
+            optimizer=keras.optimizers.SGD(0.0),
+            loss="sparse_categorical_crossentropy",
+        )
+        distiller.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        moved[name] = [v.numpy() for v in student.non_trainable_variables]
+    for a, b in zip(moved["supervised only"], moved[estimator]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # And the statistics did move (one update).
+    assert np.abs(moved[estimator][0]).max() > 0
