@@ -387,20 +387,18 @@ def check_term_weights(terms, weights):
 
 def check_several_inputs(model, role, terms):
     """Refuses a network of several inputs for terms that read inputs."""
-    readers = [
-        t.name
-        for t in terms
-        if t.needs_input_gradients or t.uses_input_jacobians
-    ]
+    kinds = ("needs_input_gradients", "uses_input_jacobians", "perturbs_inputs")
+    readers = [t.name for t in terms if any(getattr(t, k) for k in kinds)]
     if readers:
         names = [i.name for i in model.inputs]
         raise ValueError(
             f"The {role} model {model.name!r} has {len(names)} inputs "
-            f"{names}; the terms {readers} read input Jacobians or input "
-            "gradients, which need a single floating-point input. Wrap the "
-            "network in a model of one input (e.g. the embedded sequence, "
-            "with the other inputs fixed inside it), or use output-only "
-            "terms such as LogitsDistillation or FeatureDistillation."
+            f"{names}; the terms {readers} perturb or read the input (noise, "
+            "input Jacobians or input gradients), which needs a single "
+            "floating-point input. Wrap the network in a model of one input "
+            "(e.g. the embedded sequence, with the other inputs fixed inside "
+            "it), or use output-only terms such as LogitsDistillation or "
+            "FeatureDistillation."
         )
 
 
