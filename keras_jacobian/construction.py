@@ -9,6 +9,7 @@ unbuilt networks on first use.
 import keras
 import tensorflow as tf
 
+from keras_jacobian import batch_statistics
 from keras_jacobian import endpoints
 from keras_jacobian import jacobians
 from keras_jacobian import kinks
@@ -344,6 +345,7 @@ def construct(distiller):
         )
     distiller.term_layers = [layer for t in terms for layer in t.layers]
     distiller._label_monitor = _label_monitor(terms, teacher_shapes)
+    batch_statistics.install(student)
     distiller._teacher_random_state = randomness.RandomState()
     distiller._student_random_state = randomness.RandomState()
     estimators = [

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_jacobian import _compat
+from keras_jacobian import batch_statistics
 from keras_jacobian import construction
 from keras_jacobian import jacobians
 from keras_jacobian import label_range
@@ -298,19 +299,12 @@ class Distiller(
         keep=None,
     ):
         replay = None if random_state is None else random_state.record()
-        again = (
+        tape, outputs, held = batch_statistics.first_pass(
+            forward, x, self.needs_input_gradients
+        )
+        again = held.replayed(
             forward if keep is None else steps.without_updates(keep, forward)
         )
-        if self.needs_input_gradients:
-            tape = tf.GradientTape(
-                persistent=True, watch_accessed_variables=False
-            )
-            with tape:
-                tape.watch(x)
-                outputs = forward(x)
-        else:
-            tape = None
-            outputs = forward(x)
         return StepContext(
             inputs=x,
             outputs=outputs,

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from keras_jacobian import batch_statistics
 from keras_jacobian import jacobians
 from keras_jacobian import kinks
 from keras_jacobian import label_range
@@ -137,6 +138,7 @@ class JacobianRegularizedModel(
             validation.check_logits_output(outputs[0], "model")
         traced.check_logits(model, input_shape, dtype, "model")
         self.precision = jacobians.network_precision(model)
+        batch_statistics.install(model)
         self._random_state = randomness.RandomState()
         if estimator in jacobians.INPUT_ESTIMATORS:
             self._random_state = randomness.replayed_states(
@@ -201,16 +203,17 @@ class JacobianRegularizedModel(
         x = tf.convert_to_tensor(x)
         if not x.dtype.is_floating:
             x = tf.cast(x, keras.config.floatx())
-        if self.estimator in jacobians.INPUT_ESTIMATORS:
-            # No tape: the first value is the function that replays the
-            # pass's random draws (None without any).
-            replay = self._random_state.record()
-            return replay, self.model(x, training=training), x
-        with tf.GradientTape(
-            persistent=True, watch_accessed_variables=False
-        ) as tape:
-            tape.watch(x)
-            logits = self.model(x, training=training)
+        projected = self.estimator in jacobians.INPUT_ESTIMATORS
+        # The random draws and BatchNorm statistics of the pass, replayed
+        # in the extra passes of the input-direction estimators.
+        replay = self._random_state.record() if projected else None
+        tape, logits, held = batch_statistics.first_pass(
+            lambda inputs: self.model(inputs, training=training),
+            x,
+            watch=not projected,
+        )
+        if projected:
+            return (replay, held), logits, x
         return tape, logits, x
 
     def _penalty(self, tape, logits, x, training):
@@ -233,15 +236,19 @@ class JacobianRegularizedModel(
             squared *= size / self.num_projections
         return squared
 
-    def _projected_penalty(self, logits, x, training, replay):
+    def _projected_penalty(self, logits, x, training, state):
         """`D * mean_r ||J v_r||^2` along random input directions."""
+        replay, held = state
         directions = jacobians.input_directions(
             x, self.num_projections, self.seed_generator
         )
         derivatives = jacobians.directional_derivatives(
             self.estimator,
-            steps.without_updates(
-                self.model, lambda inputs: self.model(inputs, training=training)
+            held.replayed(
+                steps.without_updates(
+                    self.model,
+                    lambda inputs: self.model(inputs, training=training),
+                )
             ),
             x,
             directions,

@@ -1,0 +1,146 @@
+"""Per-example Jacobians of a network whose BatchNorm runs in training mode.
+
+A `BatchNormalization` layer in training mode normalises each example with
+the mean and variance of its whole batch, so an example's output depends
+on the other examples' inputs. Differentiated as they are, the rows of a
+student in training mode would mix in derivatives across examples, which
+the teacher (in inference mode) and the student at inference do not have;
+and every estimator would see another mixture (`"exact"` differentiates the
+batch's summed class scores, `"vjp"` per-example projections, the
+input-direction estimators passes on shifted copies of the whole batch).
+
+The Jacobian terms therefore differentiate each example's output with
+respect to its own input with the batch's statistics held constant: the
+function the network computes at inference when its moving statistics equal
+the batch's. The statistics keep their dependence on the weights, so the
+weight gradient of the terms stays exact:
+
+- in the step's pass, each layer computes its statistics with the tape that
+  watches the input paused (`GradientTape.stop_recording`): the outer tape,
+  which differentiates with respect to the weights, still records them;
+- every extra pass of the step (shifted, tiled or noisy copies of the batch)
+  normalises with the statistics of the step's pass, which the forward-mode
+  accumulator of `"jvp"` does not see as depending on the input.
+
+The layers are wrapped once (`install`); outside a step the wrapper calls
+the layer's own method. The recorded statistics are per thread, so that
+the replicas of a `tf.distribute` strategy, traced in threads, keep their
+own.
+"""
+
+import contextlib
+import threading
+
+import keras
+import tensorflow as tf
+
+_local = threading.local()
+_lock = threading.Lock()
+_MARK = "_keras_jacobian_moments"
+
+
+def batch_norm_layers(model):
+    """The `BatchNormalization` layers of `model`, nested ones included."""
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
+def install(model):
+    """Wraps the statistics of `model`'s BatchNorm layers (idempotent)."""
+    with _lock:
+        for layer in batch_norm_layers(model):
+            if getattr(layer, _MARK, False):
+                continue
+            wrapped = _wrap(layer, layer._moments)
+            # Not tracked by Keras: nothing of it is saved or serialised.
+            object.__setattr__(layer, "_moments", wrapped)
+            object.__setattr__(layer, _MARK, True)
+
+
+def _wrap(layer, moments):
+    def held_moments(inputs, mask=None):
+        record = getattr(_local, "record", None)
+        if record is None:
+            return moments(inputs, mask)
+        return record.moments(layer, moments, inputs, mask)
+
+    return held_moments
+
+
+class Record:
+    """The statistics of one pass of the step, replayed in its extra ones."""
+
+    def __init__(self):
+        self._moments = {}
+        self._replaying = None
+        self._tape = None
+
+    def moments(self, layer, moments, inputs, mask):
+        key = id(layer)
+        if self._replaying is not None:
+            calls = self._replaying.get(key, 0)
+            self._replaying[key] = calls + 1
+            recorded = self._moments.get(key, [])
+            if calls < len(recorded):
+                return tuple(tf.cast(m, inputs.dtype) for m in recorded[calls])
+            return moments(inputs, mask)
+        if self._tape is not None:
+            with self._tape.stop_recording():
+                result = moments(inputs, mask)
+        else:
+            result = moments(inputs, mask)
+        self._moments.setdefault(key, []).append(result)
+        return result
+
+    @contextlib.contextmanager
+    def recording(self, tape=None):
+        """The step's pass: statistics recorded, invisible to `tape`."""
+        self._tape = tape
+        with _active(self):
+            yield
+        self._tape = None
+
+    def replayed(self, forward):
+        """`forward`, normalising with the recorded statistics."""
+
+        def again(inputs):
+            self._replaying = {}
+            try:
+                with _active(self):
+                    return forward(inputs)
+            finally:
+                self._replaying = None
+
+        return again
+
+
+@contextlib.contextmanager
+def _active(record):
+    previous = getattr(_local, "record", None)
+    _local.record = record
+    try:
+        yield
+    finally:
+        _local.record = previous
+
+
+def first_pass(forward, x, watch):
+    """The step's pass `forward(x)`, with a tape on `x` when `watch`.
+
+    Returns:
+        `(tape or None, outputs, record)`, `record.replayed` wraps the
+        step's extra passes.
+    """
+    record = Record()
+    if not watch:
+        with record.recording():
+            return None, forward(x), record
+    tape = tf.GradientTape(persistent=True, watch_accessed_variables=False)
+    with tape:
+        tape.watch(x)
+        with record.recording(tape):
+            outputs = forward(x)
+    return tape, outputs, record
