@@ -9,12 +9,20 @@ the weight gradient must equal central differences of that reference,
 whose statistics move with the weights.
 """
 
+import json
+import os
+import sys
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import keras_jacobian as kj
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "distributed_jobs"))
+
+import cluster  # noqa: E402
 
 SHAPE = (6, 6, 1)
 CLASSES = 3
@@ -206,4 +214,25 @@ def test_wrapped_student_saves_and_reloads(tmp_path):
     for mode in (False, True):
         np.testing.assert_allclose(
             reloaded(x, training=mode), s(x, training=mode), atol=1e-6
+        )
+
+
+@pytest.mark.slow
+def test_two_replicas_hold_their_own_statistics(tmp_path):
+    stderr_path = tmp_path / "stderr.txt"
+    process = cluster.start("batch_norm_job.py", [], stderr_path=stderr_path)
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr_path.read_text()[-3000:]
+    line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT ") :])
+    t, s, x = teacher(), student(), batch(8)
+    halves = [reference_loss(t, s, x[:4]), reference_loss(t, s, x[4:])]
+    assert halves[0] != pytest.approx(halves[1], rel=1e-2)
+    assert set(result) == {"vjp", "jvp", "finite_difference"}
+    for estimator, loss in result.items():
+        np.testing.assert_allclose(
+            loss,
+            np.mean(halves),
+            rtol=TOLERANCE.get(estimator, 2e-5),
+            err_msg=estimator,
         )
