@@ -330,7 +330,7 @@ class Distiller(
         """
         ctx = self._context(
             self._teacher_forward,
-            x,
+            tf.nest.map_structure(tf.convert_to_tensor, x),
             y,
             self.teacher_input_shape,
             precision=self.teacher_precision,

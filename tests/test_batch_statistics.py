@@ -236,3 +236,21 @@ def test_two_replicas_hold_their_own_statistics(tmp_path):
             rtol=TOLERANCE.get(estimator, 2e-5),
             err_msg=estimator,
         )
+
+
+def test_noisy_copies_are_normalised_with_the_clean_batch_statistics():
+    t, s, x = teacher(), student(), batch()
+    model = kj.Distiller(t, s, kj.NoiseDistillation(0.3, num_samples=2))
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    state = model.seed_generator.state.numpy()
+    logs = model.train_on_batch(x, return_dict=True)
+    model.seed_generator.state.assign(state)
+    targets = model.teacher_targets(x)[0]
+    noisy = targets["noisy_inputs"].numpy()
+    errors = np.sum(
+        (targets["noisy_logits"].numpy() - held_copy(s, x)(noisy).numpy()) ** 2,
+        axis=-1,
+    )
+    np.testing.assert_allclose(
+        logs["noise_distillation_loss"], np.mean(errors), rtol=1e-5
+    )
