@@ -147,11 +147,13 @@ the seed-to-seed noise: the paper's transfer gains are not reproduced here
 (at 1 image per class either). With a BatchNormalization student
 (`--student_batch_norm`, what this script used to train) evaluated with
 its moving statistics (`--norecompute_batch_norm`), LwF + Jacobians
-collapses (31.22 ± 28.31% against 86.96 ± 5.45% for LwF, seeds 0-2): the
-Jacobian term moves the student's BatchNorm statistics faster than the
-moving averages follow. The script now recomputes them after training,
-and LwF + Jacobians still loses 12.15 [1.12, 23.18] points against LwF.
-docs/reproducing.md has the commands and the other settings tried.
+collapsed before 0.3.0 (31.22 ± 28.31% against 86.96 ± 5.45% for LwF,
+seeds 0-2), and still lost 12.15 [1.12, 23.18] points against LwF with
+the statistics recomputed after training. Since 0.3.0 the Jacobian terms
+hold the student's batch statistics constant: LwF + Jacobians − LwF is
+-2.07 [-6.65, +2.50] with the moving statistics and -3.21 [-7.35, +0.93]
+recomputed (5 seeds). docs/reproducing.md has the commands and the other
+settings tried.
 
 The weight of the LwF term against the cross-entropy (weight 1), LwF
 alone against no transfer (88.29 ± 5.01), 5 seeds, 5 images per class:
