@@ -262,3 +262,17 @@ class BackupAndRestoreHooks(keras.callbacks.BackupAndRestore):
     def position(self):
         """`{"epoch": ..., "batch": ...}`, as Keras writes its metadata."""
         return {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+
+
+def wrap_batch_norm_moments(layer, wrap):
+    """Replaces, on this instance, `layer._moments` by `wrap(layer._moments)`.
+
+    Uses `BatchNormalization._moments`: `BatchNormalization.call` computes the batch statistics of training
+    mode, and only them, with `self._moments(inputs, mask)`, which returns
+    the per-channel `(mean, variance)`. The wrapper is set with
+    `object.__setattr__`, outside Keras' attribute tracking: nothing of it
+    is saved or serialised.
+
+    Checked on Keras 3.15.1.
+    """
+    object.__setattr__(layer, "_moments", wrap(layer._moments))

@@ -34,6 +34,8 @@ import threading
 import keras
 import tensorflow as tf
 
+from keras_jacobian import _compat
+
 _local = threading.local()
 _lock = threading.Lock()
 _MARK = "_keras_jacobian_moments"
@@ -43,7 +45,7 @@ def batch_norm_layers(model):
     """The `BatchNormalization` layers of `model`, nested ones included."""
     return [
         layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
+        for layer in _compat.flatten_layers(model)
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
 
@@ -54,9 +56,9 @@ def install(model):
         for layer in batch_norm_layers(model):
             if getattr(layer, _MARK, False):
                 continue
-            wrapped = _wrap(layer, layer._moments)
-            # Not tracked by Keras: nothing of it is saved or serialised.
-            object.__setattr__(layer, "_moments", wrapped)
+            _compat.wrap_batch_norm_moments(
+                layer, lambda moments, layer=layer: _wrap(layer, moments)
+            )
             object.__setattr__(layer, _MARK, True)
 
 
@@ -74,7 +76,7 @@ class Record:
     """The statistics of one pass of the step, replayed in its extra ones."""
 
     def __init__(self):
-        self._moments = {}
+        self._recorded = {}
         self._replaying = None
         self._tape = None
 
@@ -83,7 +85,7 @@ class Record:
         if self._replaying is not None:
             calls = self._replaying.get(key, 0)
             self._replaying[key] = calls + 1
-            recorded = self._moments.get(key, [])
+            recorded = self._recorded.get(key, [])
             if calls < len(recorded):
                 return tuple(tf.cast(m, inputs.dtype) for m in recorded[calls])
             return moments(inputs, mask)
@@ -92,7 +94,7 @@ class Record:
                 result = moments(inputs, mask)
         else:
             result = moments(inputs, mask)
-        self._moments.setdefault(key, []).append(result)
+        self._recorded.setdefault(key, []).append(result)
         return result
 
     @contextlib.contextmanager
