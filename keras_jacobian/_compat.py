@@ -264,15 +264,20 @@ class BackupAndRestoreHooks(keras.callbacks.BackupAndRestore):
         return {"epoch": self._current_epoch, "batch": self._last_batch_seen}
 
 
-def wrap_batch_norm_moments(layer, wrap):
-    """Replaces, on this instance, `layer._moments` by `wrap(layer._moments)`.
+def wrap_batch_norm_statistics(layer, wrap):
+    """Replaces, on this instance, the methods that compute a
+    `BatchNormalization` layer's batch statistics by `wrap(name, method)`.
 
-    Uses `BatchNormalization._moments`: `BatchNormalization.call` computes the batch statistics of training
-    mode, and only them, with `self._moments(inputs, mask)`, which returns
-    the per-channel `(mean, variance)`. The wrapper is set with
-    `object.__setattr__`, outside Keras' attribute tracking: nothing of it
-    is saved or serialised.
+    Uses `BatchNormalization._moments` and
+    `BatchNormalization._renorm_correction_and_moments`: in training mode
+    `BatchNormalization.call` computes the per-channel `(mean, variance)`
+    of the batch with `self._moments(inputs, mask)`, and, with
+    `renorm=True`, the corrections `(r, d, mean, variance)` from them and
+    the renorm variables, which the same call then updates. The wrappers
+    are set with `object.__setattr__`, outside Keras' attribute tracking:
+    nothing of them is saved or serialised.
 
     Checked on Keras 3.15.1.
     """
-    object.__setattr__(layer, "_moments", wrap(layer._moments))
+    for name in ("_moments", "_renorm_correction_and_moments"):
+        object.__setattr__(layer, name, wrap(name, getattr(layer, name)))

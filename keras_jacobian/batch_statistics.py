@@ -22,6 +22,12 @@ weight gradient of the terms stays exact:
   normalises with the statistics of the step's pass, which the forward-mode
   accumulator of `"jvp"` does not see as depending on the input.
 
+With `renorm=True` the corrections `r` and `d`, computed from the batch's
+statistics and the renorm variables, are held the same way, as the step's
+pass computed them (before it updates those variables): the Jacobian is
+that of the function Keras runs in training, `((x - mean) / std * r + d) *
+gamma + beta`, with `mean`, `std`, `r` and `d` held.
+
 The layers are wrapped once (`install`); outside a step the wrapper calls
 the layer's own method. The recorded statistics are per thread, so that
 the replicas of a `tf.distribute` strategy, traced in threads, keep their
@@ -29,6 +35,7 @@ own.
 """
 
 import contextlib
+import functools
 import threading
 
 import keras
@@ -56,44 +63,50 @@ def install(model):
         for layer in batch_norm_layers(model):
             if getattr(layer, _MARK, False):
                 continue
-            _compat.wrap_batch_norm_moments(
-                layer, lambda moments, layer=layer: _wrap(layer, moments)
+            _compat.wrap_batch_norm_statistics(
+                layer, functools.partial(_wrap, layer)
             )
             object.__setattr__(layer, _MARK, True)
 
 
-def _wrap(layer, moments):
-    def held_moments(inputs, mask=None):
+def _wrap(layer, name, method):
+    def held(*args):
         record = getattr(_local, "record", None)
         if record is None:
-            return moments(inputs, mask)
-        return record.moments(layer, moments, inputs, mask)
+            return method(*args)
+        return record.statistics((id(layer), name), method, args)
 
-    return held_moments
+    return held
 
 
 class Record:
-    """The statistics of one pass of the step, replayed in its extra ones."""
+    """The statistics of one pass of the step, replayed in its extra ones.
+
+    Per layer and method, in call order (a layer called twice in a pass
+    has two entries): the batch moments and, for `renorm=True`, the
+    corrections computed from them and from the renorm variables, read
+    before the step's pass updates those.
+    """
 
     def __init__(self):
         self._recorded = {}
         self._replaying = None
         self._tape = None
 
-    def moments(self, layer, moments, inputs, mask):
-        key = id(layer)
+    def statistics(self, key, method, args):
         if self._replaying is not None:
             calls = self._replaying.get(key, 0)
             self._replaying[key] = calls + 1
             recorded = self._recorded.get(key, [])
             if calls < len(recorded):
-                return tuple(tf.cast(m, inputs.dtype) for m in recorded[calls])
-            return moments(inputs, mask)
+                dtype = args[0].dtype
+                return tuple(tf.cast(v, dtype) for v in recorded[calls])
+            return method(*args)
         if self._tape is not None:
             with self._tape.stop_recording():
-                result = moments(inputs, mask)
+                result = method(*args)
         else:
-            result = moments(inputs, mask)
+            result = method(*args)
         self._recorded.setdefault(key, []).append(result)
         return result
 
@@ -146,3 +159,27 @@ def first_pass(forward, x, watch):
         with record.recording(tape):
             outputs = forward(x)
     return tape, outputs, record
+
+
+class _Detached:
+    """Statistics computed from zeros of the batch's shape: a traced graph
+    in which they do not depend on the input's values."""
+
+    def statistics(self, key, method, args):
+        return method(
+            *(
+                tf.zeros(tf.shape(a), a.dtype) if tf.is_tensor(a) else a
+                for a in args
+            )
+        )
+
+
+def detached():
+    """Within it, BatchNorm statistics do not depend on the input.
+
+    For the graph checks of the difference estimators: their extra passes
+    reuse the step's statistics, so operations inside the statistics (a
+    variance clamped at zero, renorm's clipped corrections) act the same
+    way in every pass and are no kink between them.
+    """
+    return _active(_Detached())

@@ -20,6 +20,7 @@ models included), not from layer classes.
 
 import tensorflow as tf
 
+from keras_jacobian import batch_statistics
 from keras_jacobian import probes
 
 # Operations whose derivative jumps: ReLU and its variants (hard swish
@@ -123,7 +124,10 @@ def graph_nodes(model, input_shape, dtype, training):
     def forward(x):
         return model(x, training=training)
 
-    function = forward.get_concrete_function(spec)
+    # The extra passes reuse the step's BatchNorm statistics: what
+    # computes them is not on their input path.
+    with batch_statistics.detached():
+        function = forward.get_concrete_function(spec)
     # The batch's placeholder (captured variables and seeds come after).
     start = function.inputs[0].op.name
     graph = function.graph.as_graph_def()

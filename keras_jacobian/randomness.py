@@ -158,11 +158,14 @@ def replayed_states(model, input_shape, dtype, role, training, estimator):
             for s, value in zip(states, start)
             if not np.array_equal(keras.ops.convert_to_numpy(s), value)
         ]
-        for s, value in zip(states, start):
-            s.assign(value)
+        # Every variable back as before the first pass, as the extra
+        # passes see them: seed states, and the variables a training pass
+        # updates (BatchNorm's renorm statistics feed its next pass).
+        for v, value in zip(variables, saved):
+            v.assign(value)
         second = _outputs(model, x, training)
-        for s, value in zip(states, start):
-            s.assign(value)
+        for v, value in zip(variables, saved):
+            v.assign(value)
         tiled = _outputs(model, tf.concat([x] * PROBE_COPIES, 0), training)
     finally:
         for v, value in zip(variables, saved):

@@ -52,14 +52,14 @@ def teacher():
     )
 
 
-def student(seed=2):
+def student(seed=2, synchronized=False):
     """Two BatchNorm layers, one inside a nested model."""
     keras.utils.set_random_seed(seed)
     block = keras.Sequential(
         [
             keras.Input(SHAPE),
             keras.layers.Conv2D(3, 3, padding="same"),
-            keras.layers.BatchNormalization(),
+            keras.layers.BatchNormalization(synchronized=synchronized),
             keras.layers.Activation("tanh"),
         ],
         name="block",
@@ -253,4 +253,73 @@ def test_noisy_copies_are_normalised_with_the_clean_batch_statistics():
     )
     np.testing.assert_allclose(
         logs["noise_distillation_loss"], np.mean(errors), rtol=1e-5
+    )
+
+
+def renorm_student(renorm):
+    keras.utils.set_random_seed(4)
+    return keras.Sequential(
+        [
+            keras.Input(SHAPE),
+            keras.layers.Conv2D(3, 3, padding="same"),
+            keras.layers.BatchNormalization(renorm=renorm, name="bn"),
+            keras.layers.Activation("tanh"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(CLASSES),
+        ]
+    )
+
+
+def renorm_reference(t, s, x):
+    """The function Keras trains with renorm, `((h - mean) / std * r + d)
+    * gamma + beta` with every statistic held: a plain BatchNorm in
+    inference mode with the batch's moments, gamma r and gamma d + beta."""
+    bn = s.get_layer("bn")
+    h = keras.ops.convert_to_numpy(s.layers[0](x)).astype("float64")
+    mean, var = h.mean(axis=(0, 1, 2)), h.var(axis=(0, 1, 2))
+    std = np.sqrt(var + bn.epsilon)
+    renorm_std = np.maximum(bn.renorm_stddev.numpy(), np.sqrt(bn.epsilon))
+    r = std / renorm_std
+    d = (mean - bn.renorm_mean.numpy()) / renorm_std
+    copy = renorm_student(False)
+    weights = {id(v): v.numpy() for v in s.weights}
+    for layer, original in zip(copy.layers, s.layers):
+        if layer.name != "bn":
+            layer.set_weights(original.get_weights())
+    copy_bn = copy.get_layer("bn")
+    copy_bn.gamma.assign(weights[id(bn.gamma)] * r)
+    copy_bn.beta.assign(weights[id(bn.gamma)] * d + weights[id(bn.beta)])
+    copy_bn.moving_mean.assign(mean)
+    copy_bn.moving_variance.assign(var)
+    diff = jacobians(t, x) - jacobians(copy, x)
+    return np.mean(np.sum(diff**2, axis=(1, 2)))
+
+
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def test_renorm_corrections_are_held_as_the_step_computed_them(estimator):
+    t, s, x = teacher(), renorm_student(True), batch()
+    bn = s.get_layer("bn")
+    bn.renorm_mean.assign(np.array([0.3, -0.2, 0.1], "float32"))
+    bn.renorm_stddev.assign(np.array([0.5, 1.5, 0.8], "float32"))
+    expected = renorm_reference(t, s, x)
+    logs = distiller(t, s, estimator).train_on_batch(x, return_dict=True)
+    np.testing.assert_allclose(
+        logs["jacobian_matching_loss"],
+        expected,
+        rtol=TOLERANCE.get(estimator, 2e-5),
+    )
+
+
+@pytest.mark.parametrize("estimator", ["finite_difference", "jvp"])
+def test_synchronized_statistics_are_no_kink_of_the_differences(estimator):
+    # Keras clamps the synchronized variance at zero (a maximum): it acts
+    # on the step's statistics, which every pass of the step shares.
+    t, x = teacher(), batch()
+    s = student(synchronized=True)
+    expected = reference_loss(t, s, x)
+    logs = distiller(t, s, estimator).train_on_batch(x, return_dict=True)
+    np.testing.assert_allclose(
+        logs["jacobian_matching_loss"],
+        expected,
+        rtol=TOLERANCE.get(estimator, 2e-5),
     )
