@@ -10,6 +10,7 @@ import weakref
 import common_flags
 import keras
 import numpy as np
+import reporting
 import tensorflow as tf
 from absl import app
 from reporting import CONFIDENCE  # noqa: F401
@@ -212,7 +213,7 @@ def train(
                 os.path.join(backup_dir, run_name) if backup_dir else None
             ),
         )
-    return model.fit(
+    history = model.fit(
         dataset,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
@@ -222,6 +223,11 @@ def train(
         # only adds a warning for a `tf.data.Dataset`.
         shuffle=False,
     )
+    for callback in run_callbacks:
+        epoch = getattr(callback, "resumed_epoch", None)
+        if isinstance(callback, kj_callbacks.BackupAndRestore) and epoch:
+            reporting.RESUMED_RUNS.append({"run": run_name, "epoch": epoch})
+    return history
 
 
 _PREDICT = weakref.WeakKeyDictionary()

@@ -296,6 +296,22 @@ DIFFERENCE_NOTE = (
 )
 
 
+# Runs of this process that resumed from a --backup_dir backup:
+# {"run": run name, "epoch": epoch resumed at}.
+RESUMED_RUNS = []
+
+
+def resumed_note(resumed):
+    """Markdown: which runs resumed from a backup, and what that means."""
+    runs = ", ".join(f"{r['run']} (at epoch {r['epoch']})" for r in resumed)
+    return (
+        f"Resumed from a --backup_dir backup: {runs}. A resumed run sees "
+        "its training images in another order after the restart than an "
+        "uninterrupted one, so its accuracy may differ from a rerun's by "
+        "a little; the other runs are unaffected."
+    )
+
+
 def report(
     output_dir,
     stem,
@@ -334,8 +350,11 @@ def report(
                 differences, summary["columns"], column_title, labels
             )
         )
+    if RESUMED_RUNS:
+        text += "\n\n" + resumed_note(RESUMED_RUNS)
     payload = dict(extra or {})
     payload["differences"] = differences
+    payload["resumed_runs"] = list(RESUMED_RUNS)
     write_results(output_dir, stem, summary, records, text, extra=payload)
     plot(
         summary,

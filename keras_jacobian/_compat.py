@@ -233,8 +233,9 @@ class BackupAndRestoreHooks(keras.callbacks.BackupAndRestore):
 
     Uses the callback's private `_save_model` (called by `on_epoch_end`
     and `on_train_batch_end`), the paths `_weights_path` and
-    `_training_metadata_path` it writes, and `_current_epoch` and
-    `_last_batch_seen`, which it records; Keras offers no public way to
+    `_training_metadata_path` it writes, `_current_epoch` and
+    `_last_batch_seen`, which it records, and the model's
+    `Trainer._initial_epoch`, which it sets; Keras offers no public way to
     change how the backup is written. A subclass overrides `save_backup`
     instead, and reads the rest through the properties below.
 
@@ -262,6 +263,24 @@ class BackupAndRestoreHooks(keras.callbacks.BackupAndRestore):
     def position(self):
         """`{"epoch": ..., "batch": ...}`, as Keras writes its metadata."""
         return {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+
+    @property
+    def restored_epoch(self):
+        """The epoch `on_train_begin` restored the model at, or `None`."""
+        return getattr(self.model, "_initial_epoch", None)
+
+    def forget_resumed_epoch(self):
+        """Lets later `fit` calls of the model start where they are told.
+
+        Uses `Trainer._initial_epoch`: Keras' callback sets it to the
+        restored epoch and `fit` starts there instead of at its
+        `initial_epoch` argument, but nothing resets it, so every later
+        `fit` of the same model (with or without a backup) would skip as
+        many epochs.
+
+        Checked on Keras 3.15.1.
+        """
+        self.model._initial_epoch = None
 
 
 def wrap_batch_norm_statistics(layer, wrap):

@@ -280,3 +280,43 @@ def test_backup_to_a_remote_directory_uses_its_file_system(
     )
     assert tf.io.gfile.exists("ram://kj_backup_test/latest.weights.h5")
     assert os.listdir(tmp_path) == []
+
+
+class _Crash(keras.callbacks.Callback):
+    """Ends `fit` with an error after the backup of epoch `at`, as a kill
+    would end the process."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at:
+            raise RuntimeError("crash")
+
+
+def test_resumed_fit_leaves_later_fits_their_epochs(tmp_path):
+    """Keras' callback leaves the restored epoch on the model: every later
+    `fit` of it skipped that many epochs (a script resuming one run of
+    several trained its later runs for fewer epochs)."""
+    x = np.linspace(0, 1, 24, dtype="float32").reshape(8, 3)
+    y = x @ np.ones((3, 2), "float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    folder = str(tmp_path / "backup")
+    with pytest.raises(RuntimeError, match="crash"):
+        model.fit(
+            x,
+            y,
+            epochs=4,
+            verbose=0,
+            callbacks=[kj_callbacks.BackupAndRestore(folder), _Crash(1)],
+        )
+    backup = kj_callbacks.BackupAndRestore(folder)
+    resumed = model.fit(x, y, epochs=4, verbose=0, callbacks=[backup])
+    assert resumed.epoch == [2, 3]
+    assert model.fit(x, y, epochs=3, verbose=0).epoch == [0, 1, 2]
+    fresh = kj_callbacks.BackupAndRestore(str(tmp_path / "other"))
+    again = model.fit(x, y, epochs=3, verbose=0, callbacks=[fresh])
+    assert again.epoch == [0, 1, 2]
+    assert (backup.resumed_epoch, fresh.resumed_epoch) == (2, None)

@@ -54,7 +54,11 @@ class BackupAndRestore(_compat.BackupAndRestoreHooks):
     `delete_checkpoint` removes the backup files, then the folder if
     nothing else is in it (Keras' callback removes the whole folder).
 
-    Restoring and the resumed epoch are Keras' own. The backup holds
+    Restoring and the resumed epoch are Keras' own, and hold for this
+    `fit` only: `resumed_epoch` says where it resumed (`None`: it started
+    afresh), and later `fit` calls of the model start at their own
+    `initial_epoch` (after Keras' callback, every later `fit` skips the
+    restored number of epochs). The backup holds
     everything the model's `save_weights` stores; for a `Distiller` that
     includes the optimizer's variables, the term weights and the seed
     generator's state.
@@ -83,12 +87,19 @@ class BackupAndRestore(_compat.BackupAndRestoreHooks):
             delete_checkpoint=delete_checkpoint,
         )
         self._created_folder = False
+        self.resumed_epoch = None
 
     @property
     def _local(self):
         return "://" not in str(self.backup_dir)
 
     def on_train_begin(self, logs=None):
+        # Only this run's backup decides where it starts.
+        self.forget_resumed_epoch()
+        self._begin(logs)
+        self.resumed_epoch = self.restored_epoch
+
+    def _begin(self, logs):
         if self._local:
             self._lock()
             try:
@@ -104,6 +115,7 @@ class BackupAndRestore(_compat.BackupAndRestoreHooks):
             super().on_train_begin(logs)
 
     def on_train_end(self, logs=None):
+        self.forget_resumed_epoch()
         if not self._local:
             super().on_train_end(logs)
             return
