@@ -184,6 +184,11 @@ flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 flags.DEFINE_float(
     "learning_rate", None, "Adam learning rate (default: see the script)."
 )
+flags.register_validator(
+    "learning_rate",
+    lambda value: value is None or (math.isfinite(value) and value > 0),
+    message="expected a finite number > 0, e.g. 1e-3 (or leave it out).",
+)
 flags.DEFINE_enum(
     "lr_schedule",
     None,

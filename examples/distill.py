@@ -278,10 +278,12 @@ def check_flags():
     """Validates the flags before any data is read; returns parsed values."""
     methods = [
         canonical_method(parse_method(m))
-        for m in (FLAGS.methods or PAPER_METHODS)
+        for m in experiment.flag_or(FLAGS.methods, PAPER_METHODS)
     ]
+    if not methods:
+        experiment.check_choices([], PAPER_METHODS, "methods")
     spcs = experiment.parse_samples_per_class(
-        FLAGS.samples_per_class or DEFAULT_SAMPLES_PER_CLASS
+        experiment.flag_or(FLAGS.samples_per_class, DEFAULT_SAMPLES_PER_CLASS)
     )
     seeds = experiment.parse_ints(FLAGS.seeds, "seeds", minimum=0)
     teacher_arch = FLAGS.teacher_arch or DEFAULT_TEACHER_ARCH
@@ -318,19 +320,7 @@ def learning_rate():
 
 def load_data(validation_fraction=0.0):
     """Loads the full training set, with errors that say what to do."""
-    try:
-        return data_lib.load_dataset(
-            FLAGS.dataset,
-            data_dir=FLAGS.data_dir,
-            image_size=FLAGS.image_size,
-            split_seed=FLAGS.seed,
-            validation_fraction=validation_fraction,
-            download=FLAGS.download,
-        )
-    except data_lib.DatasetNotAvailableError as error:
-        raise SystemExit(f"ERROR: {error}") from error
-    except ValueError as error:
-        raise app.UsageError(f"--dataset={FLAGS.dataset}: {error}") from error
+    return experiment.load_data(validation_fraction)
 
 
 def pipeline(data, images, labels, training, seed=0, augment_images=None):
@@ -539,12 +529,7 @@ def subset(data, spc, seed):
     """The training images and labels of `spc` examples per class."""
     if spc is None:
         return data.train_images, data.train_labels
-    try:
-        idx = data_lib.stratified_subsample(
-            data.train_labels, spc, seed, num_classes=data.num_classes
-        )
-    except ValueError as error:
-        raise app.UsageError(f"--samples_per_class={spc}: {error}") from error
+    idx = experiment.subset_indices(data, spc, seed)
     return data.train_images[idx], data.train_labels[idx]
 
 

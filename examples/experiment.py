@@ -13,6 +13,7 @@ import numpy as np
 import reporting
 import tensorflow as tf
 from absl import app
+from absl import flags
 from reporting import CONFIDENCE  # noqa: F401
 from reporting import Progress  # noqa: F401
 from reporting import atomic_write  # noqa: F401
@@ -31,12 +32,13 @@ from keras_jacobian import callbacks as kj_callbacks
 from keras_jacobian.distribute import multi_worker
 from keras_jacobian.distribute.strategies import get_strategy  # noqa: F401
 from keras_jacobian.distribute.strategies import is_chief
+from keras_jacobian.experiments import data as data_lib
+
+FLAGS = flags.FLAGS
 
 
 def flag_values(*modules):
     """The values of the flags defined by the given modules, by name."""
-    from absl import flags
-
     values = {}
     for module in modules:
         removed = getattr(module, "REMOVED_FLAGS", ())
@@ -69,6 +71,57 @@ def parse_ints(values, flag, minimum=1):
     return ints
 
 
+def load_data(validation_fraction=0.0):
+    """Loads the full training set, with errors that say what to do."""
+    try:
+        data = data_lib.load_dataset(
+            FLAGS.dataset,
+            data_dir=FLAGS.data_dir,
+            image_size=FLAGS.image_size,
+            split_seed=FLAGS.seed,
+            validation_fraction=validation_fraction,
+            download=FLAGS.download,
+        )
+    except data_lib.DatasetNotAvailableError as error:
+        raise SystemExit(f"ERROR: {error}") from error
+    except ValueError as error:
+        raise app.UsageError(f"--dataset={FLAGS.dataset}: {error}") from error
+    counts = np.bincount(data.train_labels, minlength=data.num_classes)
+    missing = [data.class_names[c] for c in np.flatnonzero(counts == 0)]
+    if missing:
+        raise app.UsageError(
+            f"Expected training images of every class of --dataset="
+            f"{FLAGS.dataset}. Received: none of {missing} in its training "
+            "split (their images are in another split only). Add training "
+            "images of these classes, or remove their folders from every "
+            "split."
+        )
+    return data
+
+
+def subset_indices(data, spc, seed):
+    """Indices of `spc` training examples per class, drawn with `seed`."""
+    counts = np.bincount(data.train_labels, minlength=data.num_classes)
+    fewest = int(np.argmin(counts))
+    if counts[fewest] < spc:
+        raise app.UsageError(
+            f"Expected at least {spc} training images in every class for "
+            f"--samples_per_class={spc}. Received: {counts[fewest]} of "
+            f"class {data.class_names[fewest]!r} in {data.name}. Pass "
+            f"--samples_per_class={counts[fewest]} or fewer, or "
+            "--samples_per_class=all to keep every image."
+        )
+    return data_lib.stratified_subsample(
+        data.train_labels, spc, seed, num_classes=data.num_classes
+    )
+
+
+def flag_or(value, default):
+    """A list flag's value, or `default` when it is not given (an empty
+    list, `--flag=`, is a value: the parsers refuse it)."""
+    return default if value is None else value
+
+
 def parse_samples_per_class(values):
     """Parses --samples_per_class: positive integers or 'all' (`None`)."""
     parsed = []
@@ -90,8 +143,9 @@ def parse_samples_per_class(values):
         parsed.append(k)
     if not parsed:
         raise app.UsageError(
-            "Expected at least one value in --samples_per_class. Pass e.g. "
-            "--samples_per_class=1,5,20."
+            "Expected at least one value in --samples_per_class. Received "
+            "an empty list (--samples_per_class=). Leave the flag out for "
+            "the default, or pass e.g. --samples_per_class=1,5,20."
         )
     return parsed
 
@@ -104,7 +158,14 @@ def spc_label(samples_per_class):
 def check_choices(values, known, flag):
     """Raises a usage error naming the unknown values of a list flag."""
     unknown = [v for v in values if v not in known]
-    if unknown or not values:
+    if not values:
+        raise app.UsageError(
+            f"Expected --{flag} to be a non-empty list of {list(known)}. "
+            f"Received an empty list (--{flag}=). Leave the flag out for "
+            f"the default, or pass e.g. --{flag}="
+            f"{','.join(list(known)[:2])}."
+        )
+    if unknown:
         raise app.UsageError(
             f"Expected --{flag} to be a non-empty list of {list(known)}. "
             f"Received unknown values {unknown}. Pass e.g. "

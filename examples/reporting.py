@@ -36,17 +36,19 @@ def t_critical(dof, confidence=CONFIDENCE):
     return float(stats.t.ppf(0.5 + float(confidence) / 2.0, int(dof)))
 
 
-def mean_interval(values, confidence=CONFIDENCE):
+def mean_interval(values, confidence=CONFIDENCE, bounds=None):
     """Mean of `values` with its Student-t confidence interval.
 
     The interval is `mean ± t * s / sqrt(n)`, with `s` the sample standard
     deviation (`ddof=1`) and `t` the critical value of Student's t with
-    `n - 1` degrees of freedom. With one value there is no interval: its
-    bounds are `None`.
+    `n - 1` degrees of freedom, cut at `bounds` (the values' range: an
+    accuracy lies in [0, 100]); `half_width` is not cut. With one value
+    there is no interval: its bounds are `None`.
 
     Args:
         values: Sequence of numbers (e.g. one accuracy per seed).
         confidence: Confidence level.
+        bounds: `(lowest, highest)` possible value, or `None`.
 
     Returns:
         A dict with `mean`, `low`, `high`, `half_width` and `n`.
@@ -66,16 +68,19 @@ def mean_interval(values, confidence=CONFIDENCE):
         }
     sem = float(np.std(values, ddof=1)) / math.sqrt(n)
     half = t_critical(n - 1, confidence) * sem
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
     return {
         "mean": mean,
-        "low": mean - half,
-        "high": mean + half,
+        "low": low,
+        "high": high,
         "half_width": half,
         "n": n,
     }
 
 
-def summarize(records, row_key, col_key, value_key="accuracy"):
+def summarize(records, row_key, col_key, value_key="accuracy", bounds=None):
     """Mean, standard deviation and 95% interval of each (row, column) cell.
 
     Args:
@@ -83,6 +88,8 @@ def summarize(records, row_key, col_key, value_key="accuracy"):
         row_key: key of the table rows (e.g. "method").
         col_key: key of the table columns (e.g. "samples_per_class").
         value_key: key of the value.
+        bounds: the values' range, which cuts the intervals
+            (`mean_interval`).
 
     Returns:
         A dict `{"rows": [...], "columns": [...], "cells": {row: {col:
@@ -107,7 +114,7 @@ def summarize(records, row_key, col_key, value_key="accuracy"):
     for r in rows:
         out[r] = {}
         for c, values in cells[r].items():
-            interval = mean_interval(values)
+            interval = mean_interval(values, bounds=bounds)
             out[r][c] = {
                 "mean": float(np.mean(values)),
                 "std": float(np.std(values, ddof=1))
@@ -123,7 +130,12 @@ def summarize(records, row_key, col_key, value_key="accuracy"):
 
 
 def paired_differences(
-    records, comparisons, col_key, row_key="method", value_key="accuracy"
+    records,
+    comparisons,
+    col_key,
+    row_key="method",
+    value_key="accuracy",
+    bounds=None,
 ):
     """Mean paired difference of two methods over seeds, with its interval.
 
@@ -139,6 +151,8 @@ def paired_differences(
         col_key: key of the columns (e.g. "samples_per_class").
         row_key: key of the methods.
         value_key: key of the value.
+        bounds: the range of a difference, which cuts the intervals
+            (`mean_interval`).
 
     Returns:
         A list of dicts `{"method", "baseline", "columns": {col: {"mean",
@@ -177,7 +191,7 @@ def paired_differences(
                 )
             seeds = sorted(a)
             diffs = [a[s] - b[s] for s in seeds]
-            cell = mean_interval(diffs)
+            cell = mean_interval(diffs, bounds=bounds)
             cell.update(seeds=seeds, differences=diffs)
             columns[c] = cell
         out.append({"method": method, "baseline": baseline, "columns": columns})
@@ -287,8 +301,11 @@ def write_results(output_dir, stem, summary, records, table, extra=None):
 
 INTERVAL_NOTE = (
     "Cells: mean ± half-width of the 95% confidence interval of the mean "
-    "over seeds (Student t, n - 1 degrees of freedom)."
+    "over seeds (Student t, n - 1 degrees of freedom; cut at 0 and 100 in "
+    "the .json and the plot)."
 )
+# Accuracies in %, the values every report summarises.
+ACCURACY_BOUNDS = (0.0, 100.0)
 DIFFERENCE_NOTE = (
     "Paired differences in points (same seed = same training subset and "
     "initial weights): mean [95% confidence interval] over seeds; bold "
@@ -337,8 +354,13 @@ def report(
         The summary of `summarize(records, "method", column_key)`, with
         the paired differences under `"differences"`.
     """
-    summary = summarize(records, "method", column_key)
-    differences = paired_differences(records, comparisons, column_key)
+    summary = summarize(records, "method", column_key, bounds=ACCURACY_BOUNDS)
+    differences = paired_differences(
+        records,
+        comparisons,
+        column_key,
+        bounds=(-ACCURACY_BOUNDS[1], ACCURACY_BOUNDS[1]),
+    )
     table = markdown_table(summary, row_title, column_title, labels=labels)
     text = header + "\n\n" + INTERVAL_NOTE + "\n\n" + table
     if differences:

@@ -148,12 +148,12 @@ def parse_sigmas(values):
 
 def check_flags():
     methods = experiment.check_choices(
-        FLAGS.methods or list(METHODS), METHODS, "methods"
+        experiment.flag_or(FLAGS.methods, list(METHODS)), METHODS, "methods"
     )
     sigmas = parse_sigmas(FLAGS.sigmas)
     seeds = experiment.parse_ints(FLAGS.seeds, "seeds", minimum=0)
     spcs = experiment.parse_samples_per_class(
-        FLAGS.samples_per_class or ["all"]
+        experiment.flag_or(FLAGS.samples_per_class, ["all"])
     )
     if len(spcs) != 1:
         raise app.UsageError(
@@ -164,18 +164,7 @@ def check_flags():
 
 
 def load_data():
-    try:
-        return data_lib.load_dataset(
-            FLAGS.dataset,
-            data_dir=FLAGS.data_dir,
-            image_size=FLAGS.image_size,
-            split_seed=FLAGS.seed,
-            download=FLAGS.download,
-        )
-    except data_lib.DatasetNotAvailableError as error:
-        raise SystemExit(f"ERROR: {error}") from error
-    except ValueError as error:
-        raise app.UsageError(f"--dataset={FLAGS.dataset}: {error}") from error
+    return experiment.load_data()
 
 
 def build(method, data, strategy):
@@ -228,14 +217,7 @@ def run(output_dir):
         if spc is None:
             images, labels = data.train_images, data.train_labels
         else:
-            try:
-                idx = data_lib.stratified_subsample(
-                    data.train_labels, spc, seed, num_classes=data.num_classes
-                )
-            except ValueError as error:
-                raise app.UsageError(
-                    f"--samples_per_class={spc}: {error}"
-                ) from error
+            idx = experiment.subset_indices(data, spc, seed)
             images, labels = data.train_images[idx], data.train_labels[idx]
         train = data_lib.make_pipeline(
             images,

@@ -298,6 +298,12 @@ def pretrain_teacher(source, output_dir):
                 "--teacher_path."
             )
         return teacher, experiment.accuracy(teacher, test), path
+    print(
+        f"No teacher at {path}: pretraining a VGG-9 on {task.name} "
+        f"({task.num_classes} classes) for {FLAGS.teacher_epochs} epochs, "
+        "saved there.",
+        flush=True,
+    )
     keras.utils.set_random_seed(FLAGS.seed)
     teacher = models.vgg9(
         task.input_shape,
@@ -396,7 +402,7 @@ def load_teacher_file(path, fix):
     is there, so say what is wrong with it and how to fix it.
     """
     try:
-        return keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # Corrupt archives fail in many ways.
         kind = "not a zip archive" if not zipfile.is_zipfile(path) else None
         reason = kind or f"{type(error).__name__}: {error}".splitlines()[0]
@@ -407,6 +413,14 @@ def load_teacher_file(path, fix):
             f"copy or save, or corrupt. {fix}, or pass another "
             "--teacher_path / --teacher_weights."
         ) from error
+    if not isinstance(model, keras.Model):
+        raise app.UsageError(
+            f"Expected {path} to hold a whole Keras model (a keras.Model "
+            "saved with model.save). Received a file holding a "
+            f"{type(model).__name__}. Save the teacher model itself, or "
+            "pass another --teacher_path / --teacher_weights."
+        )
+    return model
 
 
 def preprocessing(name, arch, mean, std):
@@ -471,7 +485,20 @@ def build_teacher(arch):
             "pass --teacher_weights=<file>."
         ) from error
     if weights not in ("imagenet", "none"):
-        teacher.load_weights(weights)
+        try:
+            teacher.load_weights(weights)
+        except Exception as error:  # Mismatches fail in many ways.
+            reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+            raise app.UsageError(
+                f"Expected --teacher_weights={weights} to hold the weights "
+                f"of a {class_name} of input {kwargs['input_shape']} and "
+                f"{kwargs['classes']} classes (--teacher_arch={arch}, "
+                "--teacher_image_size, --teacher_classes"
+                + (", --teacher_alpha" if arch == "mobilenet_v2" else "")
+                + f"). Received weights that do not fit ({reason}). Pass "
+                "the settings the weights were saved with, or save the "
+                "whole model (model.save('teacher.keras')) and pass that."
+            ) from error
     return teacher
 
 

@@ -293,6 +293,7 @@ minutes (random teacher, so the numbers mean nothing):
 
 import math
 import os
+import re
 import sys
 import time
 
@@ -316,6 +317,7 @@ from teachers import split_tasks
 from teachers import teacher_description
 
 import keras_jacobian
+from keras_jacobian import endpoints
 from keras_jacobian import transfer as lwf
 from keras_jacobian.experiments import data as data_lib
 from keras_jacobian.experiments import models
@@ -383,15 +385,16 @@ flags.DEFINE_bool(
 
 def check_flags():
     methods = experiment.check_choices(
-        FLAGS.methods or list(METHODS), METHODS, "methods"
+        experiment.flag_or(FLAGS.methods, list(METHODS)), METHODS, "methods"
     )
     spcs = experiment.parse_samples_per_class(
-        FLAGS.samples_per_class or DEFAULT_SAMPLES_PER_CLASS
+        experiment.flag_or(FLAGS.samples_per_class, DEFAULT_SAMPLES_PER_CLASS)
     )
     seeds = experiment.parse_ints(FLAGS.seeds, "seeds", minimum=0)
     arch = FLAGS.teacher_arch or DEFAULT_TEACHER_ARCH
     weights = FLAGS.teacher_weights
     is_file = weights not in ("imagenet", "none", "pretrain")
+    check_teacher_flags(weights, is_file)
     if weights in ("imagenet", "none") and arch not in APPLICATIONS:
         raise app.UsageError(
             f"Expected --teacher_arch in {sorted(APPLICATIONS)}. Received: "
@@ -429,6 +432,45 @@ def check_flags():
     return methods, spcs, seeds, arch, pairs
 
 
+def check_teacher_flags(weights, is_file):
+    """Refuses teacher flags that would be ignored or misread."""
+    path = FLAGS.teacher_path
+    if path and weights != "pretrain":
+        raise app.UsageError(
+            "Expected --teacher_path only with --teacher_weights=pretrain "
+            "(where a teacher pretrained here is kept). Received: "
+            f"--teacher_path={path} with --teacher_weights={weights}. Pass "
+            "your saved teacher as --teacher_weights=<file> alone."
+        )
+    pretrains = weights == "pretrain" and not (path and os.path.exists(path))
+    if pretrains and FLAGS.teacher_preprocessing not in ("auto", "unit"):
+        where = (
+            f"--teacher_path={path}, which does not exist"
+            if path
+            else ("no --teacher_path")
+        )
+        raise app.UsageError(
+            "Expected --teacher_preprocessing=unit (or none) for a teacher "
+            "pretrained here, which learns from images in [0, 1]. "
+            f"Received: --teacher_preprocessing={FLAGS.teacher_preprocessing}"
+            f" with {where}, so a new teacher would be pretrained. Pass "
+            "your saved teacher as --teacher_weights=<file>, fix the path, "
+            "or leave --teacher_preprocessing out."
+        )
+    if (
+        is_file
+        and FLAGS.teacher_preprocessing == "application"
+        and FLAGS.teacher_arch is None
+    ):
+        raise app.UsageError(
+            "Expected --teacher_arch with --teacher_preprocessing="
+            "application and a saved teacher: the keras.applications family "
+            "whose preprocess_input it was trained with. Received no "
+            f"--teacher_arch. Pass one of {sorted(APPLICATIONS)}, or "
+            f"another --teacher_preprocessing of {list(PREPROCESSING)}."
+        )
+
+
 def parse_pairs(arch):
     if FLAGS.attention_pairs is None:
         if FLAGS.teacher_weights == "pretrain":
@@ -450,11 +492,27 @@ def parse_pairs(arch):
     return pairs
 
 
-def to_rgb(images, channels=3):
-    """Grey images repeated to 3 channels when the teacher takes colour."""
+def to_channels(images, channels=3):
+    """Images with the teacher's channels.
+
+    Grey images are repeated to 3 channels for a colour teacher; images
+    whose 3 channels are equal (grey images stored as colour: image
+    folders decode every image to 3 channels) keep one for a grey teacher.
+    """
     if images.shape[-1] == 1 and channels == 3:
         return np.repeat(images, 3, axis=-1)
+    if images.shape[-1] == 3 and channels == 1:
+        return images[..., :1]
     return images
+
+
+def is_grey(data):
+    """Whether the 3 channels of every image of `data` are equal."""
+    return all(
+        np.array_equal(x[..., 0], x[..., c])
+        for x in (data.train_images, data.test_images)
+        for c in (1, 2)
+    )
 
 
 def image_sizes(data, teacher):
@@ -471,11 +529,11 @@ def is_saved_file():
     return FLAGS.teacher_weights not in ("pretrain", "imagenet", "none")
 
 
-def check_teacher_input(teacher, data, sizes):
+def check_teacher_input(teacher, data, sizes, source=None):
     """Refuses, before any training, a teacher that cannot take the images.
 
     The teacher sees `sizes[0]` x `sizes[0]` images with the data's
-    channels (grey images repeated to 3 for a colour teacher).
+    channels, as `to_channels` makes them.
     """
     shape = tuple(teacher.input_shape[1:])
     height, width, channels = shape[0], shape[1], shape[-1]
@@ -491,13 +549,28 @@ def check_teacher_input(teacher, data, sizes):
             f"images of {wanted}x{wanted} for the teacher. Pass "
             f"--teacher_image_size={height} or leave it out."
         )
-    if channels not in (data_channels, 3 if data_channels == 1 else None):
-        raise app.UsageError(
-            f"Expected a teacher taking images of {data_channels} "
-            f"channel(s) (or 3: grey images are repeated to colour), as "
-            f"{data.name} has. Received: a teacher of input shape {shape}. "
-            "Pass a teacher trained on images with these channels."
+    if channels == data_channels or (channels, data_channels) == (3, 1):
+        return
+    grey = [d for d in (data, source) if d is not None]
+    if (channels, data_channels) == (1, 3) and all(map(is_grey, grey)):
+        return
+    accepted = (
+        "1 channel (or 3: grey images are repeated to colour)"
+        if data_channels == 1
+        else f"{data_channels} channels"
+    )
+    raise app.UsageError(
+        f"Expected a teacher taking images of {accepted}, as {data.name} "
+        f"has. Received: a teacher of input shape {shape}."
+        + (
+            " A grey teacher takes 3-channel images only when the 3 "
+            "channels of every image are equal (grey images stored as "
+            "colour); these are in colour."
+            if (channels, data_channels) == (1, 3)
+            else ""
         )
+        + " Pass a teacher trained on images with these channels."
+    )
 
 
 def saved_teacher_source_accuracy(
@@ -519,7 +592,7 @@ def saved_teacher_source_accuracy(
             "trained on, in the order of its outputs."
         )
     ds = pipeline(
-        to_rgb(source.test_images, channels),
+        to_channels(source.test_images, channels),
         source.test_labels,
         preprocess,
         mean,
@@ -529,6 +602,79 @@ def saved_teacher_source_accuracy(
         sizes,
     )
     return experiment.accuracy(teacher, ds.map(_teacher_view))
+
+
+def check_preprocessing(preprocess, method, arch, size, channels):
+    """Refuses, before any training, a preprocessing that cannot take the
+    teacher's images (keras.applications' BGR ones need 3 channels)."""
+    try:
+        preprocess(tf.zeros((size, size, channels)))
+    except (ValueError, tf.errors.OpError) as error:
+        reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", str(error))
+        reason = reason.splitlines()[0][:160]
+        raise app.UsageError(
+            f"Expected images the --teacher_preprocessing={method} of "
+            f"{arch!r} can take. Received: {size}x{size} images of "
+            f"{channels} channel(s) ({type(error).__name__}: {reason}). "
+            "keras.applications' preprocessing of most families takes "
+            "colour images: pass a teacher on 3 channels, or another "
+            f"--teacher_preprocessing of {list(PREPROCESSING)}."
+        ) from error
+
+
+def chance_warnings(accuracy, classes):
+    """A warning when a source-task accuracy is close to chance (below
+    twice chance, at most 50%)."""
+    chance = 100.0 / classes
+    if accuracy >= min(2 * chance, 50.0):
+        return []
+    return [
+        f"the teacher scores {accuracy:.2f}% on its source-task test "
+        f"images, close to chance ({chance:.2f}% for {classes} classes). "
+        + (
+            "Check that --source_classes are the classes it was trained "
+            "on, in the order of its outputs, and --teacher_preprocessing."
+            if is_saved_file()
+            else "Train it longer (--teacher_epochs) or wider "
+            "(--teacher_width)."
+        )
+    ]
+
+
+def teacher_warnings(teacher, source, method, accuracy, stats, sizes, chans):
+    """What a saved teacher's source-task accuracy says is likely wrong.
+
+    Close to chance (below twice chance, at most 50%): `--source_classes`
+    are not the classes of its outputs, in their order, or its inputs are
+    wrong. Another `--teacher_preprocessing` 5 points better: it was
+    trained on other inputs than `method`'s.
+    """
+    found = chance_warnings(accuracy, int(teacher.output_shape[-1]))
+    arch = FLAGS.teacher_arch
+    others = {}
+    for name in PREPROCESSING:
+        if name == method or (name == "application" and arch is None):
+            continue
+        try:
+            others[name] = saved_teacher_source_accuracy(
+                teacher,
+                source,
+                preprocessing(name, arch, *stats),
+                *stats,
+                sizes,
+                chans,
+            )
+        except (ValueError, tf.errors.OpError):
+            continue  # a preprocessing these images cannot take
+    best = max(others, key=others.get, default=None)
+    if best is not None and others[best] >= accuracy + 5.0:
+        found.append(
+            f"the teacher scores {others[best]:.2f}% on its source-task "
+            f"test images with --teacher_preprocessing={best}, against "
+            f"{accuracy:.2f}% with {method}: check how its training images "
+            "were scaled."
+        )
+    return found
 
 
 def pipeline(images, labels, preprocess, mean, std, training, seed, sizes):
@@ -606,8 +752,28 @@ def build_student(teacher, data, size, channels=3):
     )
 
 
+def check_attention_pairs(teacher, student, pairs):
+    """Refuses, before any training, a layer name the networks lack."""
+    for role, model, names in (
+        ("teacher", teacher, [t for t, _ in pairs]),
+        ("student", student, [s for _, s in pairs]),
+    ):
+        have = endpoints.layer_names(model)
+        for name in names:
+            if name not in have:
+                shown = have if len(have) <= 40 else have[:40] + ["..."]
+                raise app.UsageError(
+                    f"Expected --attention_pairs of teacher_layer:"
+                    f"student_layer names. Received: {name!r}, which the "
+                    f"{role} ({model.name}) has no layer of. Its layers: "
+                    f"{', '.join(shown)}."
+                    + common_flags.did_you_mean(name, have)
+                )
+
+
 def build_distiller(teacher, data, pairs, sizes, channels=3):
     student = build_student(teacher, data, sizes[1], channels)
+    check_attention_pairs(teacher, student, pairs)
     terms = [
         keras_jacobian.LogitsDistillation(
             temperature=FLAGS.temperature,
@@ -682,7 +848,7 @@ def choose(validation_accuracies):
     return next(n for n, a in validation_accuracies.items() if a == best)
 
 
-def validation_split(images, labels, seed):
+def validation_split(images, labels, seed, class_names=None):
     """(kept images, kept labels, held-out images, held-out labels)."""
     fraction = FLAGS.validation_fraction
     if not 0 < fraction < 1:
@@ -696,17 +862,28 @@ def validation_split(images, labels, seed):
         np.array_equal(np.unique(labels[kept]), classes)
         and np.array_equal(np.unique(labels[held]), classes)
     ):
-        counts = np.bincount(labels).tolist()
+        counts = {int(c): int(np.sum(labels == c)) for c in classes}
+        fewest = min(counts.values())
+        short = [c for c, n in counts.items() if n == fewest]
+        names = ", ".join(
+            f"{class_names[c]!r}" if class_names else f"{c}" for c in short[:5]
+        ) + (", ..." if len(short) > 5 else "")
         need = minimum_images(fraction)
+        half = (
+            " (0.5 holds out one of 2 and keeps one)"
+            if fewest >= 2 and minimum_images(0.5) <= fewest
+            else ""
+        )
         raise app.UsageError(
             f"Expected at least {need} training images in every class to "
             f"hold out --validation_fraction={fraction} of them (at least "
             "one, and one left to train on) for the choice of the transfer "
-            f"method. Received: {min(counts)} image(s) in a class "
-            f"({counts} per class). Pass --samples_per_class={need} or "
-            "more, a larger --validation_fraction, or "
-            "--noselect_on_validation to test every method of --methods "
-            "with its fixed weights."
+            f"method. Received: {fewest} image(s) in class(es) {names}. "
+            f"Pass --samples_per_class={need} or more (where the data has "
+            "them), "
+            + (f"--validation_fraction=0.5{half}, " if fewest >= 2 else "")
+            + "or --noselect_on_validation to test every method of "
+            "--methods with its fixed weights."
         )
     return images[kept], labels[kept], images[held], labels[held]
 
@@ -740,8 +917,9 @@ def run(output_dir):
     if select:
         # Fails before the teacher is trained when a split is impossible.
         for (spc, seed), (images, labels) in subsets.items():
-            validation_split(images, labels, seed)
+            validation_split(images, labels, seed, data.class_names)
     pretrained_path = source_acc = None
+    warnings = []
     with strategy.scope():
         if FLAGS.teacher_weights == "pretrain":
             teacher, source_acc, pretrained_path = pretrain_teacher(
@@ -752,12 +930,13 @@ def run(output_dir):
                 f"({time.time() - start:.0f} s)",
                 flush=True,
             )
+            warnings = chance_warnings(source_acc, teacher.output_shape[-1])
         else:
             teacher = build_teacher(arch)
     sizes = image_sizes(data, teacher)
-    check_teacher_input(teacher, data, sizes)
+    check_teacher_input(teacher, data, sizes, source)
     channels = int(teacher.input_shape[-1])
-    train_images = to_rgb(data.train_images, channels)
+    train_images = to_channels(data.train_images, channels)
     mean, std = data_lib.channel_stats(train_images)
     method = FLAGS.teacher_preprocessing
     if method == "auto":
@@ -765,8 +944,9 @@ def run(output_dir):
             "unit" if FLAGS.teacher_weights == "pretrain" else "application"
         )
     preprocess = preprocessing(method, arch, mean, std)
+    check_preprocessing(preprocess, method, arch, sizes[0], channels)
     test_ds = pipeline(
-        to_rgb(data.test_images, channels),
+        to_channels(data.test_images, channels),
         data.test_labels,
         preprocess,
         mean,
@@ -784,6 +964,11 @@ def run(output_dir):
             f"'{method}')",
             flush=True,
         )
+        warnings = teacher_warnings(
+            teacher, source, method, source_acc, (mean, std), sizes, channels
+        )
+    for warning in warnings:
+        print(f"WARNING: {warning}", flush=True)
     with strategy.scope():
         distiller, task = build_distiller(teacher, data, pairs, sizes, channels)
     inits = {}
@@ -800,7 +985,7 @@ def run(output_dir):
     def fit_and_score(name, images, labels, seed, eval_ds, run_name):
         """Trains `name` from the seed's init; accuracy on `eval_ds`."""
         train = pipeline(
-            to_rgb(images, channels),
+            to_channels(images, channels),
             labels,
             preprocess,
             mean,
@@ -847,9 +1032,11 @@ def run(output_dir):
         Sees the target training images only: the test set is not an
         argument.
         """
-        kept_x, kept_y, val_x, val_y = validation_split(images, labels, seed)
+        kept_x, kept_y, val_x, val_y = validation_split(
+            images, labels, seed, data.class_names
+        )
         val_ds = pipeline(
-            to_rgb(val_x, channels),
+            to_channels(val_x, channels),
             val_y,
             preprocess,
             mean,
@@ -948,6 +1135,8 @@ def run(output_dir):
     )
     if source_acc is not None:
         header += f" Teacher source-task test accuracy: {source_acc:.2f}%."
+    for warning in warnings:
+        header += f"\n\nWarning: {warning}"
     if select:
         header += "\n\n" + selection_table(selections, grid)
     summary = experiment.report(
@@ -962,6 +1151,7 @@ def run(output_dir):
             "seconds": elapsed,
             "teacher_preprocessing": method,
             "teacher_source_accuracy": source_acc,
+            "teacher_warnings": warnings,
             "selections": selections,
             "flags": experiment.flag_values(
                 common_flags, teachers, sys.modules[__name__]

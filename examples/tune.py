@@ -142,7 +142,9 @@ def distill_command(values, spc):
 
 
 def run(output_dir):
-    spcs = experiment.parse_samples_per_class(FLAGS.samples_per_class or ["5"])
+    spcs = experiment.parse_samples_per_class(
+        experiment.flag_or(FLAGS.samples_per_class, ["5"])
+    )
     if len(spcs) != 1:
         raise app.UsageError(
             "Expected one value of --samples_per_class for tune.py. "

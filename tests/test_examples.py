@@ -235,7 +235,7 @@ def test_robustness_on_image_folder(tmp_path):
         ({"seeds": ["0", "0", "1"]}, app.UsageError, "repeating 0"),
         ({"teacher_arch": "vgg99"}, app.UsageError, "vgg99"),
         ({"dataset": "no_such_dataset"}, app.UsageError, "catalog"),
-        ({"samples_per_class": ["100000"]}, app.UsageError, "smaller"),
+        ({"samples_per_class": ["100000"]}, app.UsageError, "or fewer"),
     ],
 )
 def test_distill_bad_flags(tmp_path, overrides, error, match):
@@ -1035,7 +1035,7 @@ def test_grey_saved_teacher_with_colour_images_is_refused(tmp_path):
     ):
         with pytest.raises(
             app.UsageError,
-            match=r"images of 3 channel\(s\).*input shape \(8, 8, 1\)",
+            match=r"images of 3 channels.*input shape \(8, 8, 1\)",
         ):
             transfer.main(["transfer.py"])
 
