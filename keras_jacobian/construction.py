@@ -395,6 +395,9 @@ def construct(distiller):
         for t in terms
     ):
         jvp = "jvp" in estimators
+        if jvp:
+            transforms.check_forward_mode(teacher, "teacher")
+            transforms.check_forward_mode(student, "student")
         transforms.check_transforms(
             teacher, teacher_shape, teacher_dtype, False, "teacher", jvp
         )

@@ -163,6 +163,8 @@ class JacobianRegularizedModel(
                 step_size, self.precision, input_shape, "model"
             )
         else:
+            if estimator == "jvp":
+                transforms.check_forward_mode(model, "model")
             transforms.check_transforms(
                 model, input_shape, dtype, True, "model", estimator == "jvp"
             )

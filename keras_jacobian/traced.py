@@ -397,10 +397,10 @@ def network_precision(model, input_shape, dtype, training, role, estimator):
             "output jumps wherever a rounded value changes, and a "
             "difference across a jump measures the jump, not a slope (an "
             "int8-quantized tanh teacher: 16.1 against 3.79 with 'vjp'). "
-            "Use estimator='vjp' or 'jvp', which differentiate through the "
-            "gradient the quantized layers define (that of their "
-            "dequantized weights), "
-            "or quantize after distillation."
+            "Use estimator='vjp' (the same objective) or 'exact', which "
+            "differentiate through the gradient the quantized layers "
+            "define (that of their dequantized weights), or quantize "
+            "after distillation."
         )
     coarse = sorted(computed - set(jacobians.RELATIVE_STEPS))
     if coarse:
