@@ -277,13 +277,15 @@ def construct(distiller):
         t.needs_input_gradients for t in terms
     )
     uses_input_jacobians = any(t.uses_input_jacobians for t in terms)
-    # Noise added to token ids would change the tokens.
-    if uses_input_jacobians or any(t.perturbs_inputs for t in terms):
-        validation.check_float_input(teacher_dtype, "teacher")
-        validation.check_float_input(student_dtype, "student")
+    noise = any(t.perturbs_inputs for t in terms)  # would change tokens
+    if uses_input_jacobians or noise:
+        validation.check_float_input(teacher_dtype, "teacher", teacher.name)
+        validation.check_float_input(student_dtype, "student", student.name)
         validation.check_token_inputs(teacher, "teacher")
         validation.check_token_inputs(student, "student")
-
+    if noise:
+        traced.check_no_tokens(teacher, teacher_shape, teacher_dtype, False)
+        traced.check_no_tokens(student, student_shape, student_dtype, True)
     teacher_endpoints = _ordered_union(t.teacher_endpoints for t in terms)
     student_endpoints = _ordered_union(t.student_endpoints for t in terms)
     # Keras' own terms see every output of a network with several, as
@@ -413,10 +415,8 @@ def construct(distiller):
             "student",
             estimator,
         )
-        # After the kinks check, which refuses most large networks
-        # without this second trace. The step follows the dtypes the
-        # passes compute in, casts inside `Lambda` and custom layers
-        # included.
+        # After the kinks check (which refuses most large networks): the
+        # step follows the dtypes the passes compute in, casts included.
         distiller.teacher_precision = traced.network_precision(
             endpoints_output(distiller.teacher_endpoints),
             teacher_shape,

@@ -128,7 +128,7 @@ class JacobianRegularizedModel(
         input_shape, dtype = validation.input_spec(model, "model")
         if target == "all" and estimator == "exact":
             _check_known_output_size(model)
-        validation.check_float_input(dtype, "model")
+        validation.check_float_input(dtype, "model", model.name)
         validation.check_token_inputs(model, "model")
         try:
             outputs = model.outputs

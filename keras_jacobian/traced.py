@@ -416,3 +416,61 @@ def network_precision(model, input_shape, dtype, training, role, estimator):
     return jacobians.compute_precision(
         jacobians.network_precision(model), *computed
     )
+
+
+# Operations that read one of their inputs (at this position) as indices.
+_LOOKUPS = {
+    "GatherV2": 1,
+    "ResourceGather": 1,
+    "GatherNd": 1,
+    "ResourceGatherNd": 1,
+    "OneHot": 0,
+}
+
+
+def token_lookups(model, input_shape, dtype, training):
+    """Operations that look up rows by integers cast from the input.
+
+    A float input cast to integers and looked up (a `Lambda` cast before
+    an `Embedding`) holds token ids: noise added to it changes tokens.
+
+    Returns:
+        The sorted names of the lookup operations (empty: none).
+    """
+    graph_def, start, _ = trace(model, input_shape, dtype, training)
+    consumers = {}
+    for node in graph_def.node:
+        for position, name in enumerate(node.input):
+            consumers.setdefault(_reference(name)[0], []).append(
+                (node, position)
+            )
+    todo = [(node, False) for node in graph_def.node if node.name == start]
+    seen = {(node.name, False) for node, _ in todo}
+    found = set()
+    while todo:
+        node, cast = todo.pop()
+        cast = cast or bool(_steps(node)) and node.op == "Cast"
+        if node.op in _SHAPE_OPS:
+            continue
+        for consumer, position in consumers.get(node.name, ()):
+            if cast and _LOOKUPS.get(consumer.op) == position:
+                found.add(f"{consumer.op} ({consumer.name})")
+            if (consumer.name, cast) not in seen:
+                seen.add((consumer.name, cast))
+                todo.append((consumer, cast))
+    return sorted(found)
+
+
+def check_no_tokens(model, input_shape, dtype, training):
+    """Refuses input noise for a network that casts its input to token
+    ids (`token_lookups`); the role is that of the pass's mode."""
+    found = token_lookups(model, input_shape, dtype, training)
+    if found:
+        role = "student" if training else "teacher"
+        raise ValueError(
+            f"The {role} {model.name!r} casts its input to integers and "
+            f"looks them up ({', '.join(found)}): it reads token ids, and "
+            "noise added to them would change the tokens. Input noise "
+            "needs a network whose input values are continuous. "
+            f"{validation.TOKEN_FIX}"
+        )

@@ -54,11 +54,11 @@ TOKEN_FIX = (
 )
 
 
-def check_float_input(dtype, role):
+def check_float_input(dtype, role, name):
     """Raises unless the input dtype has an input Jacobian."""
     if not keras.backend.is_float_dtype(dtype):
         raise ValueError(
-            f"The {role} model takes {dtype} inputs, which have no input "
+            f"The {role} {name!r} takes {dtype} inputs, which have no input "
             "Jacobian: Jacobian terms need floating-point inputs. For "
             "images stored as integers (uint8 pixels), build the model on "
             "a float input (`keras.Input(shape)`, float32 by default); "

@@ -136,17 +136,63 @@ def test_integer_inputs_have_no_jacobian():
     )
 
 
+def test_noise_is_refused_for_token_ids_cast_from_a_float_input():
+    def cast_token_model(name):
+        inputs = keras.Input((5,))
+        ids = keras.layers.Lambda(
+            lambda t: keras.ops.cast(t, "int32"), output_shape=(5,)
+        )(inputs)
+        h = keras.layers.Flatten()(keras.layers.Embedding(10, 4)(ids))
+        return keras.Model(inputs, keras.layers.Dense(3)(h), name=name)
+
+    # The noise changes the ids the embedding looks up.
+    x = np.tile(np.arange(5, dtype="float32"), (64, 1))
+    noisy = x + np.random.default_rng(0).normal(0, 0.3, x.shape)
+    assert np.mean(noisy.astype("int32") != x.astype("int32")) > 0.1
+    for teacher, student, role in (
+        (cast_token_model("tokens"), _plain_model(5), "teacher"),
+        (_plain_model(5), cast_token_model("tokens"), "student"),
+    ):
+        with pytest.raises(
+            ValueError, match=f"{role} 'tokens' casts its input to integers"
+        ):
+            kj.Distiller(
+                teacher,
+                student,
+                [kj.NoiseDistillation(0.3)],
+                supervised_loss_weight=1.0,
+            )
+    # Casts to integers without a lookup (an int8-quantized network
+    # quantizes its layers' inputs) leave the input continuous.
+    quantized = _plain_model(5)
+    quantized.quantize("int8")
+    kj.Distiller(
+        quantized,
+        _plain_model(5),
+        [kj.NoiseDistillation(0.3)],
+        supervised_loss_weight=1.0,
+    )
+
+
+def _plain_model(features):
+    inputs = keras.Input((features,))
+    h = keras.layers.Dense(8, activation="tanh")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3)(h))
+
+
 def test_integer_images_name_the_float_input_that_works():
-    def image_model(dtype, seed):
+    def image_model(dtype, seed, name=None):
         keras.utils.set_random_seed(seed)
         inputs = keras.Input((4, 4, 1), dtype=dtype)
         h = keras.layers.Rescaling(1 / 255)(inputs)
         h = keras.layers.Flatten()(h)
-        return keras.Model(inputs, keras.layers.Dense(3)(h))
+        return keras.Model(inputs, keras.layers.Dense(3)(h), name=name)
 
-    with pytest.raises(ValueError, match="uint8 pixels.*keras.Input"):
+    with pytest.raises(
+        ValueError, match="teacher 'pixels' takes uint8.*uint8 pixels.*Input"
+    ):
         kj.Distiller(
-            image_model("uint8", 0),
+            image_model("uint8", 0, "pixels"),
             image_model("uint8", 1),
             [kj.JacobianMatching()],
             supervised_loss_weight=1.0,
