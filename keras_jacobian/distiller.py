@@ -361,12 +361,8 @@ class Distiller(
     def _step_losses(self, x, y, sample_weight, training):
         """Forward passes and every loss, inside the caller's tape."""
         xs, xt, cached = self._split_inputs(x)
-        if (
-            self._label_monitor is not None
-            and self.jit_compile
-            and y is not None
-        ):
-            self._label_monitor.record(y)
+        if self._label_monitor is not None and y is not None:
+            y = self._label_monitor.guard(y, self)
         tctx = None
         if cached is None:
             tctx = self._context(

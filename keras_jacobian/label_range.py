@@ -116,6 +116,32 @@ class LabelRangeMonitor:
             self.state.assign(state)
         self._record(labels, self.num_classes)
 
+    def guard(self, labels, model):
+        """Records the batch's bad labels; returns the labels to use.
+
+        Under XLA the step goes on (`checked` raises after it). Eagerly
+        the `ValueError` is raised at once. In a graph without XLA the
+        returned labels, and through `guarded` the step's update, wait
+        for an assertion that no bad label was recorded: the step stops
+        before any use of them, and `checked` raises the `ValueError`.
+        """
+        self.record(labels)
+        if model.jit_compile:
+            return labels
+        if tf.executing_eagerly():
+            self.check(model.distribute_strategy, compiled=False)
+            return labels
+        # Read after the record's assignments (automatic control
+        # dependencies order the operations on the variable).
+        state = self.state.read_value()
+        ok = tf.debugging.Assert(
+            tf.equal(state[0] + state[4] + state[5], 0),
+            ["Bad labels; `checked` raises their ValueError."],
+        )
+        _set_guards(model, _guards(model) + [ok])
+        with tf.control_dependencies([ok]):
+            return tf.nest.map_structure(tf.identity, labels)
+
     def _record(self, labels, num_classes, ignore_class=None):
         """Records the labels outside `[0, num_classes)`.
 
@@ -351,6 +377,30 @@ def loss_labels(model, y, y_pred):
         return y
     fixed = monitor.record_and_fix(labels[0], predictions[0])
     return tf.nest.pack_sequence_as(y, [fixed])
+
+
+def guarded_apply(model, grads, variables):
+    """`model.optimizer.apply`, waiting for the label assertions of this
+    step's trace (`LabelRangeMonitor.guard`): no update, and no step
+    count, runs with a bad label."""
+    guards = _guards(model)
+    _set_guards(model, [])
+    if guards:
+        with tf.control_dependencies(guards):
+            grads = [None if g is None else tf.identity(g) for g in grads]
+    with tf.control_dependencies(guards):
+        model.optimizer.apply(grads, variables)
+
+
+def _guards(model):
+    """The label assertions of the graph being traced."""
+    graph = tf.compat.v1.get_default_graph()
+    return [g for g in getattr(model, "_label_guards", ()) if g.graph is graph]
+
+
+def _set_guards(model, guards):
+    # Outside Keras' attribute tracking: graph operations, not state.
+    object.__setattr__(model, "_label_guards", guards)
 
 
 def _monitors(model):

@@ -180,7 +180,7 @@ class LossStepsMixin:
             grads = tape.gradient(scaled, variables)
         except tf.errors.InternalError as error:
             raise _eager_forward_mode_error(error) from error
-        self.optimizer.apply(grads, variables)
+        label_range.guarded_apply(self, grads, variables)
         return self._log(x, y, y_pred, sample_weight, logged, total)
 
     def test_step(self, data):

@@ -193,12 +193,16 @@ def test_empty_replica_matches_one_device_and_bad_labels_raise(tmp_path):
         assert message is not None, method
         assert "[0, 3)" in message and "7" in message, message
     # The compiled loss: a ValueError, also when the replica that saw the
-    # label is not the first; no update.
-    for name in ("distiller", "regularized"):
+    # label is not the first; no update. The distiller's labels are
+    # checked first for its target="label" term, before the loss.
+    for name, start in (
+        ("distiller", "ValueError: target='label'"),
+        ("regularized", "ValueError: The compiled loss"),
+    ):
         for method in ("fit", "evaluate"):
             message = loss_errors[f"{name}_{method}"]
             assert message is not None, (name, method)
-            assert message.startswith("ValueError: The compiled loss"), message
+            assert message.startswith(start), message
             assert "[0, 3)" in message and "from 7 to 7" in message, message
         assert loss_errors[f"{name}_unchanged"], name
 

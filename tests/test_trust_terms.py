@@ -164,7 +164,7 @@ def test_float_labels_with_fractions_are_refused(jit_compile):
     # Used to be truncated to class 2, silently (under XLA too).
     with pytest.raises(ValueError, match=r"whole-number.*\[2\.9\]"):
         distiller.teacher_targets(tf.constant(x), np.array([0.0, 2.9, 1.0]))
-    with pytest.raises(Exception, match=r"whole-number(.|\n)*2\.9|1 label"):
+    with pytest.raises(ValueError, match=r"whole-number.*1 label"):
         distiller.fit(x, np.array([0.0, 2.9, 1.0]), batch_size=3, verbose=0)
     # Integer-valued floats are class indices.
     history = distiller.fit(
@@ -186,12 +186,39 @@ def test_one_hot_row_without_a_single_class_is_refused(row, jit_compile):
     labels[1] = row  # used to be read as its argmax, silently
     with pytest.raises(ValueError, match=r"names no class.*\[1\]"):
         distiller.teacher_targets(tf.constant(x), labels)
-    with pytest.raises(Exception, match="1 row.*not one-hot|names no class"):
+    with pytest.raises(ValueError, match="1 row.*not one-hot"):
         distiller.fit(x, labels, batch_size=3, verbose=0)
     history = distiller.fit(
         x, np.eye(5, dtype="float32")[[1, 0, 2]], batch_size=3, verbose=0
     )
     assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.parametrize("labels", [[0.0, 3.5, 1.0], [0, 7, 1]])
+def test_a_refused_step_without_xla_updates_nothing(labels):
+    """Without XLA a bad label of target="label" stopped the step with
+    TensorFlow's InvalidArgumentError after some of the update: the last
+    bias moved (its gradient, from the cross-entropy alone, did not wait
+    for the label check) and the optimizer counted the step."""
+    teacher = tiny.mlp(input_dim=6, classes=5, seed=0, dtype="float32")
+    student = tiny.mlp(input_dim=6, classes=5, seed=1, dtype="float32")
+    distiller = kj.Distiller(
+        teacher,
+        student,
+        [kj.JacobianMatching(target="label")],
+        supervised_loss_weight=1.0,
+    )
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    before = student.get_weights()
+    with pytest.raises(ValueError, match="step stopped before using them"):
+        distiller.fit(x, np.array(labels), batch_size=3, verbose=0)
+    assert int(distiller.optimizer.iterations.numpy()) == 0
+    for a, b in zip(before, student.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_label_shape_mistakes_are_named():
