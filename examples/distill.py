@@ -282,6 +282,7 @@ def check_flags():
     ]
     if not methods:
         experiment.check_choices([], PAPER_METHODS, "methods")
+    experiment.check_no_repeats(methods, "methods")
     spcs = experiment.parse_samples_per_class(
         experiment.flag_or(FLAGS.samples_per_class, DEFAULT_SAMPLES_PER_CLASS)
     )
@@ -605,7 +606,7 @@ def run(output_dir):
     elapsed = time.time() - start
     header = (
         f"{split.capitalize()} accuracy (%) of the {FLAGS.student_arch} "
-        f"student on {data.name} ({len(seeds)} seeds: {seeds}; "
+        f"student on {data.name} ({experiment.seeds_label(seeds)}; "
         f"augmentation {'on' if augment() else 'off'}); teacher "
         f"({teacher_arch}) {teacher_acc:.2f}%; {elapsed:.0f} s."
     )

@@ -116,6 +116,24 @@ def subset_indices(data, spc, seed):
     )
 
 
+def seeds_label(seeds):
+    """'1 seed: [0]', '5 seeds: [0, 1, 2, 3, 4]'."""
+    return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}: {seeds}"
+
+
+def check_no_repeats(values, flag):
+    """Refuses a list flag that repeats a value (its runs would be
+    counted twice in the means and intervals)."""
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise app.UsageError(
+            f"Expected --{flag} without repeats (a repeated value would be "
+            f"counted twice in the means and intervals). Received: "
+            f"--{flag}={','.join(map(str, values))}, repeating "
+            f"{', '.join(repeated)}."
+        )
+
+
 def flag_or(value, default):
     """A list flag's value, or `default` when it is not given (an empty
     list, `--flag=`, is a value: the parsers refuse it)."""
@@ -141,6 +159,7 @@ def parse_samples_per_class(values):
                 "--samples_per_class=1,5,20."
             )
         parsed.append(k)
+    check_no_repeats([spc_label(k) for k in parsed], "samples_per_class")
     if not parsed:
         raise app.UsageError(
             "Expected at least one value in --samples_per_class. Received "

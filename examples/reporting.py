@@ -232,6 +232,11 @@ def markdown_table(summary, row_title, col_title, labels=None):
             text = f"{cell['mean']:.2f}"
             if cell.get("half_width") is not None:
                 text += f" ± {cell['half_width']:.2f}"
+                half = cell["half_width"]
+                if cell["high"] < cell["mean"] + half - 1e-9:
+                    text += f" (to {cell['high']:.2f})"
+                if cell["low"] > cell["mean"] - half + 1e-9:
+                    text += f" (from {cell['low']:.2f})"
             if len(summary["rows"]) > 1 and cell["mean"] == best[c]:
                 text = f"**{text}**"
             cells.append(text)
@@ -301,8 +306,8 @@ def write_results(output_dir, stem, summary, records, table, extra=None):
 
 INTERVAL_NOTE = (
     "Cells: mean ± half-width of the 95% confidence interval of the mean "
-    "over seeds (Student t, n - 1 degrees of freedom; cut at 0 and 100 in "
-    "the .json and the plot)."
+    "over seeds (Student t, n - 1 degrees of freedom), cut at 0 and 100 "
+    "(shown as '(to 100.00)'); bold: the best mean of a column."
 )
 # Accuracies in %, the values every report summarises.
 ACCURACY_BOUNDS = (0.0, 100.0)

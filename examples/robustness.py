@@ -150,6 +150,7 @@ def check_flags():
     methods = experiment.check_choices(
         experiment.flag_or(FLAGS.methods, list(METHODS)), METHODS, "methods"
     )
+    experiment.check_no_repeats(methods, "methods")
     sigmas = parse_sigmas(FLAGS.sigmas)
     seeds = experiment.parse_ints(FLAGS.seeds, "seeds", minimum=0)
     spcs = experiment.parse_samples_per_class(
@@ -274,7 +275,7 @@ def run(output_dir):
     header = (
         f"Test accuracy (%) of {FLAGS.model_arch} (width "
         f"{FLAGS.model_width}) on {data.name} with Gaussian test noise, "
-        f"{len(seeds)} seeds: {seeds}; {elapsed:.0f} s."
+        f"{experiment.seeds_label(seeds)}; {elapsed:.0f} s."
     )
     summary = experiment.report(
         output_dir,

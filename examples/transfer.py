@@ -387,6 +387,7 @@ def check_flags():
     methods = experiment.check_choices(
         experiment.flag_or(FLAGS.methods, list(METHODS)), METHODS, "methods"
     )
+    experiment.check_no_repeats(methods, "methods")
     spcs = experiment.parse_samples_per_class(
         experiment.flag_or(FLAGS.samples_per_class, DEFAULT_SAMPLES_PER_CLASS)
     )
@@ -442,20 +443,27 @@ def check_teacher_flags(weights, is_file):
             f"--teacher_path={path} with --teacher_weights={weights}. Pass "
             "your saved teacher as --teacher_weights=<file> alone."
         )
-    pretrains = weights == "pretrain" and not (path and os.path.exists(path))
-    if pretrains and FLAGS.teacher_preprocessing not in ("auto", "unit"):
-        where = (
-            f"--teacher_path={path}, which does not exist"
-            if path
-            else ("no --teacher_path")
-        )
+    if weights == "pretrain" and FLAGS.teacher_preprocessing not in (
+        "auto",
+        "unit",
+    ):
+        if path and os.path.exists(path):
+            where = f"--teacher_path={path}, a teacher pretrained here"
+        elif path:
+            where = (
+                f"--teacher_path={path}, which does not exist, so a new "
+                "teacher would be pretrained"
+            )
+        else:
+            where = "a teacher pretrained here"
         raise app.UsageError(
             "Expected --teacher_preprocessing=unit (or none) for a teacher "
             "pretrained here, which learns from images in [0, 1]. "
             f"Received: --teacher_preprocessing={FLAGS.teacher_preprocessing}"
-            f" with {where}, so a new teacher would be pretrained. Pass "
-            "your saved teacher as --teacher_weights=<file>, fix the path, "
-            "or leave --teacher_preprocessing out."
+            f" with {where}. Pass your own saved teacher as "
+            "--teacher_weights=<file> (--teacher_path keeps teachers "
+            "pretrained here), fix the path, or leave "
+            "--teacher_preprocessing out."
         )
     if (
         is_file
@@ -576,7 +584,8 @@ def check_teacher_input(teacher, data, sizes, source=None):
 def saved_teacher_source_accuracy(
     teacher, source, preprocess, mean, std, sizes, channels
 ):
-    """A saved teacher's accuracy on the `--source_classes` test images.
+    """A saved teacher's `source_scores` on the `--source_classes` test
+    images.
 
     Seen as in the run: at its image size, through
     `--teacher_preprocessing`; a wrong preprocessing shows here as a low
@@ -601,7 +610,26 @@ def saved_teacher_source_accuracy(
         0,
         sizes,
     )
-    return experiment.accuracy(teacher, ds.map(_teacher_view))
+    return source_scores(teacher, ds.map(_teacher_view))
+
+
+def source_scores(teacher, dataset):
+    """(accuracy %, mean |logit|) of a logits model on a pipeline.
+
+    The logits' scale shows inputs scaled otherwise than the teacher
+    learnt, which the accuracy of a ReLU network hardly does: inputs 255
+    times too large give logits about 100 times too large and nearly the
+    same top classes.
+    """
+    correct = total = 0
+    magnitude = 0.0
+    for x, y in dataset:
+        logits = np.asarray(teacher(x, training=False), "float64")
+        y = np.asarray(y)
+        magnitude += float(np.abs(logits).mean(-1).sum())
+        correct += int(np.sum(np.argmax(logits, -1) == y))
+        total += len(y)
+    return 100.0 * correct / max(total, 1), magnitude / max(total, 1)
 
 
 def check_preprocessing(preprocess, method, arch, size, channels):
@@ -642,37 +670,56 @@ def chance_warnings(accuracy, classes):
 
 
 def teacher_warnings(teacher, source, method, accuracy, stats, sizes, chans):
-    """What a saved teacher's source-task accuracy says is likely wrong.
+    """What a saved teacher's source-task scores say is likely wrong.
 
     Close to chance (below twice chance, at most 50%): `--source_classes`
     are not the classes of its outputs, in their order, or its inputs are
-    wrong. Another `--teacher_preprocessing` 5 points better: it was
-    trained on other inputs than `method`'s.
+    wrong. Another `--teacher_preprocessing`, not close to chance, 5
+    points more accurate: the teacher was trained on other inputs than
+    `method`'s; the warning names every one within a point of the best
+    and gives each candidate's accuracy and mean |logit|.
     """
-    found = chance_warnings(accuracy, int(teacher.output_shape[-1]))
+    classes = int(teacher.output_shape[-1])
+    found = chance_warnings(accuracy, classes)
     arch = FLAGS.teacher_arch
-    others = {}
+    scores = {}
     for name in PREPROCESSING:
-        if name == method or (name == "application" and arch is None):
+        if name == "application" and arch is None:
             continue
+        ds = pipeline(
+            to_channels(source.test_images, chans),
+            source.test_labels,
+            preprocessing(name, arch, *stats),
+            *stats,
+            False,
+            0,
+            sizes,
+        )
         try:
-            others[name] = saved_teacher_source_accuracy(
-                teacher,
-                source,
-                preprocessing(name, arch, *stats),
-                *stats,
-                sizes,
-                chans,
-            )
+            scores[name] = source_scores(teacher, ds.map(_teacher_view))
         except (ValueError, tf.errors.OpError):
             continue  # a preprocessing these images cannot take
-    best = max(others, key=others.get, default=None)
-    if best is not None and others[best] >= accuracy + 5.0:
+    if method not in scores:
+        return found
+    acc = scores[method][0]
+    better = [
+        name
+        for name, (a, _) in scores.items()
+        if a >= acc + 5.0 and not chance_warnings(a, classes)
+    ]
+    if better:
+        top = max(scores[name][0] for name in better)
+        named = [n for n in better if scores[n][0] >= top - 1.0]
+        table = ", ".join(
+            f"{name} {a:.2f}% / {m:.3g}" for name, (a, m) in scores.items()
+        )
         found.append(
-            f"the teacher scores {others[best]:.2f}% on its source-task "
-            f"test images with --teacher_preprocessing={best}, against "
-            f"{accuracy:.2f}% with {method}: check how its training images "
-            "were scaled."
+            f"the teacher scores {top:.2f}% on its source-task test "
+            f"images with --teacher_preprocessing={' or '.join(named)}, "
+            f"against {acc:.2f}% with {method} (accuracy / mean |logit| "
+            f"per preprocessing: {table}): check how its training images "
+            "were scaled. Preprocessings of equal accuracy may still differ "
+            "in the logits' scale, which the distillation terms read."
         )
     return found
 
@@ -790,14 +837,17 @@ def build_distiller(teacher, data, pairs, sizes, channels=3):
             keras_jacobian.AttentionTransfer(pairs),
             keras_jacobian.AttentionJacobianMatching(pairs),
         ]
-    distiller = keras_jacobian.Distiller(
-        teacher,
-        student,
-        terms,
-        distillation_output=lwf.SOURCE_HEAD,
-        seed=FLAGS.seed,
-        supervised_loss_weight=1.0,
-    )
+    try:
+        distiller = keras_jacobian.Distiller(
+            teacher,
+            student,
+            terms,
+            distillation_output=lwf.SOURCE_HEAD,
+            seed=FLAGS.seed,
+            supervised_loss_weight=1.0,
+        )
+    except ValueError as error:  # the library says what and how to fix
+        raise app.UsageError(str(error)) from error
     distiller.compile(
         optimizer=keras.optimizers.Adam(
             common_flags.value("learning_rate", DEFAULT_LEARNING_RATE)
@@ -856,7 +906,8 @@ def validation_split(images, labels, seed, class_names=None):
             "Expected --validation_fraction in (0, 1), e.g. 0.2. Received: "
             f"{fraction}. Or pass --noselect_on_validation."
         )
-    kept, held = data_lib.stratified_split(labels, fraction, seed)
+    # At least one held out of each class (as --validation_fraction says).
+    kept, held = data_lib.stratified_split(labels, fraction, seed, minimum=1)
     classes = np.unique(labels)
     if not (
         np.array_equal(np.unique(labels[kept]), classes)
@@ -869,20 +920,18 @@ def validation_split(images, labels, seed, class_names=None):
             f"{class_names[c]!r}" if class_names else f"{c}" for c in short[:5]
         ) + (", ..." if len(short) > 5 else "")
         need = minimum_images(fraction)
-        half = (
-            " (0.5 holds out one of 2 and keeps one)"
-            if fewest >= 2 and minimum_images(0.5) <= fewest
-            else ""
-        )
         raise app.UsageError(
             f"Expected at least {need} training images in every class to "
             f"hold out --validation_fraction={fraction} of them (at least "
             "one, and one left to train on) for the choice of the transfer "
             f"method. Received: {fewest} image(s) in class(es) {names}. "
             f"Pass --samples_per_class={need} or more (where the data has "
-            "them), "
-            + (f"--validation_fraction=0.5{half}, " if fewest >= 2 else "")
-            + "or --noselect_on_validation to test every method of "
+            + (
+                "them), a smaller --validation_fraction"
+                if need > 2
+                else "them)"
+            )
+            + ", or --noselect_on_validation to test every method of "
             "--methods with its fixed weights."
         )
     return images[kept], labels[kept], images[held], labels[held]
@@ -890,9 +939,9 @@ def validation_split(images, labels, seed, class_names=None):
 
 def minimum_images(fraction):
     """The fewest images of a class of which `fraction` holds out at least
-    one and keeps at least one (rounded as `stratified_split` rounds)."""
+    one and keeps at least one (as `validation_split` splits them)."""
     n = 2
-    while not 1 <= int(round(fraction * n)) <= n - 1:
+    while int(round(fraction * n)) > n - 1:
         n += 1
     return n
 
@@ -903,7 +952,8 @@ def run(output_dir):
     grid = selection_grid(methods) if select else methods
     if not pairs and any("at" in METHOD_TERMS[m] for m in grid):
         raise app.UsageError(
-            f"Methods {methods} use attention maps: pass --attention_pairs="
+            f"Methods {[m for m in grid if 'at' in METHOD_TERMS[m]]} use "
+            "attention maps: pass --attention_pairs="
             "teacher_layer:student_layer for this teacher."
         )
     start = time.time()
@@ -956,12 +1006,12 @@ def run(output_dir):
         sizes,
     )
     if source_acc is None and is_saved_file() and source_classes():
-        source_acc = saved_teacher_source_accuracy(
+        source_acc, magnitude = saved_teacher_source_accuracy(
             teacher, source, preprocess, mean, std, sizes, channels
         )
         print(
             f"Teacher source-task test accuracy: {source_acc:.2f}% (inputs "
-            f"'{method}')",
+            f"'{method}'; mean |logit| {magnitude:.3g})",
             flush=True,
         )
         warnings = teacher_warnings(
@@ -1129,7 +1179,7 @@ def run(output_dir):
         f"Test accuracy (%) of the {FLAGS.student_arch} student (task head) "
         f"on {data.name}; teacher: "
         f"{teacher_description(arch, pretrained_path)}, inputs "
-        f"'{method}'; {len(seeds)} seeds: {seeds}; augmentation "
+        f"'{method}'; {experiment.seeds_label(seeds)}; augmentation "
         f"{'on' if common_flags.value('augment', DEFAULT_AUGMENT) else 'off'}"
         f"; {elapsed:.0f} s."
     )

@@ -400,7 +400,7 @@ def test_transfer_bad_flags(tmp_path):
     with flagsaver.flagsaver(samples_per_class=["1"], output_dir=str(tmp_path)):
         # 1 image per class cannot hold out a validation image.
         with pytest.raises(
-            app.UsageError, match="at least 3 training images.*noselect"
+            app.UsageError, match="at least 2 training images.*noselect"
         ):
             transfer.main(["transfer.py"])
     assert not list(tmp_path.glob("teacher_*"))
@@ -874,29 +874,29 @@ def test_transfer_choice_follows_validation_not_test():
 
 def test_transfer_validation_split_errors():
     labels = np.repeat(np.arange(3), 2)
-    # One message, one count: 2 images were said to be enough ("at least
-    # 2") by one message while 0.2 of 2 holds out none.
+    # At least one image of each class is held out, as the flag's help
+    # says: 0.2 of 2 rounds to none, but one is held out and one kept.
     with flagsaver.flagsaver(validation_fraction=0.2):
+        kept_x, kept_y, val_x, val_y = transfer.validation_split(
+            np.arange(6)[:, None], labels, 0
+        )
+        assert sorted(val_y) == [0, 1, 2] and sorted(kept_y) == [0, 1, 2]
         with pytest.raises(
             app.UsageError,
-            match=r"at least 3 training images.*Received: 2 image\(s\).*"
-            r"--samples_per_class=3 or more",
+            match=r"at least 2 training images.*Received: 1 image\(s\).*"
+            r"--samples_per_class=2 or more",
         ):
-            transfer.validation_split(np.zeros((6, 2)), labels, 0)
-        transfer.validation_split(
-            np.zeros((9, 2)), np.repeat(np.arange(3), 3), 0
-        )
-    with flagsaver.flagsaver(validation_fraction=0.2):
-        with pytest.raises(app.UsageError, match="at least 3 training"):
             transfer.validation_split(np.zeros((3, 2)), np.arange(3), 0)
-    # 0.1 of 5 is 0.5, rounded half to even: 0; 0.9 of 4 is 3.6: 4, none
-    # kept.
+    # 0.9 of 4 is 3.6: 4, none kept; 0.75 of 2 is 1.5: 2.
     assert [transfer.minimum_images(f) for f in (0.2, 0.5, 0.1, 0.9)] == [
-        3,
         2,
-        6,
+        2,
+        2,
         5,
     ]
+    with flagsaver.flagsaver(validation_fraction=0.75):
+        with pytest.raises(app.UsageError, match="smaller --validation_frac"):
+            transfer.validation_split(np.zeros((6, 2)), labels, 0)
     with flagsaver.flagsaver(validation_fraction=0.0):
         with pytest.raises(app.UsageError, match="validation_fraction"):
             transfer.validation_split(np.zeros((6, 2)), labels, 0)

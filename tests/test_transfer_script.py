@@ -267,8 +267,9 @@ def test_a_teacher_fed_other_inputs_than_it_learnt_is_reported():
             )
             if "with --teacher_preprocessing" in w
         ]
-        assert f"{right:.2f}% on its source-task test images with " in warning
-        assert "--teacher_preprocessing=centered255" in warning
+        assert f"scores {right:.2f}% on its source-task test images " in warning
+        named = warning.split("--teacher_preprocessing=")[1].split(",")[0]
+        assert "centered255" in named.split(" against")[0].split(" or ")
         assert not [
             w
             for w in transfer.teacher_warnings(
@@ -285,20 +286,20 @@ def test_chance_warnings_against_the_number_of_classes():
 
 
 def test_refusals_name_classes_by_their_names(tmp_path):
-    root = _folder(tmp_path / "few", ["cat", "dog"], grey=False, count=2)
+    root = _folder(tmp_path / "few", ["cat", "dog"], grey=False, count=1)
     data = data_lib.load_dataset(f"folder:{root}")
     with flagsaver.flagsaver(validation_fraction=0.2):
         with pytest.raises(
             app.UsageError,
-            match=r"Received: 2 image\(s\) in class\(es\) 'cat', 'dog'\. "
-            r"Pass --samples_per_class=3 .*--validation_fraction=0\.5",
+            match=r"Received: 1 image\(s\) in class\(es\) 'cat', 'dog'\. "
+            r"Pass --samples_per_class=2 ",
         ):
             transfer.validation_split(
                 data.train_images, data.train_labels, 0, data.class_names
             )
     with pytest.raises(
         app.UsageError,
-        match=r"Received: 2 of class 'cat'.* --samples_per_class=2 or "
+        match=r"Received: 1 of class 'cat'.* --samples_per_class=1 or "
         r"fewer, or --samples_per_class=all",
     ):
         experiment.subset_indices(data, 5, 0)
@@ -359,3 +360,56 @@ def test_intervals_are_cut_at_the_range_of_accuracies():
         records, [("a", "b")], "samples_per_class", bounds=(-100.0, 100.0)
     )
     assert item["columns"]["5"]["high"] == 100.0
+
+
+def test_repeated_list_values_are_refused():
+    # A repeated method or size counted one run twice ("84.28 ± 0.00").
+    for flag, values in (
+        ("methods", ["lwf", "lwf"]),
+        ("samples_per_class", ["5", "all", "all"]),
+    ):
+        with flagsaver.flagsaver(**{flag: values}):
+            with pytest.raises(app.UsageError, match="repeating (lwf|all)"):
+                transfer.check_flags()
+
+
+def test_a_pretrained_teacher_takes_unit_inputs_only(tmp_path):
+    path = tmp_path / "pretrained.keras"
+    _model(1).save(path)
+    with flagsaver.flagsaver(
+        teacher_path=str(path), teacher_preprocessing="centered255"
+    ):
+        with pytest.raises(app.UsageError, match="a teacher pretrained here"):
+            transfer.check_flags()
+
+
+def test_attention_layers_without_spatial_axes_are_a_usage_error(tmp_path):
+    saved = tmp_path / "teacher.keras"
+    _model(1, classes=5).save(saved)
+    with flagsaver.flagsaver(
+        teacher_weights=str(saved),
+        teacher_preprocessing="unit",
+        source_classes=["0", "1", "2", "3", "4"],
+        attention_pairs=["conv:features"],
+        methods=["lwf_at"],
+        select_on_validation=False,
+        output_dir=str(tmp_path / "o"),
+        **TINY,
+    ):
+        with pytest.raises(app.UsageError, match="spatial axes"):
+            transfer.main(["transfer.py"])
+
+
+def test_markdown_shows_where_an_interval_is_cut():
+    summary = reporting.summarize(
+        [
+            {"method": "a", "k": "5", "accuracy": a}
+            for a in (100.0, 100.0, 70.0)
+        ],
+        "method",
+        "k",
+        bounds=(0.0, 100.0),
+    )
+    half = summary["cells"]["a"]["5"]["half_width"]
+    table = reporting.markdown_table(summary, "method", "k")
+    assert f"90.00 ± {half:.2f} (to 100.00)" in table

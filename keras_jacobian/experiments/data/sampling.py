@@ -89,7 +89,7 @@ def stratified_subsample(
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
-def stratified_split(labels, fraction, seed=0):
+def stratified_split(labels, fraction, seed=0, minimum=0):
     """Splits indices into two disjoint parts with the same class balance.
 
     In every class, `round(fraction * n_c)` of its `n_c` examples (drawn with
@@ -100,6 +100,9 @@ def stratified_split(labels, fraction, seed=0):
         labels: 1-D array of integer class ids.
         fraction: Fraction of each class to hold out, in `[0, 1)`.
         seed: Integer seed of the draw.
+        minimum: Fewest examples held out of each class that has more
+            than `minimum` (e.g. 1: every class of two or more examples
+            gets a held-out example).
 
     Returns:
         A tuple `(kept, held_out)` of sorted, disjoint `int64` index arrays
@@ -123,7 +126,10 @@ def stratified_split(labels, fraction, seed=0):
     held = []
     for c in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == c))
-        held.append(members[: int(round(fraction * members.size))])
+        count = int(round(fraction * members.size))
+        if members.size > minimum:
+            count = max(count, int(minimum))
+        held.append(members[:count])
     held = np.sort(np.concatenate(held)) if held else np.zeros((0,), int)
     mask = np.ones(labels.shape[0], dtype=bool)
     mask[held] = False
