@@ -3,8 +3,10 @@
 The statistics and reports live in `reporting`; they are re-exported here.
 """
 
+import json
 import math
 import os
+import sys
 import weakref
 
 import common_flags
@@ -35,6 +37,68 @@ from keras_jacobian.distribute.strategies import is_chief
 from keras_jacobian.experiments import data as data_lib
 
 FLAGS = flags.FLAGS
+
+
+# Flags that do not change what a run trains: a backup stays valid.
+_NOT_TRAINING = (
+    "output_dir",
+    "tensorboard_dir",
+    "backup_dir",
+    "verbose",
+    "seeds",
+    "methods",
+    "samples_per_class",
+)
+
+
+def training_settings():
+    """The values of the scripts' flags that change what a run trains."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    values = {}
+    for name, flag_list in FLAGS.flags_by_module_dict().items():
+        path = getattr(sys.modules.get(name), "__file__", None) or ""
+        if os.path.dirname(os.path.abspath(path)) == here:
+            for flag in flag_list:
+                values[flag.name] = flag.value
+    for name in _NOT_TRAINING + common_flags.REMOVED_FLAGS:
+        values.pop(name, None)
+    return json.loads(json.dumps(values, default=str))
+
+
+def check_backup_settings(backup_dir):
+    """Refuses to resume backups that other settings wrote.
+
+    `<backup_dir>/settings.json` records the settings of the runs whose
+    backups are in the folder; while any is left, a run with other
+    settings stops, naming them.
+    """
+    path = os.path.join(backup_dir, "settings.json")
+    settings = training_settings()
+    left = os.path.isdir(backup_dir) and any(
+        os.path.isdir(os.path.join(backup_dir, name))
+        for name in os.listdir(backup_dir)
+    )
+    if left and os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        changed = sorted(
+            name
+            for name in set(saved) | set(settings)
+            if saved.get(name) != settings.get(name)
+        )
+        if changed:
+            listed = ", ".join(
+                f"--{n}: {saved.get(n)!r} there, {settings.get(n)!r} now"
+                for n in changed
+            )
+            raise app.UsageError(
+                f"Expected the settings of the backups in --backup_dir="
+                f"{backup_dir} to resume them. Received other ones "
+                f"({listed}). Pass the same flags to resume, or another "
+                "--backup_dir (or delete this one) to start over."
+            )
+    os.makedirs(backup_dir, exist_ok=True)
+    atomic_write(path, json.dumps(settings, indent=1, sort_keys=True))
 
 
 def flag_values(*modules):
@@ -271,6 +335,8 @@ def train(
     which backs up on the chief only. Only the chief writes TensorBoard
     logs.
     """
+    if backup_dir:
+        check_backup_settings(backup_dir)
     strategy = model.distribute_strategy
     multi = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     run_callbacks = callbacks(
@@ -307,6 +373,7 @@ def train(
         epoch = getattr(callback, "resumed_epoch", None)
         if isinstance(callback, kj_callbacks.BackupAndRestore) and epoch:
             reporting.RESUMED_RUNS.append({"run": run_name, "epoch": epoch})
+            print(f"{run_name}: resumed from its backup at epoch {epoch}")
     return history
 
 

@@ -9,6 +9,7 @@ build a `keras.applications` network (`--teacher_arch`).
 import dataclasses
 import json
 import os
+import warnings
 import zipfile
 
 import common_flags  # noqa: F401  (first: quiet TensorFlow start-up)
@@ -486,16 +487,22 @@ def build_teacher(arch):
         ) from error
     if weights not in ("imagenet", "none"):
         try:
-            teacher.load_weights(weights)
+            with warnings.catch_warnings():
+                # Keras warns of every layer it skips before it raises.
+                warnings.simplefilter("ignore")
+                teacher.load_weights(weights)
         except Exception as error:  # Mismatches fail in many ways.
-            reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+            lines = [x for x in str(error).splitlines() if x.strip()]
+            reason = " ".join(lines[:2])[:300]
+            given = "" if FLAGS.teacher_arch else ", the default"
             raise app.UsageError(
                 f"Expected --teacher_weights={weights} to hold the weights "
                 f"of a {class_name} of input {kwargs['input_shape']} and "
-                f"{kwargs['classes']} classes (--teacher_arch={arch}, "
+                f"{kwargs['classes']} classes (--teacher_arch={arch}{given}, "
                 "--teacher_image_size, --teacher_classes"
                 + (", --teacher_alpha" if arch == "mobilenet_v2" else "")
-                + f"). Received weights that do not fit ({reason}). Pass "
+                + f"). Received weights that do not fit "
+                f"({type(error).__name__}: {reason}). Pass "
                 "the settings the weights were saved with, or save the "
                 "whole model (model.save('teacher.keras')) and pass that."
             ) from error
