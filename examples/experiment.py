@@ -122,7 +122,7 @@ def parse_ints(values, flag, minimum=1):
         raise app.UsageError(
             f"Expected --{flag} to be a comma-separated list of integers >= "
             f"{minimum}. Received: --{flag}={','.join(map(str, values or []))}"
-            f". Pass e.g. --{flag}=1,5,20."
+            f". Pass e.g. --{flag}={'0,1,2' if flag == 'seeds' else '1,5,20'}."
         )
     repeated = sorted({i for i in ints if ints.count(i) > 1})
     if repeated:
@@ -159,6 +159,14 @@ def load_data(validation_fraction=0.0):
             "split (their images are in another split only). Add training "
             "images of these classes, or remove their folders from every "
             "split."
+        )
+    tested = np.bincount(data.test_labels, minlength=data.num_classes)
+    untested = [data.class_names[c] for c in np.flatnonzero(tested == 0)]
+    if untested:
+        print(
+            f"WARNING: no test images of {untested} in --dataset="
+            f"{FLAGS.dataset}: the test accuracy leaves these classes out.",
+            flush=True,
         )
     return data
 

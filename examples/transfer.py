@@ -1005,6 +1005,14 @@ def run(output_dir):
         0,
         sizes,
     )
+    if is_saved_file() and not source_classes():
+        print(
+            "No --source_classes: every class of the data set is a target "
+            "class, and the teacher's source-task accuracy is not measured. "
+            "Pass the classes it was trained on to keep them out of the "
+            "target task and to check the teacher on them.",
+            flush=True,
+        )
     if source_acc is None and is_saved_file() and source_classes():
         source_acc, magnitude = saved_teacher_source_accuracy(
             teacher, source, preprocess, mean, std, sizes, channels

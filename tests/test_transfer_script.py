@@ -322,7 +322,7 @@ def test_chance_warnings_against_the_number_of_classes():
     assert not transfer.chance_warnings(5.1, 40)  # chance: 2.5%
 
 
-def test_refusals_name_classes_by_their_names(tmp_path):
+def test_refusals_name_classes_by_their_names(tmp_path, capsys):
     root = _folder(tmp_path / "few", ["cat", "dog"], grey=False, count=1)
     data = data_lib.load_dataset(f"folder:{root}")
     with flagsaver.flagsaver(validation_fraction=0.2):
@@ -340,6 +340,11 @@ def test_refusals_name_classes_by_their_names(tmp_path):
         r"fewer, or --samples_per_class=all",
     ):
         experiment.subset_indices(data, 5, 0)
+    # A class with training images only: tested on the others, said.
+    _folder(tmp_path / "few", ["yak"], grey=False, splits=("train",))
+    with flagsaver.flagsaver(dataset=f"folder:{root}"):
+        experiment.load_data()
+    assert "no test images of ['yak']" in capsys.readouterr().out
     # A class with test images only.
     _folder(tmp_path / "few", ["emu"], grey=False, splits=("test",))
     with flagsaver.flagsaver(dataset=f"folder:{root}"):
