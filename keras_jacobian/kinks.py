@@ -191,9 +191,11 @@ def check_smooth(model, input_shape, dtype, role, estimator):
     if not found:
         return
     names = sorted({_PLAIN[op] for op in found})
+    # The Distiller passes its endpoint model: name the user's network.
+    name = model.name.removesuffix("_endpoints")
     raise ValueError(
         f"estimator={estimator!r} trains the {role} through the difference "
-        f"of two forward passes, but the {role} {model.name!r} has kinks "
+        f"of two forward passes, but the {role} {name!r} has kinks "
         f"({', '.join(names)}; operations {found}): where its derivative "
         "jumps between the two passes, the weight gradient of the "
         "difference is of order 1/step, not the derivative of J v (the "

@@ -822,3 +822,24 @@ def test_term_weight_assigned_to_the_variable_is_checked_in_the_step(bad):
         tf.errors.InvalidArgumentError, match="finite number >= 0"
     ):
         distiller.fit(x, y, batch_size=2, epochs=1, verbose=0)
+
+
+def test_kink_and_top_k_refusals_name_the_model_and_the_fix():
+    def relu_net(name):
+        inputs = keras.Input((5,))
+        h = keras.layers.Dense(8, activation="relu")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(3)(h), name=name)
+
+    # It named the internal 'my_relu_endpoints'.
+    with pytest.raises(ValueError, match="student 'my_relu' has kinks"):
+        kj.Distiller(
+            relu_net("teacher"),
+            relu_net("my_relu"),
+            [kj.JacobianMatching("all", estimator="forward_difference")],
+        )
+    with pytest.raises(ValueError, match=r"k=9\. Pass k <= 3"):
+        kj.Distiller(
+            relu_net("teacher"),
+            relu_net("student"),
+            [kj.JacobianMatching("top_k", k=9)],
+        )
