@@ -714,9 +714,10 @@ def teacher_warnings(teacher, source, method, accuracy, stats, sizes, chans):
             f"{name} {a:.2f}% / {m:.3g}" for name, (a, m) in scores.items()
         )
         found.append(
-            f"the teacher scores {top:.2f}% on its source-task test "
-            f"images with --teacher_preprocessing={' or '.join(named)}, "
-            f"against {acc:.2f}% with {method} (accuracy / mean |logit| "
+            f"the teacher scores up to {top:.2f}% on its source-task test "
+            f"images with --teacher_preprocessing={' or '.join(named)} "
+            f"(within a point of the best), against {acc:.2f}% with "
+            f"{method} (accuracy / mean |logit| "
             f"per preprocessing: {table}): check how its training images "
             "were scaled. Preprocessings of equal accuracy may still differ "
             "in the logits' scale, which the distillation terms read."

@@ -35,7 +35,8 @@ _XLA_NOTE = (
 
 FIX = "or pick target='teacher_top1', which needs no labels."
 FRACTION = (
-    "target='label' needs whole-number class indices: a float label is "
+    "target='label' needs whole-number class indices (NaN is none): a float "
+    "label is "
     "not truncated to a class. Cast integer-valued labels, fix the others "
     "(probabilities or soft labels are not class indices), " + FIX
 )
@@ -111,9 +112,12 @@ class LabelRangeMonitor:
             )
             return
         if labels.dtype.is_floating:
+            # A NaN is no whole number either; not also out of range.
             bad = tf.not_equal(labels, tf.round(labels))
             state = tf.tensor_scatter_nd_add(state, [[4]], [_count(bad)])
             self.state.assign(state)
+            finite = tf.math.is_finite(labels)
+            labels = tf.where(finite, labels, tf.zeros_like(labels))
         self._record(labels, self.num_classes)
 
     def guard(self, labels, model):

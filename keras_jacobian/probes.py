@@ -135,8 +135,8 @@ def _input_gradient(tape, scalar, x, model, role):
             else ""
         )
         raise ValueError(
-            f"TensorFlow cannot differentiate the {role} model "
-            f"{model.name!r} with respect to its input ({type(error).__name__}"
+            f"TensorFlow cannot differentiate the {role} {model.name!r} "
+            f"with respect to its input ({type(error).__name__}"
             f": {error}), and Jacobian terms need that gradient.{hint}"
         ) from error
 

@@ -304,9 +304,9 @@ def test_a_teacher_fed_other_inputs_than_it_learnt_is_reported():
             )
             if "with --teacher_preprocessing" in w
         ]
-        assert f"scores {right:.2f}% on its source-task test images " in warning
+        assert f"up to {right:.2f}% on its source-task test images " in warning
         named = warning.split("--teacher_preprocessing=")[1].split(",")[0]
-        assert "centered255" in named.split(" against")[0].split(" or ")
+        assert "centered255" in named.split(" (within")[0].split(" or ")
         assert not [
             w
             for w in transfer.teacher_warnings(

@@ -194,7 +194,9 @@ def test_one_hot_row_without_a_single_class_is_refused(row, jit_compile):
     assert np.isfinite(history.history["loss"][0])
 
 
-@pytest.mark.parametrize("labels", [[0.0, 3.5, 1.0], [0, 7, 1]])
+@pytest.mark.parametrize(
+    "labels", [[0.0, 3.5, 1.0], [0, 7, 1], [0.0, np.nan, 1.0]]
+)
 def test_a_refused_step_without_xla_updates_nothing(labels):
     """Without XLA a bad label of target="label" stopped the step with
     TensorFlow's InvalidArgumentError after some of the update: the last
@@ -214,8 +216,12 @@ def test_a_refused_step_without_xla_updates_nothing(labels):
     )
     x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
     before = student.get_weights()
-    with pytest.raises(ValueError, match="step stopped before using them"):
+    with pytest.raises(
+        ValueError, match="step stopped before using them"
+    ) as refused:
         distiller.fit(x, np.array(labels), batch_size=3, verbose=0)
+    # A NaN is named as no whole number, not as a label of -2**31.
+    assert ("out of range" in str(refused.value)) == (7 in labels)
     assert int(distiller.optimizer.iterations.numpy()) == 0
     for a, b in zip(before, student.get_weights()):
         np.testing.assert_array_equal(a, b)

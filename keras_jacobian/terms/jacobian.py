@@ -307,8 +307,7 @@ class JacobianMatching(DistillationTerm):
         if self.target == "top_k" and self.k > t[-1]:
             raise ValueError(
                 f"`k` cannot exceed the number of classes ({t[-1]}). "
-                f"Received: k={self.k}. Pass k <= {t[-1]}, or "
-                "target='all' for every row."
+                f"Received: k={self.k}. Pass k <= {t[-1]} or target='all'."
             )
 
     def _check_projection_count(self, input_shape, output_shape):
