@@ -487,10 +487,18 @@ def build_teacher(arch):
         ) from error
     if weights not in ("imagenet", "none"):
         try:
-            with warnings.catch_warnings():
-                # Keras warns of every layer it skips before it raises.
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(record=True) as skipped:
+                # Keras warns of each part it skips: raised below as one
+                # error, also when it then loads the rest without one.
+                warnings.simplefilter("always")
                 teacher.load_weights(weights)
+            skipped = [
+                str(w.message) for w in skipped if "Skipping" in str(w.message)
+            ]
+            if skipped:
+                raise ValueError(
+                    f"{len(skipped)} part(s) skipped. {skipped[0]}"
+                )
         except Exception as error:  # Mismatches fail in many ways.
             lines = [x for x in str(error).splitlines() if x.strip()]
             reason = " ".join(lines[:2])[:300]

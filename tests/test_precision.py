@@ -325,6 +325,16 @@ def test_float8_computed_inside_is_refused_by_differences():
                 estimator=estimator,
                 check_differentiable=False,
             )
+        # With the default check, the gradient probe refuses it first.
+        with pytest.raises(ValueError, match="no gradient with respect"):
+            Distiller(
+                _hidden_precision_net("plain"),
+                student,
+                [JacobianMatching("all", estimator=estimator)],
+                supervised_loss_weight=1.0,
+            )
+        with pytest.raises(ValueError, match="no gradient with respect"):
+            JacobianRegularizedModel(student, target="all", estimator=estimator)
 
 
 def _quantized(mode, name):

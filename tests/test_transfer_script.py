@@ -27,16 +27,7 @@ import teachers  # noqa: E402
 import transfer  # noqa: E402
 
 from keras_jacobian.experiments import data as data_lib  # noqa: E402
-
-TINY = dict(
-    teacher_width=2,
-    student_width=2,
-    teacher_epochs=1,
-    student_epochs=1,
-    min_steps_per_epoch=2,
-    batch_size=16,
-    seeds=["0"],
-)
+from tests.test_examples import TINY  # noqa: E402
 
 
 class _Crash(keras.callbacks.Callback):
